@@ -1,0 +1,5 @@
+import sys
+
+from picovlm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,394 @@
+"""Typed configs: `VLMConfig` (the model's shape) and `TrainConfig` (how to train it).
+
+Field names follow nanoVLM's `models/config.py`, so an edit a nanoVLM user made (`lm_n_blocks = 1`,
+`vit_inter_dim = 768`, ...) carries over unchanged. Unlike nanoVLM, derived values (head dims, image
+tokens per image) are computed in `__post_init__` from the fields they depend on, and an impossible
+combination fails at construction with a message naming the field and the fix.
+
+Configs come from four places, applied in this order: a named preset, a YAML/JSON file, then
+`section.field=value` overrides (e.g. from the command line). `load_config` does all of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from picovlm.errors import ConfigError
+from picovlm.utils import atomic_write_text
+
+
+@dataclass
+class VLMConfig:
+    # --- Vision tower: a SigLIP-style ViT --------------------------------------------------------
+    vit_hidden_dim: int = 768
+    vit_inter_dim: int = 3072
+    vit_patch_size: int = 16
+    vit_img_size: int = 224
+    vit_n_heads: int = 12
+    vit_n_blocks: int = 12
+    vit_dropout: float = 0.0
+    vit_ln_eps: float = 1e-6
+    vit_cls_flag: bool = False
+    vit_model_type: str = "google/siglip-base-patch16-224"
+
+    # --- Language model: Llama-style (SmolLM2 geometry by default) -------------------------------
+    lm_hidden_dim: int = 576
+    lm_inter_dim: int = 1536
+    lm_rms_eps: float = 1e-5
+    lm_re_base: float = 100000.0
+    lm_max_position_embeddings: int = 8192
+    lm_vocab_size: int = 49152
+    lm_n_heads: int = 9
+    lm_n_kv_heads: int = 3
+    lm_dropout: float = 0.0
+    lm_n_blocks: int = 30
+    lm_max_length: int = 256
+    lm_tie_weights: bool = True
+    lm_model_type: str = "HuggingFaceTB/SmolLM2-135M"
+    lm_tokenizer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    # --- Modality projector ----------------------------------------------------------------------
+    mp_pixel_shuffle_factor: int = 2
+
+    # --- Token ids the model needs at run time (filled in from the tokenizer) --------------------
+    image_token_id: int | None = None
+    pad_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    # --- Derived in __post_init__: never set these by hand ---------------------------------------
+    vit_head_dim: int = field(init=False)
+    vit_n_patches: int = field(init=False)
+    lm_head_dim: int = field(init=False)
+    mp_image_token_length: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, [f.name for f in fields(self) if f.type in ("int", int) and f.init])
+        if self.vit_img_size % self.vit_patch_size:
+            raise ConfigError(
+                f"vit_img_size={self.vit_img_size} is not divisible by vit_patch_size={self.vit_patch_size}: "
+                f"pick an image size that is a multiple of the patch size (e.g. "
+                f"{self.vit_img_size // self.vit_patch_size * self.vit_patch_size})."
+            )
+        if self.vit_hidden_dim % self.vit_n_heads:
+            raise ConfigError(
+                f"vit_hidden_dim={self.vit_hidden_dim} is not divisible by vit_n_heads={self.vit_n_heads}: "
+                f"choose a head count that divides the hidden size ({_divisors(self.vit_hidden_dim)})."
+            )
+        if self.lm_hidden_dim % self.lm_n_heads:
+            raise ConfigError(
+                f"lm_hidden_dim={self.lm_hidden_dim} is not divisible by lm_n_heads={self.lm_n_heads}: "
+                f"choose a head count that divides the hidden size ({_divisors(self.lm_hidden_dim)})."
+            )
+        if self.lm_n_heads % self.lm_n_kv_heads:
+            raise ConfigError(
+                f"lm_n_heads={self.lm_n_heads} is not divisible by lm_n_kv_heads={self.lm_n_kv_heads}: "
+                f"grouped-query attention shares each key/value head among a whole number of query heads; "
+                f"use one of {_divisors(self.lm_n_heads)}."
+            )
+        self.vit_head_dim = self.vit_hidden_dim // self.vit_n_heads
+        self.lm_head_dim = self.lm_hidden_dim // self.lm_n_heads
+        if self.lm_head_dim % 2:
+            raise ConfigError(
+                f"lm_hidden_dim / lm_n_heads = {self.lm_head_dim} is odd: RoPE rotates pairs of channels, so "
+                f"the head dim must be even; change lm_n_heads or lm_hidden_dim."
+            )
+        grid = self.vit_img_size // self.vit_patch_size
+        if grid % self.mp_pixel_shuffle_factor:
+            raise ConfigError(
+                f"the patch grid is {grid}x{grid} (vit_img_size / vit_patch_size), which "
+                f"mp_pixel_shuffle_factor={self.mp_pixel_shuffle_factor} does not divide: use a factor in "
+                f"{_divisors(grid)} or change the image or patch size."
+            )
+        self.vit_n_patches = grid * grid
+        self.mp_image_token_length = (grid // self.mp_pixel_shuffle_factor) ** 2
+        if self.mp_image_token_length + 2 > self.lm_max_length:
+            raise ConfigError(
+                f"lm_max_length={self.lm_max_length} leaves no room for text after "
+                f"{self.mp_image_token_length} image tokens: raise lm_max_length."
+            )
+        if self.lm_max_length > self.lm_max_position_embeddings:
+            raise ConfigError(
+                f"lm_max_length={self.lm_max_length} exceeds lm_max_position_embeddings="
+                f"{self.lm_max_position_embeddings}: raise lm_max_position_embeddings."
+            )
+        for name in ("image_token_id", "pad_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.lm_vocab_size:
+                raise ConfigError(
+                    f"{name}={value} is outside the vocabulary (lm_vocab_size={self.lm_vocab_size}): "
+                    f"the tokenizer has more tokens than the model; raise lm_vocab_size to at least {value + 1}."
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+
+@dataclass
+class TrainConfig:
+    # Learning rates per parameter group; 0 freezes that tower. The defaults are picovlm's recipe for
+    # super-small models trained from scratch (see docs/recipes.md), not nanoVLM's fine-tuning rates.
+    lr_mp: float = 3e-3
+    lr_vision_backbone: float = 1e-3
+    lr_language_backbone: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    max_steps: int | None = None
+    epochs: float = 3.0
+    max_minutes: float | None = None
+    seed: int = 0
+    packing: bool = False
+    num_workers: int = 0
+    eval_interval: int = 100
+    val_max_items: int | None = 256
+    gen_eval_interval: int = 0
+    gen_eval_items: int = 32
+    early_stopping_patience: int | None = None
+    checkpoint_interval: int = 200
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bf16 on CPU is ~17x slower here)
+    compile: bool = False
+    device: str = "auto"
+    report_to: str = "none"
+    data_dir: str | None = None
+    train_split: str = "train"
+    val_split: str = "validation"
+    out_dir: str = "runs/picovlm"
+    tokenizer: str | None = None
+    tokenizer_vocab_size: int = 2048
+    image_augment: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        for name in ("lr_mp", "lr_vision_backbone", "lr_language_backbone", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)} is negative: use 0 to freeze, or a positive rate."
+                )
+        _check_positive(
+            self, ["batch_size", "gradient_accumulation_steps", "eval_interval", "checkpoint_interval"]
+        )
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"max_steps={self.max_steps} must be positive (or null to train by epochs).")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision={self.precision!r}: use one of auto, fp32, bf16.")
+        if self.report_to not in ("none", "wandb", "trackio", "tensorboard"):
+            raise ConfigError(f"report_to={self.report_to!r}: use one of none, wandb, trackio, tensorboard.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1).")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+# --- Presets --------------------------------------------------------------------------------------
+
+# The blog's Table 1 ("super_small_xx"): vocab 49152, tied embeddings, 224 px, patch 16, ViT hidden 768,
+# one ViT block with one head, one LM block. Only the columns that change are listed per iteration.
+_SUPER_SMALL_BASE = dict(
+    vit_hidden_dim=768, vit_patch_size=16, vit_img_size=224, vit_n_heads=1, vit_n_blocks=1,
+    lm_n_blocks=1, lm_vocab_size=49152, lm_tie_weights=True, mp_pixel_shuffle_factor=2,
+)  # fmt: skip
+_SUPER_SMALL_TABLE = {
+    # iteration: (lm_hidden_dim, lm_inter_dim, lm_n_heads, lm_n_kv_heads, vit_inter_dim)
+    3: (72, 192, 4, 1, 3072),
+    4: (72, 192, 6, 1, 3072),
+    5: (72, 192, 6, 3, 3072),
+    6: (144, 192, 6, 2, 3072),
+    7: (108, 192, 6, 2, 3072),
+    8: (108, 96, 6, 1, 3072),
+    9: (144, 192, 6, 1, 1536),
+    10: (144, 192, 6, 1, 768),
+    11: (216, 192, 6, 1, 768),
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # nanoVLM-222M: SigLIP-B/16-224 vision tower + SmolLM2-135M language model.
+    "nanovlm-222m": dict(
+        vit_hidden_dim=768,
+        vit_inter_dim=3072,
+        vit_patch_size=16,
+        vit_img_size=224,
+        vit_n_heads=12,
+        vit_n_blocks=12,
+        lm_hidden_dim=576,
+        lm_inter_dim=1536,
+        lm_n_heads=9,
+        lm_n_kv_heads=3,
+        lm_n_blocks=30,
+        lm_vocab_size=49152,
+        lm_re_base=100000.0,
+        mp_pixel_shuffle_factor=2,
+    ),  # fmt: skip
+    # A model small enough for a unit test: builds in milliseconds.
+    "tiny": dict(
+        vit_hidden_dim=32,
+        vit_inter_dim=64,
+        vit_patch_size=8,
+        vit_img_size=32,
+        vit_n_heads=2,
+        vit_n_blocks=1,
+        lm_hidden_dim=32,
+        lm_inter_dim=64,
+        lm_n_heads=4,
+        lm_n_kv_heads=2,
+        lm_n_blocks=2,
+        lm_vocab_size=512,
+        lm_max_length=64,
+        mp_pixel_shuffle_factor=2,
+    ),  # fmt: skip
+}
+for _it, (_h, _inter, _nh, _nkv, _vinter) in _SUPER_SMALL_TABLE.items():
+    PRESETS[f"super-small-{_it:02d}"] = dict(
+        _SUPER_SMALL_BASE, lm_hidden_dim=_h, lm_inter_dim=_inter, lm_n_heads=_nh, lm_n_kv_heads=_nkv,
+        vit_inter_dim=_vinter,
+    )  # fmt: skip
+
+
+def preset(name: str, **overrides: Any) -> VLMConfig:
+    """The named preset as a VLMConfig, with field overrides applied on top."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}.")
+    return VLMConfig(**{**PRESETS[name], **overrides})
+
+
+# --- Files and overrides --------------------------------------------------------------------------
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML or JSON config file as a dict with optional sections `model` and `train`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as err:  # the parser's own message says where: pass it on with the file name
+        raise ConfigError(f"{path}: cannot parse: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections 'model' and/or 'train'.")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`["model.lm_hidden_dim=216", "train.lr_mp=1e-3"]` -> {"model": {...}, "train": {...}}.
+
+    A bare `field=value` goes to whichever section has that field. Values are parsed as YAML, so
+    numbers, booleans, null and lists work as expected.
+    """
+    import yaml
+
+    model_fields = {f.name for f in fields(VLMConfig) if f.init}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    out: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form field=value (e.g. model.lm_n_blocks=2).")
+        section, _, name = key.rpartition(".")
+        section = section.lstrip("-")
+        name = name.lstrip("-")
+        if not section:
+            section = "model" if name in model_fields else "train" if name in train_fields else ""
+        if section not in out or name not in (model_fields if section == "model" else train_fields):
+            raise ConfigError(
+                f"override {item!r}: unknown field {key!r}; see `picovlm params --help` and docs/config.md."
+            )
+        out[section][name] = yaml.safe_load(raw)
+    return out
+
+
+def build_vlm_config(values: dict[str, Any], source: str = "config") -> VLMConfig:
+    """A VLMConfig from a dict, warning about (not failing on) keys this version does not know."""
+    known = {f.name for f in fields(VLMConfig) if f.init}
+    derived = {f.name for f in fields(VLMConfig) if not f.init}
+    unknown = sorted(set(values) - known - derived)
+    if unknown:
+        import warnings
+
+        warnings.warn(f"{source}: ignoring unknown model config keys {unknown}", stacklevel=2)
+    try:
+        return VLMConfig(**{k: v for k, v in values.items() if k in known})
+    except TypeError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def build_train_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown train config keys {unknown}; known keys are listed in docs/config.md."
+        )
+    return TrainConfig(**values)
+
+
+def load_config(
+    preset_name: str | None = None,
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[VLMConfig, TrainConfig]:
+    """Preset, then file, then overrides: the one way every command builds its configs."""
+    model: dict[str, Any] = dict(preset(preset_name).to_dict()) if preset_name else {}
+    train: dict[str, Any] = {}
+    if path is not None:
+        data = read_config_file(path)
+        if "preset" in data and not preset_name:
+            model = dict(preset(data["preset"]).to_dict())
+        model.update(data.get("model") or {})
+        train.update(data.get("train") or {})
+    parsed = parse_overrides(overrides or [])
+    model.update(parsed["model"])
+    train.update(parsed["train"])
+    return build_vlm_config(model, str(path or preset_name or "config")), build_train_config(train)
+
+
+def save_config(path: str | os.PathLike, model: VLMConfig, train: TrainConfig | None = None) -> None:
+    """Write a YAML (or .json) file that `load_config(path=...)` reads back to equal configs."""
+    data: dict[str, Any] = {"model": model.to_dict()}
+    if train is not None:
+        data["train"] = train.to_dict()
+    path = Path(path)
+    if path.suffix == ".json":
+        text = json.dumps(data, indent=2)
+    else:
+        import yaml
+
+        text = yaml.safe_dump(data, sort_keys=False)
+    atomic_write_text(path, text)
+
+
+def _check_positive(obj: Any, names: list[str]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int) and value <= 0:
+            raise ConfigError(f"{name}={value} must be a positive integer.")
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d <= 64)
+
+
+def replace(config: VLMConfig, **changes: Any) -> VLMConfig:
+    """A copy of `config` with fields changed and derived values recomputed."""
+    return dataclasses.replace(config, **changes)

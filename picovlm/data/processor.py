@@ -1,0 +1,141 @@
+"""From a cauldron row to model inputs: image pixels, the chat template, token ids and labels.
+
+The chat template (ChatML, as SmolLM2-Instruct), for one image and one turn:
+
+    <|im_start|>user\\n<|image|> x L  {question}<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>\\n
+
+where L = mp_image_token_length placeholders per image (49 for 224 px, patch 16, pixel shuffle 2); the
+model swaps each run of placeholders for that image's projected patch features. All images of a row
+go at the start of its first user turn. Later turns repeat the user/assistant pattern.
+
+Labels are -100 (ignored by the loss) everywhere except the assistant's answer tokens and the
+<|im_end|> that closes each answer: the model learns to answer and to stop, not to echo the question.
+
+Pieces are tokenised separately and concatenated, so a label boundary never depends on how BPE
+merges across a template seam. This module uses numpy, Pillow and tokenizers only (no torch): the
+deployment runtime shares it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from picovlm.data.tokenizer import TextTokenizer
+from picovlm.errors import DataError
+
+IGNORE_INDEX = -100
+
+# SigLIP normalises pixels with mean = std = 0.5 per channel, i.e. to [-1, 1]. (nanoVLM used ImageNet's
+# statistics, which SigLIP was never trained with.)
+IMAGE_MEAN = 0.5
+IMAGE_STD = 0.5
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB; transparent pixels become white rather than black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() or 1.0
+        return Image.fromarray((array / peak * 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
+    """Pillow image -> (3, size, size) float32 in [-1, 1]: RGB, bicubic resize, SigLIP normalisation."""
+    image = to_rgb(image)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    pixels = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
+    pixels = (pixels - IMAGE_MEAN) / IMAGE_STD
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+class Processor:
+    """Turns (images, question[, answer]) into token ids, labels and pixels for one model config."""
+
+    def __init__(self, tokenizer: TextTokenizer, image_size: int, image_token_length: int, max_length: int):
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.image_token_length = image_token_length
+        self.max_length = max_length
+        self.pad_token_id = tokenizer.pad_token_id
+        self.eos_token_id = tokenizer.im_end_id
+        self.image_token_id = tokenizer.image_token_id
+        # Template pieces, tokenised once.
+        self._user = [tokenizer.im_start_id, *tokenizer.encode("user\n")]
+        self._assistant = [tokenizer.im_start_id, *tokenizer.encode("assistant\n")]
+        self._newline = tokenizer.encode("\n")
+
+    @classmethod
+    def from_config(cls, tokenizer: TextTokenizer, cfg) -> Processor:
+        return cls(tokenizer, cfg.vit_img_size, cfg.mp_image_token_length, cfg.lm_max_length)
+
+    def image_pixels(self, images: list[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, 3, self.image_size, self.image_size), dtype=np.float32)
+        return np.stack([preprocess_image(im, self.image_size) for im in images])
+
+    def _user_turn(self, question: str, n_images: int) -> list[int]:
+        images = [self.image_token_id] * (self.image_token_length * n_images)
+        return [
+            *self._user,
+            *images,
+            *self.tokenizer.encode(question),
+            self.tokenizer.im_end_id,
+            *self._newline,
+        ]
+
+    def encode_prompt(self, question: str, n_images: int = 1) -> list[int]:
+        """Token ids of a one-turn prompt that ends where the assistant's answer begins."""
+        return [*self._user_turn(question, n_images), *self._assistant]
+
+    def encode_turns(self, turns: list[tuple[str, str]], n_images: int) -> tuple[list[int], list[int]]:
+        """Token ids and labels for a conversation of (question, answer) turns."""
+        input_ids: list[int] = []
+        labels: list[int] = []
+        for i, (question, answer) in enumerate(turns):
+            prompt = [*self._user_turn(question, n_images if i == 0 else 0), *self._assistant]
+            answer_ids = [*self.tokenizer.encode(answer), self.tokenizer.im_end_id]
+            input_ids += prompt + answer_ids + self._newline
+            labels += [IGNORE_INDEX] * len(prompt) + answer_ids + [IGNORE_INDEX] * len(self._newline)
+        if len(input_ids) > self.max_length:
+            # Keep the images and the first prompt whole; cut the tail of the conversation.
+            first_answer = labels.index(next(t for t in labels if t != IGNORE_INDEX))
+            if first_answer >= self.max_length:
+                raise DataError(
+                    f"the prompt alone is {first_answer} tokens, over lm_max_length={self.max_length}: "
+                    f"raise lm_max_length or shorten the question."
+                )
+            input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
+        return input_ids, labels
+
+    def encode_example(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A cauldron row {"images": [...], "texts": [{"user", "assistant", ...}]} -> model inputs."""
+        images = row.get("images") or []
+        texts = row.get("texts") or []
+        turns = []
+        for j, turn in enumerate(texts):
+            question, answer = turn.get("user"), turn.get("assistant")
+            if not isinstance(question, str) or not isinstance(answer, str) or not answer.strip():
+                raise DataError(
+                    f"texts[{j}] needs non-empty string fields 'user' and 'assistant', got {turn!r}"
+                )
+            turns.append((question, answer))
+        if not turns:
+            raise DataError(
+                "the row has no texts: expected texts = [{'user': ..., 'assistant': ..., 'source': ...}]"
+            )
+        for k, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise DataError(f"images[{k}] is {type(image).__name__}, not a decoded image")
+        input_ids, labels = self.encode_turns(turns, len(images))
+        return {"input_ids": input_ids, "labels": labels, "pixel_values": self.image_pixels(images)}

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from picovlm.config import PRESETS, TrainConfig, VLMConfig, load_config, parse_overrides, preset, save_config
+from picovlm.errors import ConfigError
+
+
+def test_derived_values_follow_the_fields_they_depend_on():
+    cfg = VLMConfig(vit_img_size=512, vit_patch_size=16, mp_pixel_shuffle_factor=4, lm_max_length=512)
+    assert cfg.mp_image_token_length == (512 // 16 // 4) ** 2 == 64
+    assert cfg.lm_head_dim == 576 // 9
+    small = preset("super-small-11")
+    assert small.mp_image_token_length == 49 and small.lm_head_dim == 36 and small.vit_head_dim == 768
+
+
+@pytest.mark.parametrize(
+    "changes, names",
+    [
+        (dict(lm_hidden_dim=216, lm_n_heads=5), ["lm_hidden_dim", "lm_n_heads"]),
+        (dict(lm_n_heads=6, lm_n_kv_heads=4, lm_hidden_dim=216), ["lm_n_kv_heads"]),
+        (dict(lm_hidden_dim=90, lm_n_heads=6, lm_n_kv_heads=1), ["RoPE", "lm_n_heads"]),
+        (dict(vit_img_size=224, vit_patch_size=16, mp_pixel_shuffle_factor=4), ["mp_pixel_shuffle_factor"]),
+        (dict(vit_img_size=230, vit_patch_size=16), ["vit_img_size", "vit_patch_size"]),
+        (dict(vit_hidden_dim=768, vit_n_heads=5), ["vit_n_heads"]),
+        (dict(lm_n_blocks=0), ["lm_n_blocks"]),
+    ],
+)
+def test_invalid_combinations_name_the_field_and_the_fix(changes, names):
+    with pytest.raises(ConfigError) as err:
+        VLMConfig(**changes)
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_presets_exist_for_every_blog_iteration():
+    for it in range(3, 12):
+        assert f"super-small-{it:02d}" in PRESETS
+    cfg = preset("super-small-08")
+    assert (cfg.lm_hidden_dim, cfg.lm_inter_dim, cfg.lm_n_heads, cfg.lm_n_kv_heads) == (108, 96, 6, 1)
+    assert (
+        cfg.vit_n_blocks == 1 and cfg.lm_n_blocks == 1 and cfg.lm_vocab_size == 49152 and cfg.lm_tie_weights
+    )
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("super-small-99")
+
+
+def test_file_and_overrides_round_trip(tmp_path):
+    model, train = load_config(
+        "super-small-11", overrides=["model.lm_n_blocks=2", "lr_mp=0.001", "train.packing=true"]
+    )
+    assert model.lm_n_blocks == 2 and train.lr_mp == 0.001 and train.packing is True
+    for name in ("run.yaml", "run.json"):
+        save_config(tmp_path / name, model, train)
+        model2, train2 = load_config(path=tmp_path / name)
+        assert model2 == model and train2 == train
+    # A file can name a preset and change fields on top of it.
+    (tmp_path / "p.yaml").write_text("preset: super-small-03\nmodel:\n  lm_hidden_dim: 144\n")
+    model3, _ = load_config(path=tmp_path / "p.yaml")
+    assert model3.lm_hidden_dim == 144 and model3.lm_inter_dim == 192
+
+
+def test_bad_overrides_and_files_get_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not of the form"):
+        parse_overrides(["lm_n_blocks"])
+    with pytest.raises(ConfigError, match="unknown field"):
+        parse_overrides(["model.lm_layers=3"])
+    (tmp_path / "bad.yaml").write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(path=tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(precision="fp8")
+
+
+def test_unknown_keys_in_an_old_config_warn_instead_of_failing(tmp_path):
+    from picovlm.config import build_vlm_config
+
+    values = {**preset("tiny").to_dict(), "lm_use_tokens": False, "vlm_checkpoint_path": "x"}
+    with pytest.warns(UserWarning, match="lm_use_tokens"):
+        cfg = build_vlm_config(json.loads(json.dumps(values)))
+    assert cfg == preset("tiny")
