@@ -15,6 +15,7 @@ from picovlm.errors import PicovlmError
 
 COMMAND_MODULES = [
     "picovlm.commands.params",
+    "picovlm.commands.hub",
 ]
 
 

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from picovlm.config import VLMConfig, build_vlm_config
 from picovlm.errors import PicovlmError
+from picovlm.hub import PushToHubMixin
 from picovlm.model.language import KVCache, LanguageModel
 from picovlm.model.projector import ModalityProjector
 from picovlm.model.vision import ViT
@@ -93,7 +94,7 @@ def sample_next_token(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-class VisionLanguageModel(nn.Module):
+class VisionLanguageModel(PushToHubMixin, nn.Module):
     def __init__(self, cfg: VLMConfig, tokenizer=None):
         super().__init__()
         self.cfg = cfg
