@@ -16,6 +16,7 @@ from picovlm.errors import PicovlmError
 COMMAND_MODULES = [
     "picovlm.commands.params",
     "picovlm.commands.hub",
+    "picovlm.commands.data",
 ]
 
 

@@ -35,17 +35,22 @@ IMAGE_STD = 0.5
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow image as 8-bit RGB; transparent pixels become white rather than black."""
+    """Any Pillow mode as 8-bit RGB: transparency over white, 16/32-bit greys scaled to 8 bits.
+
+    16-bit images are scaled against 65535, not their brightest pixel, so a dark scan stays dark.
+    """
     if image.mode == "RGB":
         return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image).astype(np.float64)
+        peak = 65535.0 if pixels.max() <= 65535 else float(pixels.max())
+        scale = 255.0 / peak if pixels.max() > 255 else 1.0
+        return Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = array.max() or 1.0
-        return Image.fromarray((array / peak * 255).astype(np.uint8)).convert("RGB")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
     return image.convert("RGB")
 
 

@@ -1,0 +1,265 @@
+"""`picovlm data <import|check|stats|split|mix|demo>`: datasets in the_cauldron's schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from picovlm.errors import DataError
+
+
+def _tqdm_progress(description: str):
+    """A ProgressFn (done, total, message) drawing a tqdm bar on stderr; call .close() when done."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="row")
+
+    def update(done: int, total: int | None, message: str = "") -> None:
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    update.close = bar.close  # type: ignore[attr-defined]
+    return update
+
+
+def _load_tokenizer(name: str | None):
+    if not name:
+        return None
+    from picovlm.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from picovlm.data.cauldron import save_cauldron
+    from picovlm.data.importers import import_dataset, import_folder
+
+    if args.source_dataset:
+        rows = import_dataset(
+            args.source_dataset, args.out, subset=args.subset, split=args.split, streaming=args.streaming,
+            max_rows=args.max_rows, source_name=args.source, overwrite=args.overwrite, parquet=args.parquet,
+            num_shards=args.num_shards,
+        )  # fmt: skip
+        print(f"wrote {rows} rows to {args.out}")
+        return 0
+    if not (args.images and args.table):
+        raise DataError("picovlm data import: give --images DIR and --table FILE, or --from DATASET")
+    progress = _tqdm_progress("importing")
+    try:
+        dataset, report = import_folder(
+            args.images, args.table, default_question=args.question, source=args.source,
+            image_column=args.image_column, question_column=args.question_column,
+            answer_column=args.answer_column, group_column=args.group_column, progress=progress,
+        )  # fmt: skip
+    finally:
+        progress.close()
+    save_cauldron(
+        dataset, args.out, overwrite=args.overwrite, parquet=args.parquet, num_shards=args.num_shards
+    )
+    print(
+        f"read {report.rows_read} rows, wrote {report.rows_written} to {args.out}, skipped {len(report.skipped)}"
+    )
+    for skipped in report.skipped[:50]:
+        print(f"  skipped row {skipped['row']}: {skipped['reason']}")
+    if len(report.skipped) > 50:
+        print(f"  ... and {len(report.skipped) - 50} more")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from picovlm.data.cauldron import load_cauldron
+    from picovlm.data.check import check_dataset, fix_dataset
+
+    dataset = load_cauldron(args.data, split=args.split, allow_non_string_text=True)
+    progress = _tqdm_progress("checking")
+    try:
+        report = check_dataset(
+            dataset, source=str(args.data), max_answer_tokens=args.max_answer_tokens,
+            tokenizer=_load_tokenizer(args.tokenizer), max_pixels=args.max_pixels,
+            near_duplicate_threshold=args.near_duplicate_threshold, num_proc=args.num_proc, progress=progress,
+        )  # fmt: skip
+    finally:
+        progress.close()
+    print(f"{report.rows} rows, {report.images} images")
+    for kind, entries in report.issues.items():
+        rows = ", ".join(str(e["row"]) for e in entries[:10]) + (" ..." if len(entries) > 10 else "")
+        print(f"  {kind:24s} {len(entries):7d}  {rows}")
+    if args.report:
+        for path in report.write(args.report):
+            print(f"report: {path}")
+    if args.fix:
+        summary = fix_dataset(dataset, report, args.fix, overwrite=args.overwrite)
+        print(f"fixed copy: {args.fix} ({summary['rows_out']} of {summary['rows_in']} rows kept, "
+              f"{summary['converted_rows']} rows with images converted to RGB); report inside it")  # fmt: skip
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from picovlm.data.cauldron import load_cauldron
+    from picovlm.data.stats import dataset_stats, format_stats, plot_histograms
+
+    dataset = load_cauldron(args.data, split=args.split)
+    stats = dataset_stats(dataset, tokenizer=_load_tokenizer(args.tokenizer))
+    print(format_stats(stats))
+    if args.json:
+        from picovlm.utils import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(stats, indent=2))
+        print(f"json: {args.json}")
+    if args.plot:
+        print(f"histogram: {plot_histograms(stats, args.plot)}")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from picovlm.data.cauldron import load_cauldron, save_cauldron
+    from picovlm.data.split import split_dataset
+
+    dataset = load_cauldron(args.data, split=args.split)
+    splits = split_dataset(
+        dataset, seed=args.seed, fractions=tuple(args.fractions), stratify_by_source=args.stratify_by_source,
+        group_by_image=not args.no_image_grouping,
+    )  # fmt: skip
+    save_cauldron(splits, args.out, overwrite=args.overwrite)
+    print(", ".join(f"{name}: {len(split)} rows" for name, split in splits.items()) + f" -> {args.out}")
+    return 0
+
+
+def cmd_mix(args: argparse.Namespace) -> int:
+    from picovlm.data.cauldron import save_cauldron
+    from picovlm.data.mix import MixInput, mix_datasets
+
+    mixed = mix_datasets([MixInput.parse(spec) for spec in args.inputs], seed=args.seed, total=args.total,
+                         shuffle=not args.no_shuffle)  # fmt: skip
+    save_cauldron(mixed, args.out, overwrite=args.overwrite, parquet=args.parquet, num_shards=args.num_shards)
+    print(f"wrote {len(mixed)} rows to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from picovlm.data.demo import write_demo
+
+    out = write_demo(args.out, n=args.n, seed=args.seed, image_size=args.image_size, split=not args.no_split,
+                     num_proc=args.num_proc, overwrite=args.overwrite)  # fmt: skip
+    print(f"wrote {args.n} demo scenes to {out}" + ("" if args.no_split else " (train/validation/test)"))
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    data = subparsers.add_parser(
+        "data", help="import, check, describe, split and mix datasets in the_cauldron's schema",
+        description="Datasets in the_cauldron's schema: images (list of Image) + texts (list of "
+        "{user, assistant, source}) + an optional `group` column. See docs/data.md.",
+    )  # fmt: skip
+    verbs = data.add_subparsers(dest="data_verb", metavar="<sub>")
+    data.set_defaults(func=lambda _args: data.print_help() or 2)
+
+    def common_output(parser: argparse.ArgumentParser, required: bool = True) -> None:
+        parser.add_argument("--out", required=required, help="output folder (written atomically)")
+        parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    def parquet_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--parquet", action="store_true", help="write parquet shards instead of a save_to_disk folder"
+        )
+        parser.add_argument("--num-shards", type=int, default=1, help="number of output shards (default 1)")
+
+    p = verbs.add_parser(
+        "import", help="images folder + CSV/JSONL, or a Hub/parquet/disk dataset -> cauldron dataset",
+        description="Import into the cauldron schema. Either --images DIR --table FILE (CSV/TSV/JSONL; "
+        "rows with a missing image or empty answer are skipped and reported), or --from SOURCE "
+        "(Hub id with --subset, a parquet file/folder, or a save_to_disk folder).",
+    )  # fmt: skip
+    p.add_argument("--images", help="folder the table's image paths are relative to")
+    p.add_argument("--table", help="CSV, TSV or JSONL file, one row per item")
+    p.add_argument("--question", default="Describe the image.", help="question for rows without one")
+    p.add_argument(
+        "--source", help="`source` written into each turn (default: import:<table name> or the id)"
+    )
+    p.add_argument(
+        "--image-column", default="image", help="column with image path(s); ';'-separated or a JSON list"
+    )
+    p.add_argument("--question-column", default="question", help="column with the question (optional)")
+    p.add_argument("--answer-column", default="answer", help="column with the answer")
+    p.add_argument("--group-column", default="group", help="column with a group id (optional)")
+    p.add_argument("--from", dest="source_dataset", help="Hub id, parquet file/folder or save_to_disk folder")
+    p.add_argument("--subset", help="Hub subset (config), e.g. localized_narratives")
+    p.add_argument("--split", help="split to read (default: train)")
+    p.add_argument("--streaming", action="store_true", help="stream from the Hub instead of downloading all")
+    p.add_argument("--max-rows", type=int, help="keep only the first N rows")
+    common_output(p)
+    parquet_options(p)
+    p.set_defaults(func=cmd_import)
+
+    p = verbs.add_parser(
+        "check", help="find bad images, bad texts, over-long answers and duplicates; --fix writes a cleaned copy",
+        description="Read every row and report problems by kind with row ids. The input is never modified.",
+    )  # fmt: skip
+    p.add_argument("data", help="dataset folder or parquet path")
+    p.add_argument("--split", help="split to check when the folder holds several")
+    p.add_argument(
+        "--max-answer-tokens", type=int, help="flag answers longer than this (the model's lm_max_length)"
+    )
+    p.add_argument(
+        "--tokenizer", help="tokenizer folder/file/Hub id for token counts (default: whitespace words)"
+    )
+    p.add_argument("--max-pixels", type=int, default=89_478_485, help="larger images are decompression bombs")
+    p.add_argument(
+        "--near-duplicate-threshold", type=float, default=0.8, help="word 3-gram Jaccard (default 0.8)"
+    )
+    p.add_argument("--num-proc", type=int, default=1, help="processes for image decoding (default 1)")
+    p.add_argument("--report", help="folder for check-report.json and check-report.md")
+    p.add_argument("--fix", metavar="OUT", help="write a cleaned copy (and the report) to this folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the --fix folder if it exists")
+    p.set_defaults(func=cmd_check)
+
+    p = verbs.add_parser("stats", help="rows, images, answer lengths, vocabulary, sources, redundancy",
+                         description="Describe a dataset; optionally save JSON and a histogram PNG.")  # fmt: skip
+    p.add_argument("data", help="dataset folder or parquet path")
+    p.add_argument("--split", help="split to describe when the folder holds several")
+    p.add_argument("--tokenizer", help="tokenizer for answer lengths in tokens")
+    p.add_argument("--json", help="write the statistics to this JSON file")
+    p.add_argument("--plot", help="write the answer-length histogram to this PNG file")
+    p.set_defaults(func=cmd_stats)
+
+    p = verbs.add_parser(
+        "split", help="train/validation/test without leakage (grouped by image hash and group id)",
+        description="Rows sharing an image (content hash) or a `group` id always land in the same split.",
+    )  # fmt: skip
+    p.add_argument("data", help="dataset folder or parquet path")
+    p.add_argument("--split", help="split to read when the folder holds several")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--fractions", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
+                   help="split sizes, summing to 1 (default 0.8 0.1 0.1)")  # fmt: skip
+    p.add_argument("--stratify-by-source", action="store_true", help="split each source separately")
+    p.add_argument("--no-image-grouping", action="store_true", help="group by `group` id only")
+    common_output(p)
+    p.set_defaults(func=cmd_split)
+
+    p = verbs.add_parser(
+        "mix", help="combine datasets with caps or ratios, keeping provenance",
+        description="Each input is PATH[:cap=N][:ratio=R][:name=NAME][:split=S]. Ratios are shares of the "
+        "mix (with --total, or the largest mix without repeats); caps limit rows per input.",
+    )  # fmt: skip
+    p.add_argument("inputs", nargs="+", help="PATH[:cap=N][:ratio=R][:name=NAME][:split=S]")
+    p.add_argument("--total", type=int, help="rows in the mix when ratios are given")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling and shuffling")
+    p.add_argument("--no-shuffle", action="store_true", help="keep inputs in order instead of shuffling")
+    common_output(p)
+    parquet_options(p)
+    p.set_defaults(func=cmd_mix)
+
+    p = verbs.add_parser(
+        "demo", help="generate the built-in demo set of drawn shapes (the default training data)",
+        description="Deterministic scenes of 1-3 coloured shapes with a 10-50 word factual answer each.",
+    )  # fmt: skip
+    p.add_argument("--n", type=int, default=3000, help="number of scenes (default 3000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--image-size", type=int, default=224, help="image side in pixels (default 224)")
+    p.add_argument(
+        "--no-split", action="store_true", help="write one dataset instead of train/validation/test"
+    )
+    p.add_argument("--num-proc", type=int, default=1, help="processes for drawing (default 1)")
+    common_output(p)
+    p.set_defaults(func=cmd_demo)
