@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "picovlm.commands.params",
     "picovlm.commands.hub",
     "picovlm.commands.data",
+    "picovlm.commands.grow",
+    "picovlm.commands.eval",
 ]
 
 

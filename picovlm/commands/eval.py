@@ -1,0 +1,190 @@
+"""`picovlm generate` (answer image files) and `picovlm eval` (metrics, verdict and reports on a split)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """Sampling flags shared by generate and eval; the default is greedy decoding."""
+    group = parser.add_argument_group("generation (default: greedy)")
+    group.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=max_new_tokens,
+        help=f"longest answer in tokens (default {max_new_tokens})",
+    )
+    group.add_argument(
+        "--temperature", type=float, default=0.0, help="0 = greedy (default); e.g. 0.7 to sample"
+    )
+    group.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    group.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="sample only from the smallest set with this much probability",
+    )
+    group.add_argument(
+        "--repetition-penalty", type=float, default=None, help="e.g. 1.2: make repeated tokens less likely"
+    )
+    group.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    group.add_argument("--batch-size", type=int, default=16, help="images answered at once (default 16)")
+    group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
+    group.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
+    )
+
+
+def _generation_options(args: argparse.Namespace) -> dict:
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="answer a question about one or more images",
+        description="Answer a question about each image with a trained model. One image: the answer streams "
+        "to the terminal token by token. Several images: answered in batches, one 'path<TAB>answer' line each.",
+    )
+    p.add_argument(
+        "--model", required=True, help="model folder written by `picovlm train` (or save_pretrained)"
+    )
+    p.add_argument("--image", required=True, nargs="+", metavar="PATH", help="one or more image files")
+    p.add_argument(
+        "--question", default="Describe the image.", help="the question (default: 'Describe the image.')"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON list of {image, answer} instead")
+    add_generation_arguments(p, max_new_tokens=128)
+    p.set_defaults(func=run_generate)
+
+    p = subparsers.add_parser(
+        "eval",
+        help="metrics, collapse verdict and HTML report for one or more models on a dataset split",
+        description="Evaluate models on a split: loss and perplexity; generated answers scored by exact match, "
+        "token F1, ROUGE-L, BLEU, chrF, length, multiple-choice and field accuracy; collapse signals (distinct "
+        "answers per image, most repeated answers, copies of training answers, train-test loss gap); and "
+        "image reliance (loss with true vs shuffled vs blank images, answers that change with the image). "
+        "Writes metrics.json, predictions.jsonl, report.md and a self-contained report.html to --out, and "
+        "prints each model's verdict in plain words.",
+    )
+    p.add_argument(
+        "--model", required=True, nargs="+", metavar="DIR", help="model folder(s); several = side by side"
+    )
+    p.add_argument(
+        "--data", required=True, help="dataset folder (e.g. from `picovlm demo` or `picovlm data import`)"
+    )
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument(
+        "--train-split",
+        default="train",
+        help="split holding the training answers, for the copy rate, train loss and baseline (default: train; "
+        "'none' to skip)",
+    )
+    p.add_argument(
+        "--baseline", choices=["nearest"], default=None, help="also score a nearest-training-image lookup"
+    )
+    p.add_argument("--max-items", type=int, default=None, help="evaluate only the first N rows of the split")
+    p.add_argument(
+        "--swap-items", type=int, default=64, help="rows re-answered with a swapped image (default 64)"
+    )
+    p.add_argument(
+        "--out", required=True, help="folder for metrics.json, predictions.jsonl, report.md, report.html"
+    )
+    p.add_argument("--title", default="picovlm evaluation", help="title of the report")
+    add_generation_arguments(p, max_new_tokens=96)
+    p.set_defaults(func=run_eval)
+
+
+def _setup_torch(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from picovlm.eval.generate import answer_files, stream_answer
+    from picovlm.model.vlm import VisionLanguageModel
+
+    _setup_torch(args)
+    model = VisionLanguageModel.from_pretrained(args.model, device=args.device)
+    options = _generation_options(args)
+    if len(args.image) == 1 and not args.json:
+        stream_answer(
+            model,
+            args.image[0],
+            args.question,
+            on_text=lambda piece: print(piece, end="", flush=True),
+            **options,
+        )
+        print()
+        return 0
+    answers = answer_files(model, args.image, args.question, batch_size=args.batch_size, **options)
+    if args.json:
+        print(
+            json.dumps(
+                [{"image": path, "answer": answer} for path, answer in zip(args.image, answers)],
+                ensure_ascii=False,
+            )
+        )
+    else:
+        for path, answer in zip(args.image, answers):
+            print(f"{path}\t{answer}")
+    return 0
+
+
+def _progress_bar(label: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=label, unit="item", file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int | None, message: str = "") -> None:
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.set_description(f"{label}: {message}" if message else label)
+        bar.n = done
+        bar.refresh()
+
+    return progress
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from picovlm.eval.evaluate import evaluate_many
+    from picovlm.eval.report import write_report
+
+    _setup_torch(args)
+    results = evaluate_many(
+        args.model,
+        args.data,
+        progress_for=_progress_bar,
+        split=args.split,
+        train_split=None if args.train_split.lower() == "none" else args.train_split,
+        max_items=args.max_items,
+        batch_size=args.batch_size,
+        baseline=args.baseline,
+        swap_items=args.swap_items,
+        device=args.device,
+        **_generation_options(args),
+    )
+    paths = write_report(results, args.out, title=args.title)
+    for result in results:
+        m = result["metrics"]
+        print(f"{result['name']}: {m['verdict']}")
+        print(
+            f"  loss {m['loss']:.3f} (image gap shuffled {m['image_gap_shuffled']:+.3f}) · token F1 "
+            f"{m['token_f1']:.3f} · ROUGE-L {m['rouge_l']:.3f} · BLEU {m['bleu']:.1f} · chrF {m['chrf']:.1f}"
+            + (f" · field acc. {m['field_accuracy']:.3f}" if "field_accuracy" in m else "")
+        )
+        for name, baseline in result["baselines"].items():
+            print(f"  baseline {name}: token F1 {baseline['metrics']['token_f1']:.3f}")
+    print(f"report: {paths['report.html']}  metrics: {paths['metrics.json']}")
+    return 0

@@ -1,0 +1,487 @@
+"""Evaluate a model on a dataset split: loss, generated answers, metrics, collapse and image-reliance checks.
+
+    evaluate(model_or_dir, data_dir, split="test")  ->  {"name", "metrics", "items", "baselines", ...}
+
+What it measures, in order:
+  1. loss per answer token on the split with the true images, with the images shuffled across rows, and
+     with blank (mid-grey) images. The gaps (shuffled - true, blank - true) say how much the model uses
+     its images: a model that ignores them scores the same loss whichever image it is shown;
+  2. the loss on (a same-sized sample of) the training split, for the train-test gap;
+  3. generated answers (batched, greedy by default) scored against the references with every metric of
+     `picovlm.eval.metrics`, plus the share of answers that change when each image is swapped for
+     another row's;
+  4. optionally a nearest-neighbour baseline: each test image gets the answer of the most similar
+     training image (32x32 pixels; and, given a model, its mean-pooled vision features), scored alike;
+  5. the verdict in plain words (`collapse_verdict`).
+
+`quick_eval(model, rows)` runs 1, 3 and 5 on a handful of rows in memory: the trainer's periodic check.
+Only the first turn of each row is evaluated (question, reference answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from picovlm.errors import DataError, PicovlmError
+from picovlm.eval import metrics as M
+from picovlm.utils import ProgressFn, no_progress
+
+
+@dataclass
+class EvalItem:
+    images: list[Image.Image]
+    question: str
+    reference: str
+    image_key: str  # content hash of the row's images: rows sharing an image share a key
+
+
+def image_key(images: Sequence[Image.Image]) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    for image in images:
+        digest.update(f"{image.mode}{image.size}".encode())
+        digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def items_from_rows(rows) -> list[EvalItem]:
+    """Cauldron rows (dicts with decoded images) -> EvalItems; rows without images or text are skipped."""
+    items = []
+    for row in rows:
+        images = [im for im in (row.get("images") or []) if im is not None]
+        texts = row.get("texts") or []
+        if not images or not texts or not texts[0].get("assistant"):
+            continue
+        items.append(EvalItem(images, texts[0].get("user") or "", texts[0]["assistant"], image_key(images)))
+    return items
+
+
+# --- Which image each row is shown -------------------------------------------------------------------
+
+
+def shuffled_sources(items: Sequence[EvalItem], seed: int = 0) -> list[int]:
+    """For each row, another row whose images it will be shown (same image count, never itself).
+
+    Within each group of rows with the same number of images: a random cycle, so no row keeps its own.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(len(item.images), []).append(i)
+    source = list(range(len(items)))
+    rng = random.Random(seed)
+    for members in groups.values():
+        order = members[:]
+        rng.shuffle(order)
+        for position, row in enumerate(order):
+            source[row] = order[(position + 1) % len(order)]
+    return source
+
+
+def _pixels(model, images: list[Image.Image], blank: bool) -> np.ndarray:
+    pixels = model.processor.image_pixels(images)
+    return np.zeros_like(pixels) if blank else pixels  # 0 after normalisation = mid-grey
+
+
+# --- Loss --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def answer_loss(
+    model,
+    items: Sequence[EvalItem],
+    batch_size: int = 16,
+    image_source: Sequence[int] | None = None,
+    blank: bool = False,
+) -> float:
+    """Mean cross-entropy per answer token (nats), row i shown the images of row image_source[i]."""
+    from picovlm.data.collate import pad_collate
+
+    processor = model.processor
+    device = next(model.parameters()).device
+    total, n_tokens = 0.0, 0
+    model.eval()
+    for start in range(0, len(items), batch_size):
+        samples = []
+        for i in range(start, min(start + batch_size, len(items))):
+            shown = items[image_source[i] if image_source is not None else i].images
+            input_ids, labels = processor.encode_turns([(items[i].question, items[i].reference)], len(shown))
+            samples.append(
+                {"input_ids": input_ids, "labels": labels, "pixel_values": _pixels(model, list(shown), blank)}
+            )
+        batch = pad_collate(samples, processor.pad_token_id)
+        out = model(
+            input_ids=batch["input_ids"].to(device),
+            pixel_values=batch["pixel_values"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            labels=batch["labels"].to(device),
+            reduction="sum",
+        )
+        total += float(out.loss)
+        n_tokens += out.n_tokens
+    return total / max(n_tokens, 1)
+
+
+# --- Generation --------------------------------------------------------------------------------------
+
+
+def generate_answers(
+    model,
+    items: Sequence[EvalItem],
+    batch_size: int = 16,
+    image_source: Sequence[int] | None = None,
+    progress: ProgressFn = no_progress,
+    **generation: Any,
+) -> list[str]:
+    """Batched answers (left padding, early stop per row inside model.generate)."""
+    answers: list[str] = []
+    for start in range(0, len(items), batch_size):
+        batch = range(start, min(start + batch_size, len(items)))
+        images = [items[image_source[i] if image_source is not None else i].images for i in batch]
+        answers += model.answer(images, [items[i].question for i in batch], **generation)
+        progress(len(answers), len(items), "generating")
+    return answers
+
+
+# --- The nearest-neighbour baseline --------------------------------------------------------------------
+
+
+def pixel_features(items: Sequence[EvalItem], size: int = 32) -> np.ndarray:
+    """Each row's first image as a 32x32 RGB vector, centred and unit-length (so dot product = cosine)."""
+    vectors = np.stack(
+        [np.asarray(item.images[0].convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32).ravel()
+         for item in items]
+    )  # fmt: skip
+    vectors -= vectors.mean(axis=1, keepdims=True)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
+
+
+@torch.no_grad()
+def vision_features(
+    model, items: Sequence[EvalItem], batch_size: int = 32, center: bool = True
+) -> np.ndarray:
+    """Each row's first image through the model's own vision tower, mean-pooled over patches.
+
+    center=True removes the mean over these rows (the direction every image shares) and makes each
+    vector unit-length; with center=False the raw pooled features come back, for centring over a larger set.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    chunks = []
+    for start in range(0, len(items), batch_size):
+        pixels = model.processor.image_pixels([item.images[0] for item in items[start : start + batch_size]])
+        features = model.vision_encoder(torch.from_numpy(pixels).to(device)).mean(dim=1)  # (n, D_vit)
+        chunks.append(features.float().cpu().numpy())
+    vectors = np.concatenate(chunks)
+    return _unit(vectors - vectors.mean(axis=0, keepdims=True)) if center else vectors
+
+
+def nearest_answers(
+    test_items: Sequence[EvalItem],
+    train_items: Sequence[EvalItem],
+    test_vectors: np.ndarray,
+    train_vectors: np.ndarray,
+) -> list[str]:
+    """Each test row gets the answer of its most similar training row, among rows asking the same
+    question when there are any (so a lookup never answers a different question)."""
+    by_question: dict[str, list[int]] = {}
+    for j, item in enumerate(train_items):
+        by_question.setdefault(M.normalize_answer(item.question), []).append(j)
+    everyone = np.arange(len(train_items))
+    answers = []
+    for i, item in enumerate(test_items):
+        candidates = np.asarray(by_question.get(M.normalize_answer(item.question), everyone))
+        best = candidates[int(np.argmax(train_vectors[candidates] @ test_vectors[i]))]
+        answers.append(train_items[best].reference)
+    return answers
+
+
+# --- Scoring -------------------------------------------------------------------------------------------
+
+
+def score_answers(
+    items: Sequence[EvalItem],
+    answers: Sequence[str],
+    train_answers: Sequence[str] | None = None,
+    extract_fields: M.ExtractFields | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(metrics, per-item rows) for a list of answers to `items`."""
+    references = [item.reference for item in items]
+    metrics = M.generation_metrics(
+        answers,
+        references,
+        questions=[item.question for item in items],
+        image_keys=[item.image_key for item in items],
+        train_answers=train_answers,
+        extract_fields=extract_fields,
+    )
+    rows = [
+        {
+            "index": i,
+            "image_key": item.image_key,
+            "question": item.question,
+            "reference": item.reference,
+            "answer": answer,
+            **M.item_scores(answer, item.reference),
+        }
+        for i, (item, answer) in enumerate(zip(items, answers))
+    ]
+    return metrics, rows
+
+
+def image_reliance(
+    model,
+    items: Sequence[EvalItem],
+    answers: Sequence[str] | None = None,
+    batch_size: int = 16,
+    swap_items: int | None = 64,
+    seed: int = 0,
+    **generation: Any,
+) -> dict[str, float]:
+    """Loss with true / shuffled / blank images, their gaps, and how many answers change with the image.
+
+    `answers` are the answers already generated with the true images (regenerated if None); the swap
+    check regenerates the first `swap_items` rows with another row's image.
+    """
+    source = shuffled_sources(items, seed)
+    loss = answer_loss(model, items, batch_size)
+    loss_shuffled = answer_loss(model, items, batch_size, image_source=source)
+    loss_blank = answer_loss(model, items, batch_size, blank=True)
+    result = {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "loss_shuffled_images": loss_shuffled,
+        "loss_blank_images": loss_blank,
+        "image_gap_shuffled": loss_shuffled - loss,
+        "image_gap_blank": loss_blank - loss,
+    }
+    n_swap = len(items) if swap_items is None else min(swap_items, len(items))
+    if n_swap >= 2:
+        subset = list(items[:n_swap])
+        sub_source = shuffled_sources(subset, seed)
+        if answers is None:
+            answers = generate_answers(model, subset, batch_size, **generation)
+        swapped = generate_answers(model, subset, batch_size, image_source=sub_source, **generation)
+        norm = M.normalize_answer
+        result["answers_changed_share"] = sum(norm(a) != norm(b) for a, b in zip(answers, swapped)) / n_swap
+        result["reference_answers_changed_share"] = (
+            sum(norm(subset[i].reference) != norm(subset[sub_source[i]].reference) for i in range(n_swap))
+            / n_swap
+        )
+    return result
+
+
+def add_verdict(metrics: dict[str, Any]) -> dict[str, Any]:
+    metrics["verdict_status"], metrics["verdict"] = M.collapse_verdict(metrics)
+    return metrics
+
+
+def quick_eval(
+    model,
+    rows,
+    train_answers: Sequence[str] | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    extract_fields: M.ExtractFields | None = None,
+    image_checks: bool = True,
+    **generation: Any,
+) -> dict[str, Any]:
+    """A small in-training check: flat metrics (all numbers but "verdict", "verdict_status", "top_answer").
+
+    `rows` are cauldron rows with decoded images (a few dozen held-out rows is enough to see a collapse).
+    Leaves the model in the mode (train/eval) it found it in.
+    """
+    was_training = model.training
+    items = items_from_rows(rows)
+    if not items:
+        raise DataError("quick_eval got no usable rows (each needs an image and a question/answer turn)")
+    try:
+        answers = generate_answers(model, items, batch_size, max_new_tokens=max_new_tokens, **generation)
+        metrics, _ = score_answers(items, answers, train_answers, extract_fields)
+        top = metrics.pop("top_answers")
+        metrics["top_answer"] = top[0][0] if top else ""
+        if image_checks:
+            metrics.update(
+                image_reliance(model, items, answers, batch_size, max_new_tokens=max_new_tokens, **generation)
+            )
+    finally:
+        model.train(was_training)
+    return add_verdict(metrics)
+
+
+# --- The whole evaluation ---------------------------------------------------------------------------
+
+
+def _load_items(data_dir, split: str, max_items: int | None, progress: ProgressFn):
+    from picovlm.data.cauldron import load_cauldron
+
+    dataset = load_cauldron(data_dir, split=split, max_rows=max_items)
+    progress(0, len(dataset), f"reading {split}")
+    items = items_from_rows(dataset)
+    if not items:
+        raise DataError(f"{data_dir} split {split!r} has no rows with an image and a question/answer turn")
+    return dataset, items
+
+
+def detect_extract_fields(dataset) -> M.ExtractFields | None:
+    """The demo set's field parser when the rows come from `picovlm demo`, else None."""
+    if "fields" not in dataset.column_names or len(dataset) == 0:
+        return None
+    from picovlm.data.demo import DEMO_SOURCE, extract_fields
+
+    first = dataset.select_columns(["texts"])[0]["texts"]
+    return extract_fields if first and first[0].get("source") == DEMO_SOURCE else None
+
+
+def evaluate(
+    model_dir_or_model,
+    data_dir: str | Path,
+    split: str = "test",
+    train_split: str | None = "train",
+    max_items: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 96,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = 0,
+    repetition_penalty: float | None = None,
+    baseline: str | None = None,
+    extract_fields: M.ExtractFields | str | None = "auto",
+    swap_items: int | None = 64,
+    name: str | None = None,
+    thumbnails: bool = True,
+    device: str = "cpu",
+    progress: ProgressFn = no_progress,
+) -> dict[str, Any]:
+    """Evaluate one model (a folder written by save_pretrained, or a model object) on data_dir/split.
+
+    Returns {"name", "model", "data", "split", "metrics", "items", "baselines", "thumbnails"}, the input
+    of `picovlm.eval.report.write_report`. baseline="nearest" adds the nearest-neighbour lookup.
+    `train_split=None` skips the train loss, copy rate and baseline. `swap_items` caps the rows
+    regenerated with swapped images (None: all).
+    """
+    from picovlm.eval.report import thumbnail_data_uri
+
+    if baseline not in (None, "nearest"):
+        raise PicovlmError(f"unknown baseline {baseline!r}: the only baseline is 'nearest'")
+    if isinstance(model_dir_or_model, (str, Path)):
+        from picovlm.model.vlm import VisionLanguageModel
+
+        model_path = str(model_dir_or_model)
+        model = VisionLanguageModel.from_pretrained(model_dir_or_model, device=device)
+        name = name or Path(model_dir_or_model).name
+    else:
+        model, model_path = model_dir_or_model, None
+        name = name or "model"
+    if model.processor is None:
+        raise PicovlmError(f"{model_path or 'the model'} has no tokenizer: save it with its tokenizer.json")
+    generation = dict(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
+    generation["repetition_penalty"] = repetition_penalty
+
+    from picovlm.data.cauldron import load_cauldron
+
+    dataset, items = _load_items(data_dir, split, max_items, progress)
+    if extract_fields == "auto":
+        extract_fields = detect_extract_fields(dataset)
+    train = None
+    if train_split:
+        try:
+            train = load_cauldron(data_dir, split=train_split)
+        except DataError:
+            train = None  # no training split: skip the train-side metrics
+    if train is not None and len(train) == 0:
+        train = None
+    # Training answers come from the text column alone: no image is decoded for them.
+    train_answers = None
+    if train is not None:
+        train_answers = [texts[0].get("assistant") or "" for texts in train["texts"] if texts]
+
+    answers = generate_answers(model, items, batch_size, progress=progress, **generation)
+    metrics, rows = score_answers(items, answers, train_answers, extract_fields)
+    progress(len(items), len(items), "image-reliance checks")
+    metrics.update(image_reliance(model, items, answers, batch_size, swap_items, **generation))
+    if train is not None:
+        # As many training rows as test rows, spread over the split: enough for the gap, cheap to compute.
+        step = max(1, len(train) // len(items))
+        sample = items_from_rows(train.select(range(0, len(train), step)[: len(items)]))
+        metrics["train_loss"] = answer_loss(model, sample, batch_size)
+        metrics["train_test_loss_gap"] = M.train_test_loss_gap(metrics["train_loss"], metrics["loss"])
+
+    baselines: dict[str, Any] = {}
+    if baseline == "nearest" and train is not None:
+        progress(len(items), len(items), "nearest-neighbour baseline")
+        train_items, train_pixels, train_vision = [], [], []
+        for start in range(0, len(train), 256):  # in chunks: never all training images in memory at once
+            chunk = items_from_rows(train.select(range(start, min(start + 256, len(train)))))
+            if chunk:
+                train_pixels.append(pixel_features(chunk))
+                train_vision.append(vision_features(model, chunk, center=False))
+                train_items += [EvalItem([], item.question, item.reference, item.image_key) for item in chunk]
+        test_vision = vision_features(model, items, center=False)
+        vision_mean = np.concatenate(train_vision).mean(axis=0)  # the direction every image shares
+        spaces = {
+            "nearest-pixels": (pixel_features(items), np.concatenate(train_pixels)),
+            "nearest-vision": (
+                _unit(test_vision - vision_mean),
+                _unit(np.concatenate(train_vision) - vision_mean),
+            ),
+        }
+        for baseline_name, (test_vectors, train_vectors) in spaces.items():
+            looked_up = nearest_answers(items, train_items, test_vectors, train_vectors)
+            b_metrics, b_rows = score_answers(items, looked_up, train_answers, extract_fields)
+            baselines[baseline_name] = {"metrics": add_verdict(b_metrics), "items": b_rows}
+        best = max(baselines, key=lambda b: baselines[b]["metrics"]["token_f1"])
+        metrics["baseline_token_f1"] = baselines[best]["metrics"]["token_f1"]
+        metrics["baseline_name"] = best
+    elif baseline == "nearest":
+        raise DataError(f"--baseline nearest needs a training split: {data_dir} has no split {train_split!r}")
+
+    result = {
+        "name": name,
+        "model": model_path,
+        "data": str(data_dir),
+        "split": split,
+        "metrics": add_verdict(metrics),
+        "items": rows,
+        "baselines": baselines,
+        "thumbnails": {},
+    }
+    if thumbnails:
+        for item in items:
+            if item.image_key not in result["thumbnails"]:
+                result["thumbnails"][item.image_key] = thumbnail_data_uri(item.images[0])
+    return result
+
+
+def evaluate_many(
+    models: Sequence[str | Path],
+    data_dir: str | Path,
+    progress_for: Callable[[str], ProgressFn] | None = None,
+    **options,
+) -> list[dict[str, Any]]:
+    """evaluate() for several model folders on one split (e.g. all runs of a sweep), for one report.
+
+    Folder names that repeat (run1/final, run2/final) are disambiguated with their parent folder.
+    """
+    names = [Path(m).name for m in models]
+    results = []
+    for model, short in zip(models, names):
+        label = f"{Path(model).parent.name}/{short}" if names.count(short) > 1 else short
+        progress = progress_for(label) if progress_for else no_progress
+        results.append(evaluate(model, data_dir, name=label, progress=progress, **options))
+    return results

@@ -1,0 +1,93 @@
+"""Answers for image files: batched for many images, streamed piece by piece for one.
+
+    answer_files(model, ["a.png", "b.png"], "Describe the image.")  -> ["...", "..."]
+    stream_answer(model, "a.png", on_text=lambda piece: ...)        -> "..." (on_text sees it grow)
+
+Streaming decodes the tokens generated so far after every step and hands on only the new text. A
+byte-level BPE token can end in the middle of a UTF-8 character; such a tail decodes to U+FFFD, so
+it is held back until the next token completes it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from picovlm.errors import PicovlmError
+
+DEFAULT_QUESTION = "Describe the image."
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file fully (RGB), or raise a PicovlmError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PicovlmError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB") if image.mode != "RGB" else image.copy()
+    except (UnidentifiedImageError, OSError) as err:
+        raise PicovlmError(
+            f"{path}: not an image Pillow can read ({err}); use PNG, JPEG, WebP or GIF"
+        ) from None
+
+
+def answer_files(
+    model,
+    image_paths: Sequence[str | os.PathLike],
+    question: str = DEFAULT_QUESTION,
+    batch_size: int = 16,
+    **generation: Any,
+) -> list[str]:
+    """One answer per image file, generated in batches (left padding, early stop per row)."""
+    answers: list[str] = []
+    for start in range(0, len(image_paths), batch_size):
+        images = [load_image(p) for p in image_paths[start : start + batch_size]]
+        answers += model.answer(images, [question] * len(images), **generation)
+    return answers
+
+
+def stream_answer(
+    model,
+    image_path: str | os.PathLike,
+    question: str = DEFAULT_QUESTION,
+    on_text: Callable[[str], None] | None = None,
+    **generation: Any,
+) -> str:
+    """Answer one image, calling on_text(piece) as each piece of the answer is decoded; return the answer."""
+    batch = model.prepare_prompts([load_image(image_path)], [question])
+    eos = model.cfg.eos_token_id
+    tokens: list[int] = []
+    state = {"shown": "", "done": False}
+
+    def on_token(step_tokens) -> None:
+        if state["done"]:
+            return
+        token = int(step_tokens[0])
+        if token == eos:
+            state["done"] = True
+            return
+        tokens.append(token)
+        text = model.tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
+        if text.endswith("\ufffd"):
+            return  # an incomplete UTF-8 character: wait for the next token
+        if text.startswith(state["shown"]) and len(text) > len(state["shown"]):
+            if on_text is not None:
+                on_text(text[len(state["shown"]) :])
+            state["shown"] = text
+
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(**batch, on_token=on_token, **generation)
+    finally:
+        model.train(was_training)
+    answer = model.decode_answer(out[0].tolist())
+    if on_text is not None and answer.startswith(state["shown"]) and len(answer) > len(state["shown"]):
+        on_text(answer[len(state["shown"]) :])  # whatever was held back at the end
+    return answer

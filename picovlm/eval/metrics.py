@@ -1,0 +1,475 @@
+"""Metrics for generated answers, and the collapse verdict built from them.
+
+Pure Python + numpy (+ sacrebleu for BLEU/chrF): no torch, so the trainer, the evaluator and a notebook
+can all call these on plain lists of strings.
+
+Three families:
+  * answer quality: exact match, token F1, ROUGE-L, BLEU, chrF, answer length, multiple-choice accuracy,
+    accuracy of the factual fields of an answer;
+  * collapse signals: how many distinct images got distinct answers, how often the single most common
+    answer was given, distinct-1/2, how many answers are verbatim copies of training answers;
+  * `collapse_verdict`, which turns those numbers (plus loss gaps from `evaluate`) into plain words.
+
+Scales: everything is a share in [0, 1] except BLEU and chrF, which keep sacrebleu's 0-100 scale, and
+losses, which are nats per answer token.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# --- Normalisation ---------------------------------------------------------------------------------
+
+_ARTICLES = {"a", "an", "the"}
+_PUNCTUATION = set(string.punctuation) | {"“", "”", "‘", "’", "«", "»", "…", "–", "—"}
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and articles, squeeze spaces: 'The Eiffel Tower.' -> 'eiffel tower'.
+
+    The SQuAD convention, so "A red car." and "red car" count as the same answer.
+    """
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(" " if ch in _PUNCTUATION else ch for ch in text)
+    return " ".join(word for word in text.split() if word not in _ARTICLES)
+
+
+def answer_tokens(text: str) -> list[str]:
+    return normalize_answer(text).split()
+
+
+# --- Per-answer scores -----------------------------------------------------------------------------
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Harmonic mean of precision and recall over the bag of normalised words (SQuAD token F1)."""
+    pred, ref = answer_tokens(prediction), answer_tokens(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    overlap = sum((Counter(pred) & Counter(ref)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """ROUGE's own tokenisation: lower case, runs of letters/digits are words (no article removal)."""
+    return re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", text).lower())
+
+
+def longest_common_subsequence(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the LCS, by dynamic programming over one row at a time (O(len(a)*len(b)) time)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = [0] * (len(b) + 1)
+    for item_a in a:
+        current = [0]
+        for j, item_b in enumerate(b):
+            current.append(previous[j] + 1 if item_a == item_b else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure: LCS-based precision and recall, combined with beta = 1."""
+    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
+    if not pred or not ref:
+        return 0.0
+    lcs = longest_common_subsequence(pred, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+# --- Corpus scores (sacrebleu) ---------------------------------------------------------------------
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (0-100) with sacrebleu's defaults (13a tokenisation, one reference per item)."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus chrF (0-100): character n-gram F-score, kinder than BLEU to small wording changes."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(list(predictions), [list(references)]).score)
+
+
+# --- Multiple choice -------------------------------------------------------------------------------
+
+_OPTION_LINE = re.compile(r"(?:^|\n|\s)\(?([A-Z])[\):.]\s*(.+?)(?=\s+\(?[A-Z][\):.]\s|\n|$)")
+_EXPLICIT = re.compile(
+    r"\b(?:answer|option|choice)\b(?:\s+(?:is|would be|should be))?\s*[:\-]?\s*"
+    r"(?:\(([A-Za-z])\)|([A-Z])(?![A-Za-z])|([a-z])(?=[.):\]]|\s*$))"
+)
+_LEADING = re.compile(r"^\s*[\(\[]?([A-Za-z])[\)\].:](?:\s|$)")
+_ALONE = re.compile(r"^\s*[\(\[]?([A-Za-z])[\)\]]?[.:]?\s*$")
+
+
+def parse_options(question: str) -> dict[str, str]:
+    """Find lettered options in a question ("A: cat\\nB: dog" or "(A) cat (B) dog"): {'A': 'cat', ...}.
+
+    Returns {} when fewer than two consecutive letters from A are found.
+    """
+    options: dict[str, str] = {}
+    for letter, text in _OPTION_LINE.findall(question):
+        options.setdefault(letter, text.strip().rstrip(",;").strip())
+    letters = sorted(options)
+    expected = [chr(ord("A") + i) for i in range(len(letters))]
+    return options if len(letters) >= 2 and letters == expected else {}
+
+
+def parse_choice(text: str, options: dict[str, str] | None = None, n_choices: int = 26) -> str | None:
+    """The letter a free-text answer picks, or None when it picks none or several.
+
+    Understands "B", "(B)", "B.", "b) red car", "Answer: B.", "The answer is (b)", "Option C", and, when
+    `options` are given, an answer that repeats exactly one option's text ("It is a red car").
+    A lone capital "A" that starts a sentence ("A cat sits...") is read as an article, not a choice.
+    """
+    valid = {chr(ord("A") + i) for i in range(len(options) if options else n_choices)}
+
+    def ok(letter: str | None) -> str | None:
+        return letter.upper() if letter and letter.upper() in valid else None
+
+    if match := _ALONE.match(text):
+        return ok(match.group(1))
+    if match := _EXPLICIT.search(text):
+        return ok(next(g for g in match.groups() if g))
+    if match := _LEADING.match(text):
+        return ok(match.group(1))
+    if options:
+        said = f" {normalize_answer(text)} "
+        hits = [letter for letter, option in options.items() if f" {normalize_answer(option)} " in said]
+        # "red car" and "car" both match "a red car": keep the longest option, which contains the others.
+        hits = [h for h in hits if not any(h != o and options[h] in options[o] for o in hits)]
+        if len(hits) == 1:
+            return hits[0]
+    # Last resort: exactly one capital letter standing alone ("I'd say B, because ...").
+    lone = {m for m in re.findall(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])", text) if m in valid}
+    lone -= {"A"} if re.search(r"(?<![A-Za-z'])A [a-z]", text) else set()
+    lone -= {"I"}  # the pronoun
+    return lone.pop() if len(lone) == 1 else None
+
+
+def reference_choice(reference: str) -> str | None:
+    """The gold letter when a reference is a bare letter ("B", "(B)", "B."): marks a multiple-choice item."""
+    match = _ALONE.match(reference)
+    return match.group(1).upper() if match else None
+
+
+def multiple_choice_accuracy(
+    predictions: Sequence[str], gold_letters: Sequence[str], questions: Sequence[str] | None = None
+) -> float:
+    """Share of items whose parsed letter equals the gold letter (unparseable answers count as wrong)."""
+    if not predictions:
+        return 0.0
+    correct = 0
+    for i, (prediction, gold) in enumerate(zip(predictions, gold_letters)):
+        options = parse_options(questions[i]) if questions else None
+        correct += parse_choice(prediction, options or None) == gold.strip().upper()
+    return correct / len(predictions)
+
+
+# --- Collapse signals ------------------------------------------------------------------------------
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct n-grams over all n-grams, across all answers (Li et al. 2016). 1.0 = no repetition."""
+    ngrams: list[tuple[str, ...]] = []
+    for text in texts:
+        words = answer_tokens(text)
+        ngrams.extend(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return len(set(ngrams)) / len(ngrams) if ngrams else 0.0
+
+
+def _one_answer_per_image(answers: Sequence[str], image_keys: Sequence[str] | None) -> list[str]:
+    """Normalised answers, keeping the first answer for each distinct image (all of them without keys)."""
+    if image_keys is None:
+        return [normalize_answer(a) for a in answers]
+    first: dict[str, str] = {}
+    for key, answer in zip(image_keys, answers):
+        first.setdefault(key, normalize_answer(answer))
+    return list(first.values())
+
+
+def distinct_answer_share(answers: Sequence[str], image_keys: Sequence[str] | None = None) -> float:
+    """Distinct answers / distinct images: 1.0 = every image got its own answer, 1/N = one answer for all."""
+    per_image = _one_answer_per_image(answers, image_keys)
+    return len(set(per_image)) / len(per_image) if per_image else 0.0
+
+
+def top_answer_share(answers: Sequence[str], image_keys: Sequence[str] | None = None) -> float:
+    """Share of distinct images that got the single most common answer."""
+    per_image = _one_answer_per_image(answers, image_keys)
+    return Counter(per_image).most_common(1)[0][1] / len(per_image) if per_image else 0.0
+
+
+def most_repeated_answers(answers: Sequence[str], k: int = 5) -> list[tuple[str, int]]:
+    """The k most frequent answers (grouped after normalisation, shown as first written) with counts."""
+    counts: Counter[str] = Counter()
+    shown: dict[str, str] = {}
+    for answer in answers:
+        key = normalize_answer(answer)
+        counts[key] += 1
+        shown.setdefault(key, answer.strip())
+    return [(shown[key], count) for key, count in counts.most_common(k)]
+
+
+def copied_from_train_share(answers: Sequence[str], train_answers: Sequence[str]) -> float:
+    """Share of answers that are, after normalisation, exactly some training answer (memorised text)."""
+    if not answers:
+        return 0.0
+    train = {normalize_answer(a) for a in train_answers}
+    return sum(normalize_answer(a) in train for a in answers) / len(answers)
+
+
+def train_test_loss_gap(train_loss: float, test_loss: float) -> float:
+    """Test loss minus train loss, nats per token: large and growing = overfitting."""
+    return test_loss - train_loss
+
+
+# --- Factual fields --------------------------------------------------------------------------------
+
+ExtractFields = Callable[[str], dict[str, Any]]
+
+
+def flatten_fields(fields: Any, prefix: str = "") -> dict[str, str]:
+    """Nested facts as flat normalised strings: {"objects": [{"colour": "Red"}]} -> {"objects.0.colour": "red"}.
+
+    None (a fact the text does not state) is dropped.
+    """
+    if isinstance(fields, dict):
+        items = fields.items()
+    elif isinstance(fields, (list, tuple)):
+        items = enumerate(fields)
+    else:
+        return {} if fields is None else {prefix: normalize_answer(str(fields))}
+    flat: dict[str, str] = {}
+    for key, value in items:
+        flat.update(flatten_fields(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _field_name(path: str) -> str:
+    """ "objects.2.colour" -> "objects.colour": per-field accuracy pools list positions."""
+    return ".".join(part for part in path.split(".") if not part.isdigit())
+
+
+def field_accuracy(
+    predictions: Sequence[str], references: Sequence[str], extract_fields: ExtractFields
+) -> dict[str, float]:
+    """Share of the reference's facts that the prediction states with the same value.
+
+    `extract_fields(text) -> {"background": "white", "objects": [{"colour": "red", ...}], ...}` reads the
+    facts out of an answer (for the demo set: `picovlm.data.demo.extract_fields`); nested facts are
+    compared leaf by leaf. Returns {"all": overall share, "<field>": share per field}. A fact the
+    prediction does not state counts as wrong.
+    """
+    right: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for prediction, reference in zip(predictions, references):
+        said = flatten_fields(extract_fields(prediction))
+        for path, value in flatten_fields(extract_fields(reference)).items():
+            total[_field_name(path)] += 1
+            right[_field_name(path)] += said.get(path) == value
+    result = {name: right[name] / total[name] for name in sorted(total)}
+    result["all"] = sum(right.values()) / sum(total.values()) if total else 0.0
+    return result
+
+
+def field_majority_accuracy(
+    references: Sequence[str], train_answers: Sequence[str], extract_fields: ExtractFields
+) -> float:
+    """Field accuracy of a model that always states each fact's most common training value.
+
+    A model whose field accuracy is no better than this has learned the answer template, not the image.
+    """
+    train_values: dict[str, Counter[str]] = {}
+    for answer in train_answers:
+        for path, value in flatten_fields(extract_fields(answer)).items():
+            train_values.setdefault(path, Counter())[value] += 1
+    majority = {path: values.most_common(1)[0][0] for path, values in train_values.items()}
+    right = total = 0
+    for reference in references:
+        for path, value in flatten_fields(extract_fields(reference)).items():
+            total += 1
+            right += majority.get(path) == value
+    return right / total if total else 0.0
+
+
+# --- Everything at once ----------------------------------------------------------------------------
+
+
+def item_scores(prediction: str, reference: str) -> dict[str, float]:
+    """Scores for one answer, shown per row in the report."""
+    return {
+        "exact_match": exact_match(prediction, reference),
+        "token_f1": token_f1(prediction, reference),
+        "rouge_l": rouge_l(prediction, reference),
+    }
+
+
+def generation_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    questions: Sequence[str] | None = None,
+    image_keys: Sequence[str] | None = None,
+    train_answers: Sequence[str] | None = None,
+    extract_fields: ExtractFields | None = None,
+    top_k: int = 5,
+) -> dict[str, Any]:
+    """All answer-quality and collapse metrics for one set of generated answers, as a flat dict.
+
+    `image_keys` identify images (rows sharing an image share a key); `train_answers` enable the
+    copy rate; `extract_fields` enables field accuracy. The only non-scalar value is "top_answers".
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    n = len(predictions)
+    if n == 0:
+        return {"n_items": 0}
+    per_item = [item_scores(p, r) for p, r in zip(predictions, references)]
+    pred_words = [len(p.split()) for p in predictions]
+    ref_words = [len(r.split()) for r in references]
+    metrics: dict[str, Any] = {
+        "n_items": n,
+        "n_images": len(set(image_keys)) if image_keys is not None else n,
+        "exact_match": sum(s["exact_match"] for s in per_item) / n,
+        "token_f1": sum(s["token_f1"] for s in per_item) / n,
+        "rouge_l": sum(s["rouge_l"] for s in per_item) / n,
+        "bleu": bleu(predictions, references),
+        "chrf": chrf(predictions, references),
+        "answer_words": sum(pred_words) / n,
+        "reference_words": sum(ref_words) / n,
+        "length_ratio": sum(pred_words) / max(1, sum(ref_words)),
+        "distinct_1": distinct_n(predictions, 1),
+        "distinct_2": distinct_n(predictions, 2),
+        "distinct_answer_share": distinct_answer_share(predictions, image_keys),
+        "reference_distinct_answer_share": distinct_answer_share(references, image_keys),
+        "top_answer_share": top_answer_share(predictions, image_keys),
+        "reference_top_answer_share": top_answer_share(references, image_keys),
+        "top_answers": most_repeated_answers(predictions, top_k),
+    }
+    gold = [reference_choice(r) for r in references]
+    mc_rows = [i for i, letter in enumerate(gold) if letter]
+    if mc_rows:
+        metrics["mc_items"] = len(mc_rows)
+        metrics["mc_accuracy"] = multiple_choice_accuracy(
+            [predictions[i] for i in mc_rows],
+            [gold[i] for i in mc_rows],
+            [questions[i] for i in mc_rows] if questions else None,
+        )
+    if train_answers is not None:
+        metrics["copied_from_train_share"] = copied_from_train_share(predictions, train_answers)
+        metrics["reference_copied_from_train_share"] = copied_from_train_share(references, train_answers)
+    if extract_fields is not None:
+        fields = field_accuracy(predictions, references, extract_fields)
+        metrics["field_accuracy"] = fields.pop("all")
+        metrics.update({f"field_accuracy/{name}": value for name, value in fields.items()})
+        if train_answers is not None:
+            metrics["field_majority_accuracy"] = field_majority_accuracy(
+                references, train_answers, extract_fields
+            )
+    return metrics
+
+
+# --- The verdict -----------------------------------------------------------------------------------
+
+# Thresholds, tuned so that the failure from the blog (every test image given the same answer, loss
+# unchanged when the images are shuffled) is named, while a model that merely makes mistakes is not.
+THRESHOLDS = {
+    # collapsed: the most common answer went to at least this share of images...
+    "top_answer_share": 0.5,
+    # ...and to this much more than in the references (a dataset may legitimately repeat answers).
+    "top_answer_excess": 0.2,
+    # collapsed: distinct answers per distinct image below this fraction of the references' own share.
+    "distinct_ratio": 0.5,
+    # ignores the image: shuffling images raises the loss by less than this (nats per answer token)...
+    "image_gap_nats": 0.05,
+    # ...or fewer than this share of answers change when each image is swapped for another (scaled by
+    # the share of references that differ between the swapped rows).
+    "answers_changed_share": 0.2,
+    # overfitting: test loss above train loss by more than this (nats per token).
+    "loss_gap_nats": 1.0,
+}
+
+
+def collapse_verdict(metrics: dict[str, Any], thresholds: dict[str, float] | None = None) -> tuple[str, str]:
+    """(status, sentence) in plain words from a metrics dict; missing metrics are simply not judged.
+
+    status is the most serious finding: "collapsed", "ignores-image", "below-baseline", "overfitting",
+    or "healthy" (or "unknown" when there is nothing to judge). The sentence lists every finding.
+    """
+    t = {**THRESHOLDS, **(thresholds or {})}
+    findings: list[tuple[str, str]] = []
+    m = metrics
+
+    if "top_answer_share" in m:
+        share, ref_share = m["top_answer_share"], m.get("reference_top_answer_share", 0.0)
+        ratio = m["distinct_answer_share"] / max(m.get("reference_distinct_answer_share", 1.0), 1e-9)
+        if share >= t["top_answer_share"] and share >= ref_share + t["top_answer_excess"]:
+            findings.append(("collapsed", f"collapsed: {share:.0%} of test images got the same answer"))
+        elif ratio < t["distinct_ratio"]:
+            n_images = m.get("n_images", m.get("n_items", 0))
+            n_distinct = round(m["distinct_answer_share"] * n_images)
+            findings.append(
+                (
+                    "collapsed",
+                    f"collapsed: only {n_distinct} distinct answers for {n_images} distinct images "
+                    f"(the references have {m.get('reference_distinct_answer_share', 1.0):.0%} distinct)",
+                )
+            )
+    if "image_gap_shuffled" in m and m["image_gap_shuffled"] < t["image_gap_nats"]:
+        gap = m["image_gap_shuffled"]
+        how_much = (
+            f"only {gap:.2f} nats/token higher" if gap >= 0.005 else f"no higher ({gap:+.2f} nats/token)"
+        )
+        findings.append(("ignores-image", f"ignores the image: loss with shuffled images is {how_much}"))
+    elif "answers_changed_share" in m and m["answers_changed_share"] < t["answers_changed_share"] * m.get(
+        "reference_answers_changed_share", 1.0
+    ):
+        findings.append(
+            (
+                "ignores-image",
+                f"ignores the image: only {m['answers_changed_share']:.0%} of answers change when the "
+                "image is swapped",
+            )
+        )
+    baseline_f1 = m.get("baseline_token_f1")
+    if baseline_f1 is not None and "token_f1" in m and m["token_f1"] < baseline_f1:
+        findings.append(
+            (
+                "below-baseline",
+                f"below baseline: a nearest-image lookup scores token-F1 {baseline_f1:.2f}, the model "
+                f"{m['token_f1']:.2f}",
+            )
+        )
+    if "train_test_loss_gap" in m and m["train_test_loss_gap"] > t["loss_gap_nats"]:
+        findings.append(
+            (
+                "overfitting",
+                f"overfitting: test loss is {m['train_test_loss_gap']:.2f} nats/token above train loss",
+            )
+        )
+
+    if findings:
+        return findings[0][0], "; ".join(sentence for _, sentence in findings)
+    judged = {"top_answer_share", "image_gap_shuffled", "answers_changed_share", "train_test_loss_gap"}
+    if not judged & m.keys():
+        return "unknown", "unknown: no collapse signals were computed"
+    return "healthy", "healthy: answers vary with the image and no collapse signal fired"

@@ -1,0 +1,258 @@
+"""Evaluation reports: `metrics.json` for machines, `report.html` and `report.md` for people.
+
+Input is a list of results as returned by `picovlm.eval.evaluate.evaluate` (one per model), each
+
+    {"name": str, "model": str, "data": str, "split": str,
+     "metrics": {flat metrics, incl. "verdict_status" and "verdict"},
+     "items": [{"image_key", "question", "reference", "answer", "token_f1", ...}],
+     "baselines": {"nearest-pixels": {"metrics": {...}, "items": [...]}, ...},   # optional
+     "thumbnails": {image_key: "data:image/jpeg;base64,..."}}                    # optional
+
+The HTML page is self-contained (thumbnails are inline data URIs), so it can be mailed or archived. It
+shows the verdict in plain words, a summary table with one row per model and baseline, the most
+repeated answers, and one row per test item, worst first by token F1, with every model's answer side by
+side. All files are written atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from picovlm.utils import atomic_write_text
+
+# (metric key, column title, format) for the summary table, in reading order.
+SUMMARY_COLUMNS = [
+    ("loss", "loss", "{:.3f}"),
+    ("perplexity", "ppl", "{:.2f}"),
+    ("train_test_loss_gap", "test−train loss", "{:+.3f}"),
+    ("image_gap_shuffled", "image gap (shuffled)", "{:+.3f}"),
+    ("image_gap_blank", "image gap (blank)", "{:+.3f}"),
+    ("answers_changed_share", "answers change with image", "{:.0%}"),
+    ("token_f1", "token F1", "{:.3f}"),
+    ("exact_match", "exact match", "{:.3f}"),
+    ("rouge_l", "ROUGE-L", "{:.3f}"),
+    ("bleu", "BLEU", "{:.1f}"),
+    ("chrf", "chrF", "{:.1f}"),
+    ("field_accuracy", "field acc.", "{:.3f}"),
+    ("field_majority_accuracy", "field acc. of majority", "{:.3f}"),
+    ("mc_accuracy", "MC acc.", "{:.3f}"),
+    ("distinct_answer_share", "distinct answers / images", "{:.0%}"),
+    ("top_answer_share", "top answer share", "{:.0%}"),
+    ("copied_from_train_share", "copied from train", "{:.0%}"),
+    ("distinct_2", "distinct-2", "{:.3f}"),
+    ("length_ratio", "length / reference", "{:.2f}"),
+]
+
+VERDICT_COLOURS = {
+    "healthy": "#1b7f3b",
+    "collapsed": "#b00020",
+    "ignores-image": "#b00020",
+    "below-baseline": "#b35c00",
+    "overfitting": "#b35c00",
+}
+
+
+def thumbnail_data_uri(image, size: int = 96, quality: int = 80) -> str:
+    """A small JPEG of a PIL image as a data URI, for embedding in the self-contained HTML page."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((size, size))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _format(metrics: dict[str, Any], key: str, fmt: str) -> str:
+    value = metrics.get(key)
+    return "" if value is None else fmt.format(value)
+
+
+def summary_rows(results: list[dict]) -> list[tuple[str, dict[str, Any]]]:
+    """(row name, metrics) for every model and every baseline, baselines once per data/split."""
+    rows: list[tuple[str, dict[str, Any]]] = []
+    seen_baselines: set[tuple[str, str, str]] = set()
+    for result in results:
+        rows.append((result["name"], result["metrics"]))
+        for baseline_name, baseline in result.get("baselines", {}).items():
+            key = (baseline_name, str(result.get("data")), str(result.get("split")))
+            # A pixel-space baseline is the same for every model; a model-feature one is not.
+            if baseline_name.endswith("pixels"):
+                if key in seen_baselines:
+                    continue
+                seen_baselines.add(key)
+                rows.append((f"baseline: {baseline_name}", baseline["metrics"]))
+            else:
+                rows.append((f"{result['name']} · baseline: {baseline_name}", baseline["metrics"]))
+    return rows
+
+
+def _answer_columns(results: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(column title, items) for every model, then the first result's pixel baseline."""
+    columns = [(result["name"], result["items"]) for result in results]
+    for baseline_name, baseline in results[0].get("baselines", {}).items():
+        if baseline_name.endswith("pixels"):
+            columns.append((f"baseline: {baseline_name}", baseline["items"]))
+    return columns
+
+
+def worst_first(results: list[dict]) -> list[int]:
+    """Item indices ordered by the models' mean token F1, lowest first (ties by index)."""
+    n = len(results[0]["items"])
+    mean_f1 = [sum(r["items"][i]["token_f1"] for r in results) / len(results) for i in range(n)]
+    return sorted(range(n), key=lambda i: (mean_f1[i], i))
+
+
+# --- HTML --------------------------------------------------------------------------------------------
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 6px; vertical-align: top; }
+th { background: #f2f2f2; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.verdict { font-weight: 600; padding: 0.4em 0.6em; border-left: 5px solid; margin: 0.3em 0; }
+.items td { max-width: 26em; }
+.score { color: #666; font-size: 0.85em; }
+.meta { color: #666; }
+img.thumb { width: 96px; height: auto; image-rendering: auto; }
+"""
+
+
+def render_html(results: list[dict], title: str = "picovlm evaluation", max_items: int = 200) -> str:
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+    ]
+    first = results[0]
+    parts.append(
+        f'<p class="meta">data: {esc(str(first.get("data", "")))} · split: {esc(str(first.get("split", "")))}'
+        f" · {first['metrics'].get('n_items', 0)} items · {first['metrics'].get('n_images', 0)} images</p>"
+    )
+
+    parts.append("<h2>Verdict</h2>")
+    for result in results:
+        status = result["metrics"].get("verdict_status", "unknown")
+        colour = VERDICT_COLOURS.get(status, "#555")
+        parts.append(
+            f'<div class="verdict" style="border-color:{colour};color:{colour}">'
+            f"{esc(result['name'])} — {esc(result['metrics'].get('verdict', ''))}</div>"
+        )
+
+    parts.append("<h2>Summary</h2><table><tr><th>model</th>")
+    rows = summary_rows(results)
+    shown = [(k, t, f) for k, t, f in SUMMARY_COLUMNS if any(k in m for _, m in rows)]
+    parts += [f"<th>{esc(title)}</th>" for _, title, _ in shown]
+    parts.append("</tr>")
+    for name, metrics in rows:
+        cells = "".join(f'<td class="num">{_format(metrics, k, f)}</td>' for k, _, f in shown)
+        parts.append(f"<tr><th>{esc(name)}</th>{cells}</tr>")
+    parts.append("</table>")
+
+    parts.append("<h2>Most repeated answers</h2>")
+    for result in results:
+        top = result["metrics"].get("top_answers", [])
+        parts.append(f"<p><b>{esc(result['name'])}</b></p><table><tr><th>count</th><th>answer</th></tr>")
+        parts += [f'<tr><td class="num">{count}</td><td>{esc(answer)}</td></tr>' for answer, count in top]
+        parts.append("</table>")
+
+    order = worst_first(results)
+    columns = _answer_columns(results)
+    thumbnails: dict[str, str] = {}
+    for result in results:
+        thumbnails.update(result.get("thumbnails", {}))
+    shown_count = min(max_items, len(order))
+    parts.append(
+        f"<h2>Items, worst first</h2><p class='meta'>{shown_count} of {len(order)} items, ordered by "
+        "token F1 (mean over models)</p>"
+    )
+    parts.append('<table class="items"><tr><th>#</th><th>image</th><th>question</th><th>reference</th>')
+    parts += [f"<th>{esc(name)}</th>" for name, _ in columns]
+    parts.append("</tr>")
+    for i in order[:shown_count]:
+        item = first["items"][i]
+        uri = thumbnails.get(item.get("image_key", ""), "")
+        image_cell = f'<img class="thumb" src="{uri}" alt="image {i}">' if uri else ""
+        cells = [
+            f"<td>{i}</td><td>{image_cell}</td><td>{esc(item['question'])}</td><td>{esc(item['reference'])}</td>"
+        ]
+        for _, items in columns:
+            answer = items[i]
+            cells.append(
+                f"<td>{esc(answer['answer'])}<br><span class='score'>F1 {answer['token_f1']:.2f}"
+                f" · ROUGE-L {answer.get('rouge_l', 0.0):.2f}</span></td>"
+            )
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table></body></html>")
+    return "\n".join(parts)
+
+
+# --- Markdown ----------------------------------------------------------------------------------------
+
+MARKDOWN_COLUMNS = ["loss", "image_gap_shuffled", "token_f1", "rouge_l", "bleu", "chrf", "field_accuracy"]
+MARKDOWN_COLUMNS += ["distinct_answer_share", "top_answer_share"]
+
+
+def render_markdown(results: list[dict], title: str = "picovlm evaluation") -> str:
+    lines = [f"# {title}", ""]
+    lines += [f"- **{r['name']}**: {r['metrics'].get('verdict', '')}" for r in results]
+    rows = summary_rows(results)
+    shown = [
+        (k, t, f) for k, t, f in SUMMARY_COLUMNS if k in MARKDOWN_COLUMNS and any(k in m for _, m in rows)
+    ]
+    lines += ["", "| model | " + " | ".join(t for _, t, _ in shown) + " |"]
+    lines.append("|---" * (len(shown) + 1) + "|")
+    for name, metrics in rows:
+        lines.append(f"| {name} | " + " | ".join(_format(metrics, k, f) for k, _, f in shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- All files ---------------------------------------------------------------------------------------
+
+
+def metrics_document(results: list[dict]) -> dict[str, Any]:
+    """What goes into metrics.json: everything but the per-item rows and the thumbnails."""
+    return {
+        "models": [
+            {
+                "name": r["name"],
+                "model": r.get("model"),
+                "data": r.get("data"),
+                "split": r.get("split"),
+                "metrics": r["metrics"],
+                "baselines": {name: {"metrics": b["metrics"]} for name, b in r.get("baselines", {}).items()},
+            }
+            for r in results
+        ]
+    }
+
+
+def write_report(
+    results: list[dict], out_dir: str | Path, title: str = "picovlm evaluation"
+) -> dict[str, Path]:
+    """Write metrics.json, predictions.jsonl, report.md and report.html into out_dir; return their paths."""
+    if not results:
+        raise ValueError("write_report needs at least one result")
+    out = Path(out_dir)
+    paths = {name: out / name for name in ("metrics.json", "predictions.jsonl", "report.md", "report.html")}
+    atomic_write_text(paths["metrics.json"], json.dumps(metrics_document(results), indent=2) + "\n")
+    lines = []
+    for result in results:
+        for item in result["items"]:
+            lines.append(json.dumps({"model": result["name"], **item}, ensure_ascii=False))
+        for baseline_name, baseline in result.get("baselines", {}).items():
+            for item in baseline["items"]:
+                lines.append(
+                    json.dumps({"model": f"{result['name']}/{baseline_name}", **item}, ensure_ascii=False)
+                )
+    atomic_write_text(paths["predictions.jsonl"], "\n".join(lines) + "\n")
+    atomic_write_text(paths["report.md"], render_markdown(results, title))
+    atomic_write_text(paths["report.html"], render_html(results, title))
+    return paths

@@ -1,0 +1,143 @@
+"""evaluate() end to end on tiny trained models: the verdict tells grounded, blind and collapsed apart."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from picovlm.eval.evaluate import (
+    EvalItem,
+    evaluate,
+    evaluate_many,
+    nearest_answers,
+    pixel_features,
+    quick_eval,
+    shuffled_sources,
+)
+from picovlm.eval.report import write_report
+
+
+@pytest.fixture(scope="module")
+def results(tiny_models, squares_dir):
+    dirs = [tiny_models[name] for name in ("grounded", "shuffled", "collapsed")]
+    return {r["name"]: r for r in evaluate_many(dirs, squares_dir, baseline="nearest", max_new_tokens=16)}
+
+
+def test_grounded_model_is_not_flagged(results):
+    m = results["grounded"]["metrics"]
+    assert m["token_f1"] > 0.9
+    assert m["image_gap_shuffled"] > 0.3 and m["image_gap_blank"] > 0.3
+    assert m["answers_changed_share"] > 0.5
+    assert m["verdict_status"] in ("healthy", "below-baseline"), m["verdict"]
+    assert "collapsed" not in m["verdict"] and "ignores the image" not in m["verdict"]
+
+
+def test_collapsed_model_is_flagged(results):
+    m = results["collapsed"]["metrics"]
+    assert m["verdict_status"] == "collapsed"
+    assert m["verdict"].startswith("collapsed: 100% of test images got the same answer")
+    assert m["top_answers"][0][1] == m["n_items"]
+    assert m["copied_from_train_share"] == 0.0  # its one answer is not a training answer of this split
+
+
+def test_model_trained_on_shuffled_images_is_flagged_as_ignoring_them(results):
+    m = results["shuffled"]["metrics"]
+    assert m["image_gap_shuffled"] < 0.05
+    assert "ignores the image: loss with shuffled images is" in m["verdict"]
+
+
+def test_nearest_baseline_and_loss_fields(results):
+    m = results["grounded"]["metrics"]
+    assert set(results["grounded"]["baselines"]) == {"nearest-pixels", "nearest-vision"}
+    pixels = results["grounded"]["baselines"]["nearest-pixels"]["metrics"]
+    assert pixels["token_f1"] > 0.8  # colour squares: a pixel lookup is a strong baseline
+    assert m["baseline_token_f1"] >= pixels["token_f1"]
+    assert m["perplexity"] == pytest.approx(np.exp(m["loss"]))
+    assert abs(m["train_test_loss_gap"] - (m["loss"] - m["train_loss"])) < 1e-9
+    assert len(results["grounded"]["thumbnails"]) == m["n_images"] == 24
+
+
+def test_report_for_several_models(results, tmp_path):
+    paths = write_report(list(results.values()), tmp_path)
+    document = json.loads(paths["metrics.json"].read_text())
+    statuses = {m["name"]: m["metrics"]["verdict_status"] for m in document["models"]}
+    assert statuses["collapsed"] == "collapsed"
+    page = paths["report.html"].read_text()
+    assert page.count("<th>shuffled</th>") == 2  # its summary row and its answer column
+    assert "baseline: nearest-pixels" in page
+
+
+def test_evaluate_max_items_and_no_train_split(tiny_models, squares_dir):
+    result = evaluate(
+        tiny_models["grounded"],
+        squares_dir,
+        max_items=6,
+        train_split=None,
+        max_new_tokens=8,
+        thumbnails=False,
+    )
+    assert result["metrics"]["n_items"] == 6 and "train_loss" not in result["metrics"]
+    assert result["thumbnails"] == {}
+
+
+def test_quick_eval_is_flat_and_keeps_training_mode(tiny_models, square_rows):
+    from picovlm.model.vlm import VisionLanguageModel
+
+    model = VisionLanguageModel.from_pretrained(tiny_models["collapsed"])
+    model.train()
+    metrics = quick_eval(model, square_rows(12, 5), max_new_tokens=12)
+    assert model.training
+    assert metrics["verdict_status"] == "collapsed"
+    assert all(isinstance(v, (int, float, str)) for v in metrics.values())
+
+
+def test_shuffled_sources_never_keep_their_own_image():
+    image = Image.new("RGB", (4, 4))
+    items = [EvalItem([image] * (1 + i % 2), "q", "a", str(i)) for i in range(9)]
+    source = shuffled_sources(items, seed=3)
+    assert all(source[i] != i for i in range(9))
+    assert all(len(items[source[i]].images) == len(items[i].images) for i in range(9))
+    assert sorted(source) == list(range(9))  # a permutation: every image is shown exactly once
+
+
+def test_nearest_answers_hand_made():
+    train = [
+        EvalItem([], "colour?", "red", "a"),
+        EvalItem([], "colour?", "blue", "b"),
+        EvalItem([], "size?", "big", "c"),
+    ]
+    test = [EvalItem([], "colour?", "", "x"), EvalItem([], "Size?", "", "y")]
+    train_vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    test_vectors = np.array([[0.1, 0.9], [1.0, 0.0]])
+    # test 0 is closest to "blue"; test 1 asks "size?", so only the "big" row is a candidate
+    assert nearest_answers(test, train, test_vectors, train_vectors) == ["blue", "big"]
+
+
+def test_pixel_features_are_unit_length_and_find_the_same_picture(square_rows):
+    rows = square_rows(12, 0)
+    items = [EvalItem(r["images"], "q", "a", str(i)) for i, r in enumerate(rows)]
+    vectors = pixel_features(items)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert (vectors @ vectors.T).argmax(axis=1).tolist() == list(range(12))
+
+
+def test_demo_set_gets_field_accuracy_automatically(tmp_path):
+    """On `picovlm demo` data, evaluate finds the demo's field parser and reports facts right."""
+    from picovlm.config import preset
+    from picovlm.data.demo import write_demo
+    from picovlm.data.tokenizer import train_tokenizer
+    from picovlm.model.vlm import VisionLanguageModel
+
+    data = write_demo(tmp_path / "demo", n=40, image_size=32)
+    tokenizer = train_tokenizer(
+        ["The image shows two shapes on a white background. A large red circle is at the top left."] * 3,
+        vocab_size=300,
+    )
+    model = VisionLanguageModel(preset("tiny"), tokenizer)  # untrained: its answers state no facts
+    metrics = evaluate(model, data, max_items=4, max_new_tokens=4, thumbnails=False)["metrics"]
+    assert metrics["field_accuracy"] == 0.0
+    assert 0.0 < metrics["field_majority_accuracy"] < 1.0
+    assert "field_accuracy/objects.colour" in metrics

@@ -1,0 +1,237 @@
+"""Metric functions against hand-computed values and, where one exists, the reference package."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from picovlm.eval import metrics as M
+
+
+def test_normalize_answer_drops_case_punctuation_and_articles():
+    assert M.normalize_answer("The Eiffel  Tower!") == "eiffel tower"
+    assert M.normalize_answer("A red car, an apple.") == "red car apple"
+    assert M.answer_tokens("“Hello”, world…") == ["hello", "world"]
+
+
+def test_exact_match():
+    assert M.exact_match("The cat.", "cat") == 1.0
+    assert M.exact_match("cats", "cat") == 0.0
+
+
+def test_token_f1_hand_computed():
+    # pred -> cat sat on mat (4), ref -> cat on mat (3); overlap 3: P=3/4, R=1, F1=6/7
+    assert M.token_f1("the cat sat on the mat", "a cat on a mat") == pytest.approx(6 / 7)
+    # repeated words count only as often as the reference has them: pred red red red, ref red blue
+    # overlap 1: P=1/3, R=1/2, F1 = 2*(1/6)/(5/6) = 0.4
+    assert M.token_f1("red red red", "red blue") == pytest.approx(0.4)
+    assert M.token_f1("dog", "cat") == 0.0
+    assert M.token_f1("", "") == 1.0
+    assert M.token_f1("", "cat") == 0.0
+
+
+def test_longest_common_subsequence():
+    assert M.longest_common_subsequence(list("ABCBDAB"), list("BDCABA")) == 4
+    assert M.longest_common_subsequence([], ["a"]) == 0
+
+
+def test_rouge_l_hand_computed():
+    # pred 6 tokens, ref 5, LCS 5: P=5/6, R=1, F=10/11
+    assert M.rouge_l("the cat sat on the mat", "the cat on the mat") == pytest.approx(10 / 11)
+    assert M.rouge_l("x y", "z") == 0.0
+
+
+def test_rouge_l_matches_rouge_score_package():
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    rng = random.Random(0)
+    vocab = "the red blue small large circle square is at top left center of a on background".split()
+    for _ in range(200):
+        pred = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 25)))
+        ref = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 25)))
+        if rng.random() < 0.3:
+            pred = pred.capitalize() + "."
+        expected = scorer.score(ref, pred)["rougeL"].fmeasure
+        assert M.rouge_l(pred, ref) == pytest.approx(expected, abs=1e-12), (pred, ref)
+
+
+def test_bleu_and_chrf_match_sacrebleu_and_extremes():
+    import sacrebleu
+
+    preds = ["a large red circle is at the top left", "two shapes on a black background"]
+    refs = ["a small red circle is at the top left", "three shapes on a white background"]
+    assert M.bleu(preds, refs) == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score)
+    assert M.chrf(preds, refs) == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score)
+    assert M.bleu(refs, refs) == pytest.approx(100.0)
+    assert M.chrf(refs, refs) == pytest.approx(100.0)
+    assert M.bleu(["zzz qqq"], ["a b c d"]) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("B", "B"),
+        ("(B)", "B"),
+        ("B.", "B"),
+        ("b", "B"),
+        ("Answer: B.", "B"),
+        ("answer: c", "C"),
+        ("The answer is B", "B"),
+        ("The answer is (b).", "B"),
+        ("b) a blue car", "B"),
+        ("(C) dog", "C"),
+        ("Option C", "C"),
+        ("It is a blue car.", "B"),  # option text
+        ("The red car.", "A"),  # option text; "red car" would also match "blue car"? no: whole words
+        ("I think C is right", "C"),
+        ("A cat sits on the mat", None),  # article, not a choice
+        ("answer is a cat", None),
+        ("E", None),  # not one of the options
+        ("something else entirely", None),
+        ("car", None),  # ambiguous: in no option as a whole option text
+    ],
+)
+def test_parse_choice(text, expected):
+    options = {"A": "red car", "B": "blue car", "C": "dog", "D": "bird"}
+    assert M.parse_choice(text, options) == expected
+
+
+def test_parse_choice_prefers_the_longest_matching_option():
+    assert M.parse_choice("a big dog", {"A": "dog", "B": "big dog"}) == "B"
+
+
+def test_parse_options_formats():
+    mmstar = "What is shown?\nOptions: A: a red car, B: a blue car, C: a dog, D: nothing"
+    assert M.parse_options(mmstar) == {"A": "a red car", "B": "a blue car", "C": "a dog", "D": "nothing"}
+    assert M.parse_options("Pick\n(A) cat\n(B) dog") == {"A": "cat", "B": "dog"}
+    assert M.parse_options("Describe the image. A good one.") == {}
+
+
+def test_multiple_choice_accuracy():
+    questions = ["Q\nA: red\nB: blue"] * 4
+    preds = ["B", "Answer: A", "it is blue", "no idea"]
+    gold = ["B", "B", "B", "A"]
+    assert M.multiple_choice_accuracy(preds, gold, questions) == pytest.approx(2 / 4)
+    assert M.reference_choice("(C)") == "C" and M.reference_choice("a red car") is None
+
+
+def test_distinct_n_hand_computed():
+    texts = ["red blue green", "red blue pink"]
+    assert M.distinct_n(texts, 1) == pytest.approx(4 / 6)
+    assert M.distinct_n(texts, 2) == pytest.approx(3 / 4)
+    assert M.distinct_n([], 2) == 0.0
+
+
+def test_distinct_and_top_answer_share_count_images_not_rows():
+    answers = ["red", "Red.", "blue", "red", "green"]
+    keys = ["i1", "i2", "i3", "i4", "i1"]  # i1 appears twice: only its first answer counts
+    assert M.distinct_answer_share(answers, keys) == pytest.approx(2 / 4)  # {red, blue} over 4 images
+    assert M.top_answer_share(answers, keys) == pytest.approx(3 / 4)
+    assert M.distinct_answer_share(answers) == pytest.approx(3 / 5)
+
+
+def test_most_repeated_answers_groups_by_normalised_text():
+    answers = ["A red car.", "red car", "blue car", "Red car", "blue car", "dog"]
+    assert M.most_repeated_answers(answers, k=2) == [("A red car.", 3), ("blue car", 2)]
+
+
+def test_copied_from_train_share_and_loss_gap():
+    assert M.copied_from_train_share(["The cat.", "a dog", "new"], ["cat", "bird"]) == pytest.approx(1 / 3)
+    assert M.train_test_loss_gap(1.25, 2.0) == pytest.approx(0.75)
+
+
+def test_field_accuracy_with_demo_extractor():
+    from picovlm.data.demo import extract_fields
+
+    ref = "The image shows two shapes on a white background. A large red circle is at the top left. A small blue star is at the center."
+    # right: count, background, object 1 (4 facts); wrong: object 2 colour -> 6 + 3 of 4 = 9/10
+    pred = "We can see two shapes on a white background. A large red circle is at the top left. At the center there is a small green star."
+    result = M.field_accuracy([pred], [ref], extract_fields)
+    assert result["all"] == pytest.approx(9 / 10)
+    assert result["objects.colour"] == pytest.approx(1 / 2)
+    assert result["background"] == 1.0 and result["count"] == 1.0
+    # a prediction stating nothing gets nothing
+    assert M.field_accuracy(["hello"], [ref], extract_fields)["all"] == 0.0
+
+
+def test_field_majority_accuracy():
+    def extract(text):
+        colour, shape = text.split()
+        return {"colour": colour, "shape": shape}
+
+    train = ["red circle", "red square", "blue circle"]  # majority: red, circle
+    refs = ["red star", "blue circle"]  # red right, star wrong, blue wrong, circle right -> 2/4
+    assert M.field_majority_accuracy(refs, train, extract) == pytest.approx(0.5)
+
+
+def test_generation_metrics_flat_dict():
+    refs = ["red circle at top", "blue square at center", "green star at left", "(B)"]
+    preds = ["red circle at top", "red circle at top", "red circle at top", "Answer: B"]
+    m = M.generation_metrics(
+        preds,
+        refs,
+        questions=["q", "q", "q", "Q\nA: x\nB: y"],
+        image_keys=["1", "2", "3", "4"],
+        train_answers=["red circle at top"],
+    )
+    assert m["n_items"] == 4 and m["n_images"] == 4
+    assert m["exact_match"] == pytest.approx(1 / 4)  # "Answer: B" vs "(B)" is not an exact match
+    assert m["mc_items"] == 1 and m["mc_accuracy"] == 1.0
+    assert m["top_answer_share"] == pytest.approx(3 / 4)
+    assert m["reference_top_answer_share"] == pytest.approx(1 / 4)
+    assert m["copied_from_train_share"] == pytest.approx(3 / 4)
+    assert m["top_answers"][0] == ("red circle at top", 3)
+    assert m["answer_words"] == pytest.approx((4 * 3 + 2) / 4)
+
+
+def test_verdict_collapsed_in_plain_words():
+    m = {
+        "top_answer_share": 0.71,
+        "reference_top_answer_share": 0.01,
+        "distinct_answer_share": 0.05,
+        "reference_distinct_answer_share": 1.0,
+        "n_images": 100,
+    }
+    status, sentence = M.collapse_verdict(m)
+    assert status == "collapsed"
+    assert sentence.startswith("collapsed: 71% of test images got the same answer")
+
+
+def test_verdict_collapse_relative_to_references():
+    # A dataset whose answers repeat (e.g. 4 classes) is not "collapsed" when the model repeats them too.
+    m = {
+        "top_answer_share": 0.6,
+        "reference_top_answer_share": 0.55,
+        "distinct_answer_share": 0.04,
+        "reference_distinct_answer_share": 0.04,
+        "n_images": 100,
+    }
+    assert M.collapse_verdict(m)[0] == "healthy"
+    m.update(distinct_answer_share=0.01, top_answer_share=0.6)
+    status, sentence = M.collapse_verdict(m)
+    assert status == "collapsed" and "only 1 distinct answers for 100 distinct images" in sentence
+
+
+def test_verdict_ignores_image_and_overfitting_and_baseline():
+    status, sentence = M.collapse_verdict({"image_gap_shuffled": 0.01})
+    assert status == "ignores-image"
+    assert sentence == "ignores the image: loss with shuffled images is only 0.01 nats/token higher"
+    # the loss depends on the image but greedy answers do not: generation still ignores it
+    status, sentence = M.collapse_verdict({"image_gap_shuffled": 0.9, "answers_changed_share": 0.05})
+    assert status == "ignores-image" and "only 5% of answers change" in sentence
+    # ...unless the references themselves rarely differ between the swapped rows
+    m = {"image_gap_shuffled": 0.9, "answers_changed_share": 0.05, "reference_answers_changed_share": 0.1}
+    assert M.collapse_verdict(m)[0] == "healthy"
+    status, sentence = M.collapse_verdict(
+        {"image_gap_shuffled": 0.5, "train_test_loss_gap": 1.8, "token_f1": 0.64, "baseline_token_f1": 0.81}
+    )
+    assert status == "below-baseline"
+    assert "token-F1 0.81, the model 0.64" in sentence and "overfitting: test loss is 1.80" in sentence
+    assert M.collapse_verdict({})[0] == "unknown"
+
+
+def test_verdict_wording_when_shuffling_does_not_raise_the_loss():
+    sentence = M.collapse_verdict({"image_gap_shuffled": -0.003})[1]
+    assert sentence == "ignores the image: loss with shuffled images is no higher (-0.00 nats/token)"
