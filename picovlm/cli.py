@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "picovlm.commands.data",
     "picovlm.commands.grow",
     "picovlm.commands.eval",
+    "picovlm.commands.realset",
 ]
 
 

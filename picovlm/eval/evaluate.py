@@ -336,13 +336,14 @@ def _load_items(data_dir, split: str, max_items: int | None, progress: ProgressF
 
 
 def detect_extract_fields(dataset) -> M.ExtractFields | None:
-    """The demo set's field parser when the rows come from `picovlm demo`, else None."""
+    """The field parser of a built-in set (demo scenes, Fashion-MNIST) its rows come from, else None."""
     if "fields" not in dataset.column_names or len(dataset) == 0:
         return None
-    from picovlm.data.demo import DEMO_SOURCE, extract_fields
+    from picovlm.data import demo, realsets
 
+    parsers = {demo.DEMO_SOURCE: demo.extract_fields, realsets.FASHION_SOURCE: realsets.extract_fields}
     first = dataset.select_columns(["texts"])[0]["texts"]
-    return extract_fields if first and first[0].get("source") == DEMO_SOURCE else None
+    return parsers.get(first[0].get("source")) if first else None
 
 
 def evaluate(

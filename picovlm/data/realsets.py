@@ -1,0 +1,306 @@
+"""Real-image datasets that are available offline: Fashion-MNIST from Debian's `dataset-fashion-mnist`.
+
+The demo set (picovlm/data/demo.py) is drawn by a program. This module builds a second set from real
+photographs: Fashion-MNIST, 70,000 grayscale product photos from Zalando's catalogue (28 x 28 pixels,
+ten kinds of clothing, MIT/Expat licence), which Debian ships as a 31 MB package:
+
+    apt-get install dataset-fashion-mnist      # -> /usr/share/datasets/fashion-mnist/*-ubyte.gz
+
+Every answer states facts a model can see in the picture: the label from the dataset's metadata (and
+the kind of garment it belongs to), plus four facts measured from the pixels (tone, texture, shape,
+how much of the frame the item fills), for example
+
+    "This is a small grayscale photo of an ankle boot, a kind of footwear. The item is light gray on a
+     black background and looks plain. It is wider than tall and fills about half of the frame."
+
+The facts are stored as JSON in the `fields` column and `extract_fields(answer)` parses an answer back
+into them, as for the demo set. The rows are a class-balanced sample of the 70,000 photos, fixed by the
+seed. `mirror=True` adds a left-right mirrored copy of each photo (mirroring changes none of the facts);
+both copies share one `group` id, so a grouped split never puts one in train and the other in test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from picovlm.errors import DataError, PicovlmError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
+FASHION_SOURCE = "fashion-mnist"
+FASHION_QUESTION = "Describe the image."  # the same fixed question as the demo set
+FASHION_FILES = {  # split -> (images file, labels file), as named by the dataset and the Debian package
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "t10k": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+# The label table of the dataset's README (label 0..9), with the phrase an answer uses and the kind of
+# garment, which is what a person would also say when they see the photo.
+ITEMS = [
+    ("t-shirt", "a T-shirt", "upper-body clothing"),
+    ("trousers", "a pair of trousers", "legwear"),
+    ("pullover", "a pullover", "upper-body clothing"),
+    ("dress", "a dress", "one-piece clothing"),
+    ("coat", "a coat", "upper-body clothing"),
+    ("sandal", "a sandal", "footwear"),
+    ("shirt", "a shirt", "upper-body clothing"),
+    ("sneaker", "a sneaker", "footwear"),
+    ("bag", "a bag", "accessory"),
+    ("ankle boot", "an ankle boot", "footwear"),
+]
+
+# Pixel facts. Thresholds were chosen on the 10,000 test photos so each value is common (see
+# docs/datasets-real.md); an item pixel is one brighter than INK (the background is black).
+INK = 25
+TONES = [(130, "dark gray"), (180, "medium gray"), (256, "light gray")]  # mean item brightness below
+TEXTURES = [(35.0, "plain"), (float("inf"), "patterned")]  # brightness std. dev. inside the item below
+SHAPES = [(0.85, "taller than wide"), (1.18, "about as wide as tall"), (float("inf"), "wider than tall")]
+FILLS = [(0.35, "a small part"), (0.55, "about half"), (1.01, "most")]  # share of item pixels below
+
+# Two templates per sentence, chosen per row; each must stay parseable by extract_fields.
+OPENINGS = [
+    "This is a small grayscale photo of {item}, a kind of {group}.",
+    "The picture shows {item}, which is a kind of {group}.",
+]
+BODIES = [
+    "The item is {tone} on a black background and looks {texture}. "
+    "It is {shape} and fills {fill} of the frame.",
+    "It looks {texture} and {tone} against a black background. "
+    "The item is {shape} and fills {fill} of the frame.",
+]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the IDX files (the dataset's own format: a big-endian header, then raw uint8 values)
+
+
+def _missing_source(path: Path) -> PicovlmError:
+    return PicovlmError(
+        f"{path}: Fashion-MNIST not found. Install it with `{FASHION_MNIST_INSTALL}` (Debian/Ubuntu), or "
+        "pass --source-dir DIR with the four *-ubyte.gz files of github.com/zalandoresearch/fashion-mnist"
+    )
+
+
+def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
+    """Read a gzipped IDX file: magic 2051 -> images (n, rows, cols), magic 2049 -> labels (n,)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing_source(path)
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as err:
+        raise DataError(
+            f"{path}: not a readable gzip file ({err}); reinstall: {FASHION_MNIST_INSTALL}"
+        ) from err
+    magic = int.from_bytes(raw[0:4], "big") if len(raw) >= 4 else None
+    if magic != expected_magic:
+        raise DataError(f"{path}: not an IDX file with magic number {expected_magic} (found {magic})")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(magic & 0xFF)]
+    header = 4 + 4 * len(dims)
+    if len(raw) != header + int(np.prod(dims)):
+        raise DataError(f"{path}: truncated: header says {dims}, file has {len(raw) - header} values")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def load_fashion_mnist(source_dir: str | Path | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """[(split, images uint8 (n, 28, 28), labels uint8 (n,))] for "train" and "t10k"."""
+    source_dir = Path(source_dir) if source_dir else FASHION_MNIST_DIR
+    if not source_dir.is_dir():
+        raise _missing_source(source_dir)
+    parts = []
+    for split, (images_file, labels_file) in FASHION_FILES.items():
+        images = read_idx(source_dir / images_file, 2051)
+        labels = read_idx(source_dir / labels_file, 2049)
+        if len(images) != len(labels) or labels.max(initial=0) >= len(ITEMS):
+            raise DataError(f"{source_dir}: {images_file} and {labels_file} do not match (counts or labels)")
+        parts.append((split, images, labels))
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Facts and answers
+
+
+def _bucket(value: float, buckets: list[tuple[float, str]]) -> str:
+    return next(name for limit, name in buckets if value < limit)
+
+
+def pixel_facts(pixels: np.ndarray) -> dict:
+    """Tone, texture, shape and fill of a 28x28 uint8 photo (bright item on a black background)."""
+    item = pixels > INK
+    if not item.any():  # a blank photo: report what is there, a dark, plain, empty frame
+        return {"tone": TONES[0][1], "texture": TEXTURES[0][1], "shape": SHAPES[1][1], "fill": FILLS[0][1]}
+    rows, cols = np.nonzero(item.any(axis=1))[0], np.nonzero(item.any(axis=0))[0]
+    aspect = (cols[-1] - cols[0] + 1) / (rows[-1] - rows[0] + 1)
+    # texture inside the item only: erode the item mask by 2 pixels so the outline's edge is not counted
+    inner = item.copy()
+    for _ in range(2):
+        inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
+        inner[[0, -1], :] = False
+        inner[:, [0, -1]] = False
+    spread = float(pixels[inner].std()) if inner.sum() > 5 else 0.0
+    return {
+        "tone": _bucket(float(pixels[item].mean()), TONES),
+        "texture": _bucket(spread, TEXTURES),
+        "shape": _bucket(aspect, SHAPES),
+        "fill": _bucket(float(item.mean()), FILLS),
+    }
+
+
+def photo_fields(pixels: np.ndarray, label: int) -> dict:
+    """All the facts of one photo: what extract_fields returns for its answer."""
+    name, _, group = ITEMS[label]
+    return {"item": name, "group": group, **pixel_facts(pixels)}
+
+
+def fashion_answer(fields: dict, opening: int = 0, body: int = 0) -> str:
+    """The answer text (about 35 words) stating `fields` with the chosen templates."""
+    phrase = next(phrase for name, phrase, _ in ITEMS if name == fields["item"])
+    return OPENINGS[opening].format(item=phrase, group=fields["group"]) + " " + BODIES[body].format(**fields)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building the dataset
+
+
+def sample_photos(labels_by_split: dict[str, np.ndarray], n: int, seed: int) -> list[tuple[str, int]]:
+    """n (split, index) pairs, as even across the ten labels as n allows, fixed by the seed."""
+    pool: list[list[tuple[str, int]]] = [[] for _ in ITEMS]
+    for split, labels in labels_by_split.items():
+        for index, label in enumerate(labels.tolist()):
+            pool[label].append((split, index))
+    total = sum(len(p) for p in pool)
+    if n > total:
+        raise PicovlmError(f"asked for {n} photos, but Fashion-MNIST has {total}: use --n {total} or less")
+    rng = random.Random(f"picovlm-fashion/{seed}")
+    per_label = [n // len(ITEMS) + (1 if k < n % len(ITEMS) else 0) for k in range(len(ITEMS))]
+    chosen = [pick for label, count in enumerate(per_label) for pick in rng.sample(pool[label], count)]
+    rng.shuffle(chosen)  # mixed labels in row order, so a capped read still sees every label
+    return chosen
+
+
+def _png(pixels: np.ndarray, image_size: int, mirror: bool) -> bytes:
+    image = Image.fromarray(pixels, "L").convert("RGB")  # RGB: what the rest of the pipeline expects
+    if mirror:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if image_size and image_size != image.width:
+        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def make_fashion_rows(
+    n: int = 3000,
+    seed: int = 0,
+    image_size: int = 112,
+    mirror: bool = False,
+    source_dir: str | Path | None = None,
+) -> list[dict]:
+    """The rows of make_fashion_dataset as plain dicts (images as PNG bytes)."""
+    parts = {split: (images, labels) for split, images, labels in load_fashion_mnist(source_dir)}
+    picks = sample_photos({split: labels for split, (_, labels) in parts.items()}, n, seed)
+    rng = random.Random(f"picovlm-fashion-templates/{seed}")
+    rows = []
+    for split, index in picks:
+        images, labels = parts[split]
+        pixels = images[index]
+        fields = photo_fields(pixels, int(labels[index]))
+        fields_json = json.dumps(fields, sort_keys=True)
+        group = f"{FASHION_SOURCE}/{split}/{index:05d}"  # one photo = one group, mirrored copy included
+        for mirrored in [False, True] if mirror else [False]:
+            answer = fashion_answer(fields, rng.randrange(len(OPENINGS)), rng.randrange(len(BODIES)))
+            rows.append({
+                "images": [{"bytes": _png(pixels, image_size, mirrored),
+                            "path": f"{split}-{index:05d}{'-mirrored' if mirrored else ''}.png"}],
+                "texts": [{"user": FASHION_QUESTION, "assistant": answer, "source": FASHION_SOURCE}],
+                "fields": fields_json,
+                "group": group,
+            })  # fmt: skip
+    return rows
+
+
+def make_fashion_dataset(
+    n: int = 3000,
+    seed: int = 0,
+    image_size: int = 112,
+    mirror: bool = False,
+    source_dir: str | Path | None = None,
+):
+    """n Fashion-MNIST photos (2n rows with mirror) as a datasets.Dataset in the cauldron schema, plus the
+    `fields` and `group` columns. image_size: side of the stored PNG (0 keeps the native 28 pixels)."""
+    from datasets import Dataset
+
+    from picovlm.data.cauldron import cauldron_features
+
+    rows = make_fashion_rows(n, seed, image_size, mirror, source_dir)
+    columns = {key: [row[key] for row in rows] for key in ("images", "texts", "fields", "group")}
+    return Dataset.from_dict(columns, features=cauldron_features(group=True, fields=True))
+
+
+def write_fashion(
+    out_dir: str | Path,
+    n: int = 3000,
+    seed: int = 0,
+    image_size: int = 112,
+    mirror: bool = False,
+    split: bool = True,
+    source_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Build the set and save it to out_dir: a DatasetDict (train/validation/test, grouped so mirrored
+    copies stay together) when split, else a single Dataset. Returns out_dir."""
+    from picovlm.data.cauldron import save_cauldron
+    from picovlm.data.split import split_dataset
+
+    dataset = make_fashion_dataset(n, seed, image_size, mirror, source_dir)
+    to_save = split_dataset(dataset, seed=seed) if split else dataset
+    return save_cauldron(to_save, out_dir, overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsing an answer back into facts (for field accuracy in evaluation)
+
+
+def _alternatives(values: list[str]) -> str:
+    return "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
+
+
+_PHRASE_TO_ITEM = {phrase.lower(): name for name, phrase, _ in ITEMS}
+_ITEM_RE = re.compile(rf"(?:photo of|shows) ({_alternatives(list(_PHRASE_TO_ITEM))})\b", re.IGNORECASE)
+_GROUP_RE = re.compile(rf"a kind of ({_alternatives(sorted({g for _, _, g in ITEMS}))})", re.IGNORECASE)
+_TONE_RE = re.compile(rf"\b({_alternatives([t for _, t in TONES])})\b", re.IGNORECASE)
+_TEXTURE_RE = re.compile(rf"\blooks ({_alternatives([t for _, t in TEXTURES])})\b", re.IGNORECASE)
+_SHAPE_RE = re.compile(rf"\bis ({_alternatives([s for _, s in SHAPES])})\b", re.IGNORECASE)
+_FILL_RE = re.compile(rf"\bfills ({_alternatives([f for _, f in FILLS])}) of the frame", re.IGNORECASE)
+
+
+def extract_fields(answer_text: str) -> dict:
+    """Parse an answer (from a model or from this module) into {"item", "group", "tone", "texture",
+    "shape", "fill"}; a fact the answer does not state in a known phrasing is None."""
+
+    def first(pattern: re.Pattern) -> str | None:
+        match = pattern.search(answer_text)
+        return match.group(1).lower() if match else None
+
+    phrase = first(_ITEM_RE)
+    return {
+        "item": _PHRASE_TO_ITEM[phrase] if phrase else None,
+        "group": first(_GROUP_RE),
+        "tone": first(_TONE_RE),
+        "texture": first(_TEXTURE_RE),
+        "shape": first(_SHAPE_RE),
+        "fill": first(_FILL_RE),
+    }
+
+
+# The real-image sets this module builds, by the name the CLI takes: name -> (writer, install line).
+REAL_SETS = {FASHION_SOURCE: (write_fashion, FASHION_MNIST_INSTALL)}
