@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "picovlm.commands.grow",
     "picovlm.commands.eval",
     "picovlm.commands.realset",
+    "picovlm.commands.train",
+    "picovlm.commands.deploy",
 ]
 
 

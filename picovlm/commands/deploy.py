@@ -1,0 +1,183 @@
+"""`picovlm export` and `picovlm serve`: ONNX export (+ int8) and the HTTP server over the torch-free runtime."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from picovlm.errors import PicovlmError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a model to ONNX (vision, decoder step with KV cache) for the torch-free runtime",
+        description="Export a save_pretrained folder to ONNX: vision tower + projector, a decoder step with the "
+        "KV cache as explicit inputs/outputs, the embedding matrix (.npy), tokenizer.json and manifest.json. "
+        "Each graph is checked against the torch model (max abs difference printed; the export fails over the "
+        "tolerance). --quantize int8 applies onnxruntime dynamic quantisation and, with --eval-items N, "
+        "reports token F1 / exact match of fp32 vs int8 answers on N demo scenes.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="folder written by save_pretrained (config.json, model.safetensors, tokenizer.json)",
+    )
+    p.add_argument("--out", required=True, help="output folder (written atomically; replaced if it exists)")
+    p.add_argument(
+        "--quantize", choices=["int8"], help="int8 weights for every MatMul (dynamic quantisation)"
+    )
+    p.add_argument(
+        "--eval-items",
+        type=int,
+        default=16,
+        help="with --quantize: demo scenes answered by fp32 and int8 (0 = skip; default 16)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        help="max abs difference allowed between fp32 graphs and torch (default 1e-3)",
+    )
+    p.set_defaults(func=run_export)
+
+    s = subparsers.add_parser(
+        "serve",
+        help="HTTP server: /v1/answer, OpenAI-style /v1/chat/completions, /health and a web page",
+        description="Serve an exported folder (or a save_pretrained folder, exported on the fly into a cache "
+        "folder) over HTTP with the torch-free runtime: POST /v1/answer, POST /v1/chat/completions (stream: "
+        "true for server-sent events), GET /health, and a web page at /.",
+    )
+    s.add_argument(
+        "--model",
+        required=True,
+        help="exported folder (manifest.json), or a save_pretrained folder to export first",
+    )
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument(
+        "--threads", type=int, default=1, help="onnxruntime threads per request (default 1: one core)"
+    )
+    s.add_argument("--quantize", choices=["int8"], help="when exporting on the fly: quantise to int8")
+    s.add_argument(
+        "--cache-dir", default=None, help="where on-the-fly exports go (default ~/.cache/picovlm/exported)"
+    )
+    s.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=10 * 1024 * 1024,
+        help="largest request body (default 10 MiB)",
+    )
+    s.add_argument(
+        "--max-image-pixels", type=int, default=40_000_000, help="largest image, width x height (default 40M)"
+    )
+    s.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=256,
+        help="largest max_new_tokens a request may ask (default 256)",
+    )
+    s.add_argument(
+        "--max-concurrent", type=int, default=2, help="generations in flight; more get 429 (default 2)"
+    )
+    s.set_defaults(func=run_serve)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from picovlm.export.onnx import export_model
+
+    bar = tqdm(total=None, unit="step", file=sys.stderr)
+
+    def progress(done: int, total: int | None, message: str) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_description(message)
+        bar.refresh()
+
+    manifest = export_model(
+        args.model, args.out, quantize=args.quantize, tolerance=args.tolerance,
+        eval_items=args.eval_items if args.quantize else 0, progress=progress,
+    )  # fmt: skip
+    bar.close()
+    for name, diff in manifest["parity"]["fp32_vs_torch"].items():
+        print(f"parity fp32 {name:16s} max abs diff {diff:.3g} (tolerance {args.tolerance:g})")
+    quant = manifest.get("quantization")
+    if quant:
+        for name, diff in manifest["parity"]["int8_vs_torch"].items():
+            print(f"parity int8 {name:16s} max abs diff {diff:.3g} (reported, not enforced)")
+        if "eval" in quant:
+            e = quant["eval"]
+            print(f"int8 effect on {e['items']} demo scenes: token F1 {e['fp32']['token_f1']:.3f} -> "
+                  f"{e['int8']['token_f1']:.3f}, exact match {e['fp32']['exact_match']:.3f} -> "
+                  f"{e['int8']['exact_match']:.3f}, identical answers {e['int8_same_answer_as_fp32']:.0%}")  # fmt: skip
+    sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in manifest["file_sizes"].items())
+    print(f"wrote {args.out} in {manifest['export_seconds']} s: {sizes}")
+    return 0
+
+
+def exported_dir_for(model_dir: Path, quantize: str | None, cache_dir: str | None) -> Path:
+    """The cache folder for an on-the-fly export, keyed by the weights' path, size and time and the options."""
+    weights = model_dir / "model.safetensors"
+    stat = weights.stat()
+    key = f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{quantize}"
+    root = (
+        Path(cache_dir)
+        if cache_dir
+        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "picovlm" / "exported"
+    )
+    return root / f"{model_dir.name}-{quantize or 'fp32'}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def resolve_served_dir(model: str, quantize: str | None, cache_dir: str | None) -> Path:
+    """An exported folder as is; a save_pretrained folder exported first, in a child process so the
+    server itself never imports torch (which alone costs ~230 MB)."""
+    directory = Path(model)
+    if (directory / "manifest.json").is_file():
+        return directory
+    if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
+        raise PicovlmError(f"{directory} is neither an exported folder (manifest.json) nor a save_pretrained folder "
+                           f"(config.json + model.safetensors).")  # fmt: skip
+    target = exported_dir_for(directory, quantize, cache_dir)
+    if not (target / "manifest.json").is_file():
+        print(f"exporting {directory} to {target} ...", file=sys.stderr)
+        command = [
+            sys.executable,
+            "-m",
+            "picovlm",
+            "export",
+            "--model",
+            str(directory),
+            "--out",
+            str(target),
+            "--eval-items",
+            "0",
+        ]
+        if quantize:
+            command += ["--quantize", quantize]
+        if subprocess.run(command).returncode != 0:
+            raise PicovlmError(f"exporting {directory} failed (see above).")
+    return target
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from picovlm.runtime import Runtime
+    from picovlm.serve.app import ServeLimits, serve
+
+    directory = resolve_served_dir(args.model, args.quantize, args.cache_dir)
+    runtime = Runtime.load(directory, threads=args.threads)
+    limits = ServeLimits(
+        args.max_request_bytes, args.max_image_pixels, args.max_new_tokens, args.max_concurrent
+    )
+    print(json.dumps({"serving": str(directory), "url": f"http://{args.host}:{args.port}/", "quantization": runtime.quantization}),
+          flush=True)  # fmt: skip
+    serve(runtime, args.host, args.port, limits)
+    return 0

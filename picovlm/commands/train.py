@@ -1,0 +1,110 @@
+"""`picovlm train` and `picovlm sweep`: parse arguments, draw a progress bar, print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from picovlm.commands.params import add_config_arguments
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model on a cauldron-schema dataset (CPU, one GPU, or torchrun DDP)",
+        description="Train a VLM from a preset and/or config file plus FIELD=VALUE overrides. The run folder "
+        "(train.out_dir) gets config.yaml, tokenizer.json, metrics.jsonl, plots/, checkpoint.pt, best/ and "
+        "model/. Several processes: `torchrun --nproc_per_node N -m picovlm train ...`. "
+        "Example: picovlm train --preset super-small-11 data_dir=data/demo max_steps=200",
+    )
+    add_config_arguments(p)
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in train.out_dir from its checkpoint.pt"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=run_train)
+
+    s = subparsers.add_parser(
+        "sweep",
+        help="train every configuration of a sweep file, then write Table 1 + Figures 1-2 (md, html, csv)",
+        description="Run each configuration of a sweep YAML (base config + list/grid of overrides; see "
+        "docs/training.md). Finished runs are skipped and interrupted ones resumed, so re-running finishes a "
+        "sweep. Writes <out>/report.md, report.html, report.csv and figures/.",
+    )
+    s.add_argument("file", help="sweep YAML file, e.g. examples/sweep_super_small.yaml")
+    s.add_argument("--out", help="output folder (default: the file's out_dir, else runs/<file stem>)")
+    s.set_defaults(func=run_sweep_command)
+
+
+class _Bar:
+    """A tqdm bar driven by the library's progress(done, total, message) callback."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.tqdm = tqdm
+        self.bar = None
+
+    def __call__(self, done: int, total: int | None, message: str = "") -> None:
+        if total is None:
+            self.tqdm.write(message)
+            return
+        if self.bar is None or self.bar.total != total:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = self.tqdm(total=total, unit="step", dynamic_ncols=True)
+        self.bar.n = done
+        self.bar.set_postfix_str(message, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import os
+
+    from picovlm.config import load_config
+    from picovlm.train.loop import train
+
+    model_cfg, train_cfg = load_config(args.preset, args.config, args.overrides)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    bar = _Bar() if main_rank else None
+    try:
+        result = train(model_cfg, train_cfg, progress=bar, resume=args.resume)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not main_rank:
+        return 0
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    for note in result.notes:
+        print(f"note: {note}")
+    best = (
+        f"{result.best_val_loss:.4f} at step {result.best_step}" if result.best_val_loss is not None else "-"
+    )
+    print(f"run folder     {result.run_dir}")
+    print(f"steps          {result.steps}/{result.total_steps} (stopped by {result.stop_reason})")
+    print(f"train loss     {result.last_loss:.4f}" if result.last_loss is not None else "train loss     -")
+    print(f"best val loss  {best}")
+    if result.tokens_per_s:
+        print(
+            f"tokens/s       {result.tokens_per_s:,.0f} per step time, {result.tokens_per_s_wall:,.0f} per wall time"
+        )
+    print(f"wall time      {result.wall_time_s:.1f} s, peak RSS {result.peak_rss_mb:,.0f} MB")
+    if result.skipped_rows:
+        print(f"skipped rows   {result.skipped_rows} (could not be decoded or encoded)")
+    return 0
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from picovlm.train.sweep import run_sweep
+
+    outcome = run_sweep(args.file, args.out, progress=lambda done, total, message: print(message, flush=True))
+    for run in outcome["runs"]:
+        print(f"{run['status']:<8} {run['name']}")
+    print(f"report: {outcome['out_dir']}/report.md (.html, .csv, figures/)")
+    return 0

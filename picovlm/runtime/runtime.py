@@ -1,0 +1,231 @@
+"""Answer (image, question) pairs from an exported folder with onnxruntime, numpy, tokenizers and Pillow.
+
+No torch here, on purpose: `import torch` alone costs ~230 MB of memory, more than a whole super-small
+model needs to run. The chat template and image preprocessing come from `picovlm.data.processor`, the
+same code the trainer uses, so a prompt is byte-for-byte the prompt the model was trained on.
+
+Generation, for one (image, question):
+
+    image -> vision.onnx -> (1, L, D)         question -> chat template -> ids (T,) -> embed_tokens[ids]
+    image embeddings replace the <|image|> rows -> inputs_embeds (1, T, D)
+    decoder.onnx(prefill: all T positions, empty cache) -> logits, cache
+    loop: pick a token; stop at <|im_end|>; decoder.onnx(that token, cache) -> logits, cache + 1
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from picovlm.data.processor import Processor
+from picovlm.data.tokenizer import load_tokenizer
+from picovlm.errors import PicovlmError
+
+MANIFEST_FILE = (
+    "manifest.json"  # the same name as picovlm.export.onnx.MANIFEST_FILE (that module imports torch)
+)
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # ~6300 x 6300: anything larger is refused before it is decoded
+
+
+class ImageError(PicovlmError):
+    """Bytes that are not a readable image, or an image too large to decode safely."""
+
+
+def open_image(
+    data: bytes | str | os.PathLike | Image.Image, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
+    """A decoded Pillow image from bytes, a path or an image; refuses decompression bombs before decoding.
+
+    Pillow reads only the header on open, so the pixel count is known before any pixel is decompressed.
+    """
+    if isinstance(data, Image.Image):
+        image = data
+    else:
+        source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+        try:
+            image = Image.open(source)
+        except Exception as err:
+            raise ImageError(
+                f"cannot read the image: {err}; send a PNG, JPEG, GIF, WebP or BMP file."
+            ) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"the image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}: "
+                         f"resize it first.")  # fmt: skip
+    try:
+        image.load()
+    except Exception as err:
+        raise ImageError(f"the image is damaged or truncated: {err}.") from None
+    return image
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_at_eos: bool = True  # False only for benchmarks that need exactly max_new_tokens tokens
+
+
+def sample_next_token(logits: np.ndarray, options: GenerationOptions, rng: np.random.Generator) -> int:
+    """(V,) logits -> a token id; the same rules as the torch model's `sample_next_token`."""
+    if options.temperature <= 0:
+        return int(np.argmax(logits))
+    logits = logits.astype(np.float64) / options.temperature
+    if options.top_k is not None and 0 < options.top_k < logits.size:
+        kth = np.partition(logits, -options.top_k)[-options.top_k]
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    if options.top_p is not None and 0 < options.top_p < 1:
+        order = np.argsort(-probs, kind="stable")
+        before = np.cumsum(probs[order]) - probs[order]  # mass of the tokens ranked above each one
+        keep = order[before <= options.top_p]  # the smallest set that reaches top_p
+        kept = np.zeros_like(probs)
+        kept[keep] = probs[keep]
+        probs = kept / kept.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+class Runtime:
+    """A loaded exported folder: `answer` for a whole answer, `stream` for text as it is generated."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], threads: int = 1):
+        import onnxruntime as ort
+
+        self.directory = directory
+        self.manifest = manifest
+        files = manifest["files"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # one core by default: the deployment target
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        self.vision = ort.InferenceSession(str(directory / files["vision"]), options, providers=providers)
+        self.decoder = ort.InferenceSession(str(directory / files["decoder"]), options, providers=providers)
+        # Memory-mapped: only the rows of tokens actually looked up are read into memory.
+        self.embed_tokens = np.load(directory / files["embed_tokens"], mmap_mode="r")
+        self.tokenizer = load_tokenizer(directory / files["tokenizer"])
+        self.processor = Processor(
+            self.tokenizer,
+            manifest["image_size"],
+            manifest["image_token_length"],
+            manifest["config"]["lm_max_length"],
+        )
+        special = manifest["special_tokens"]
+        self.image_token_id, self.pad_token_id, self.eos_token_id = (
+            special["image"],
+            special["pad"],
+            special["eos"],
+        )
+        self.input_names = manifest["decoder_io"]["inputs"]
+        self.n_layers, self.n_kv_heads, self.head_dim = (
+            manifest["n_layers"],
+            manifest["n_kv_heads"],
+            manifest["head_dim"],
+        )
+        self.max_positions = manifest["max_positions"]
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, threads: int = 1) -> Runtime:
+        directory = Path(directory)
+        path = directory / MANIFEST_FILE
+        if not path.is_file():
+            raise PicovlmError(
+                f"{directory} has no {MANIFEST_FILE}: it is not an exported folder; run "
+                f"`picovlm export --model MODEL_DIR --out {directory}` first."
+            )
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != "picovlm-onnx" or manifest.get("format_version") != 1:
+            raise PicovlmError(f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')} is not "
+                               f"picovlm-onnx v1; re-export the model with this version of picovlm.")  # fmt: skip
+        missing = [name for name in manifest["files"].values() if not (directory / name).is_file()]
+        if missing:
+            raise PicovlmError(f"{directory} lacks {missing}: the export is incomplete; export it again.")
+        return cls(directory, manifest, threads)
+
+    @property
+    def quantization(self) -> str:
+        q = self.manifest.get("quantization")
+        return q["weights"] if q else "fp32"
+
+    # --- Prompt -------------------------------------------------------------------------------------
+
+    def image_embeddings(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, L, D) image embeddings."""
+        pixels = self.processor.image_pixels(images)
+        return self.vision.run(None, {"pixel_values": pixels})[0]
+
+    def prompt_embeddings(self, images: list[Image.Image], question: str) -> tuple[list[int], np.ndarray]:
+        """Prompt ids and their embeddings (1, T, D), image embeddings in place of the <|image|> tokens."""
+        ids = self.processor.encode_prompt(question, len(images))
+        embeds = np.asarray(self.embed_tokens[np.asarray(ids)], dtype=np.float32)[None]  # (1, T, D)
+        if images:
+            image_embeds = self.image_embeddings(images)  # (n, L, D)
+            slots = np.asarray(ids) == self.image_token_id
+            embeds[0, slots] = image_embeds.reshape(-1, image_embeds.shape[-1])
+        return ids, embeds
+
+    # --- Generation ---------------------------------------------------------------------------------
+
+    def _step(
+        self, embeds: np.ndarray, positions: np.ndarray, cache: list[np.ndarray]
+    ) -> tuple[np.ndarray, list]:
+        total = (cache[0].shape[2] if cache else 0) + embeds.shape[1]
+        feed = {
+            "inputs_embeds": embeds,
+            "position_ids": positions,
+            "attention_mask": np.ones((1, total), np.int64),
+        }
+        feed.update(zip(self.input_names[3:], cache))
+        logits, *present = self.decoder.run(None, feed)
+        return logits[0], present
+
+    def generate_ids(self, images, question: str, options: GenerationOptions | None = None) -> Iterator[int]:
+        """Yield new token ids one by one (the end token is not yielded)."""
+        options = options or GenerationOptions()
+        images = [open_image(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
+        ids, embeds = self.prompt_embeddings(images, question)
+        T = len(ids)
+        max_new = min(options.max_new_tokens, self.max_positions - T)
+        rng = np.random.default_rng(options.seed)
+        empty = np.zeros((1, self.n_kv_heads, 0, self.head_dim), np.float32)
+        logits, cache = self._step(embeds, np.arange(T, dtype=np.int64)[None], [empty] * (2 * self.n_layers))
+        for step in range(max_new):
+            token = sample_next_token(logits, options, rng)
+            if options.stop_at_eos and token == self.eos_token_id:
+                return
+            yield token
+            if step == max_new - 1:
+                return
+            token_embed = np.asarray(self.embed_tokens[[token]], dtype=np.float32)[None]  # (1, 1, D)
+            logits, cache = self._step(token_embed, np.array([[T + step]], np.int64), cache)
+
+    def stream(self, image, question: str, **options) -> Iterator[str]:
+        """Yield the answer's text as it grows (pieces never split a multi-byte character)."""
+        ids: list[int] = []
+        emitted = ""
+        for token in self.generate_ids(image, question, GenerationOptions(**options)):
+            ids.append(token)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                continue
+            if len(text) > len(emitted):
+                yield text[len(emitted) :]
+                emitted = text
+
+    def answer(self, image, question: str = "Describe the image.", **options) -> str:
+        """The whole answer as text, as the torch model's `answer` gives it."""
+        ids = list(self.generate_ids(image, question, GenerationOptions(**options)))
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -1,0 +1,342 @@
+"""The HTTP server: a Starlette app over one `Runtime`, with limits that keep one small machine standing.
+
+    GET  /                     a web page: pick an image, ask, watch the answer stream in
+    GET  /health               {"status": "ok", model facts, requests in flight}
+    POST /v1/answer            multipart (image file + form fields) or JSON (image as base64);
+                               fields: question, max_new_tokens, temperature, top_k, top_p, seed, stream
+    POST /v1/chat/completions  OpenAI-style: messages with text and image_url (data: URL) parts;
+                               max_tokens, temperature, top_p, top_k, seed, stream (server-sent events)
+
+Limits: request bytes, image pixels (checked from the header, before decoding), max new tokens, and
+requests in flight (over it: 429 with Retry-After, at once, rather than a queue that grows without
+bound). Every error is JSON {"error": {"message", "type"}} with a 4xx status; an unexpected failure is a
+500 for that request only. Generation runs in a worker thread, so the event loop keeps serving
+/health and refusing extra work while a request computes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from picovlm.runtime import ImageError, Runtime, open_image
+
+
+@dataclass
+class ServeLimits:
+    max_request_bytes: int = 10 * 1024 * 1024  # the whole request body, image included
+    max_image_pixels: int = 40_000_000  # width x height, read from the image header
+    max_new_tokens: int = 256
+    max_concurrent: int = 2  # generations in flight; one core gains nothing from more
+
+
+class ApiError(Exception):
+    """A request the server refuses: becomes a JSON error with this status."""
+
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers
+
+
+class Slots:
+    """Counts generations in flight. Only the event loop touches it, so it needs no lock."""
+
+    def __init__(self, size: int):
+        self.size, self.active = size, 0
+
+    def acquire(self) -> None:
+        if self.active >= self.size:
+            raise ApiError(429, f"the server is busy ({self.size} requests in flight): retry in a moment.",
+                           "rate_limit_error", {"Retry-After": "1"})  # fmt: skip
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+# --- Reading requests --------------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` bytes (whatever Content-Length claims)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(
+            413, f"the request is {declared} bytes, over the limit of {limit}: send a smaller image."
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the request is over the limit of {limit} bytes: send a smaller image.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_base64_image(value: Any, field: str) -> bytes:
+    """Raw base64 or a data: URL (data:image/png;base64,....) -> bytes."""
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"'{field}' must be a base64 string or a data: URL holding the image.")
+    if value.startswith("data:"):
+        header, _, value = value.partition(",")
+        if ";base64" not in header:
+            raise ApiError(
+                400, f"'{field}': only base64 data: URLs are accepted (data:image/png;base64,...)."
+            )
+    elif value.startswith(("http://", "https://")):
+        raise ApiError(
+            400, f"'{field}': the server does not fetch URLs; send the image as a base64 data: URL."
+        )
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"'{field}' is not valid base64.") from None
+
+
+def generation_options(
+    fields: dict[str, Any], limits: ServeLimits, max_tokens_key: str = "max_new_tokens"
+) -> dict:
+    """Validated generation options from request fields (strings from a form, or JSON values)."""
+
+    def number(key: str, kind, low, high, default):
+        value = fields.get(key)
+        if value is None or value == "":
+            return default
+        try:
+            value = kind(value)
+        except (TypeError, ValueError):
+            raise ApiError(
+                400, f"'{key}' must be a{'n integer' if kind is int else ' number'}, got {value!r}."
+            ) from None
+        if not low <= value <= high:
+            raise ApiError(400, f"'{key}'={value} is out of range: use a value in [{low}, {high}].")
+        return value
+
+    return {
+        "max_new_tokens": number(
+            max_tokens_key, int, 1, limits.max_new_tokens, min(128, limits.max_new_tokens)
+        ),
+        "temperature": number("temperature", float, 0.0, 5.0, 0.0),
+        "top_k": number("top_k", int, 0, 1_000_000, None),
+        "top_p": number("top_p", float, 0.0, 1.0, None),
+        "seed": number("seed", int, 0, 2**63 - 1, None),
+    }
+
+
+async def parse_answer_request(request: Request, limits: ServeLimits) -> tuple[bytes, str, dict, bool]:
+    """(image bytes, question, options, stream) from a multipart form or a JSON body."""
+    body = await read_body(request, limits.max_request_bytes)
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+
+        async def replay() -> dict:  # the form parser reads the body we already read (and size-checked)
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form()
+        except Exception as err:
+            raise ApiError(400, f"cannot parse the multipart form: {err}.") from None
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(400, "the form needs a file field 'image'.")
+        image = await upload.read()
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    elif content_type.startswith("application/json") or not content_type:
+        fields = parse_json(body)
+        image = decode_base64_image(fields.get("image"), "image")
+    else:
+        raise ApiError(
+            415,
+            f"content type {content_type!r} is not accepted: use multipart/form-data or application/json.",
+        )
+    question = check_question(fields.get("question") or "Describe the image.")
+    stream = str(fields.get("stream", "false")).lower() in ("1", "true", "yes")
+    return image, question, generation_options(fields, limits), stream
+
+
+def parse_json(body: bytes) -> dict:
+    try:
+        data = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ApiError(400, f"the body is not valid JSON: {err}.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the JSON body must be an object.")
+    return data
+
+
+def parse_chat_request(data: dict) -> tuple[bytes, str]:
+    """The last user message's image (one data: URL) and text from OpenAI-style `messages`."""
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects.")
+    user = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not user:
+        raise ApiError(400, "'messages' has no message with role 'user'.")
+    content = user[-1].get("content")
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if not isinstance(parts, list):
+        raise ApiError(400, "a user message's 'content' must be a string or a list of content parts.")
+    texts, images = [], []
+    for i, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            images.append(decode_base64_image(url, f"content[{i}].image_url.url"))
+        else:
+            raise ApiError(400, f"content[{i}] has type {kind!r}: use 'text' or 'image_url'.")
+    if len(images) != 1:
+        raise ApiError(400, f"send exactly one image_url part (got {len(images)}).")
+    return images[0], check_question(" ".join(t for t in texts if t).strip() or "Describe the image.")
+
+
+MAX_QUESTION_CHARS = 2000  # a prompt longer than the model was trained on only costs time
+
+
+def check_question(question: Any) -> str:
+    if not isinstance(question, str):
+        raise ApiError(400, "'question' must be a string.")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ApiError(
+            400, f"the question is {len(question)} characters, over the limit of {MAX_QUESTION_CHARS}."
+        )
+    return question
+
+
+# --- The app -------------------------------------------------------------------------------------------
+
+
+def sse(data: Any) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
+    limits = limits or ServeLimits()
+    slots = Slots(limits.max_concurrent)
+    model_name = runtime.directory.name
+    page = resources.files("picovlm.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    def decode(image_bytes: bytes):
+        try:
+            return open_image(image_bytes, limits.max_image_pixels)
+        except ImageError as err:
+            raise ApiError(400, str(err), "invalid_image") from None
+
+    async def generate(image_bytes: bytes, question: str, options: dict) -> str:
+        slots.acquire()  # first: a busy server refuses before spending time on decoding
+        try:
+            # Decoded in a thread: a large image would stall the event loop.
+            image = await run_in_threadpool(decode, image_bytes)
+            return await run_in_threadpool(runtime.answer, image, question, **options)
+        finally:
+            slots.release()
+
+    async def streaming(image_bytes: bytes, question: str, options: dict, wrap) -> StreamingResponse:
+        """SSE of `wrap(piece)` per text piece, then `wrap(None)` (the closing event(s))."""
+        slots.acquire()  # before the response starts, so a busy server still answers 429
+        try:
+            image = await run_in_threadpool(decode, image_bytes)
+        except BaseException:
+            slots.release()
+            raise
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                async for piece in iterate_in_threadpool(runtime.stream(image, question, **options)):
+                    yield wrap(piece)
+                yield wrap(None)
+            except Exception as err:  # the status line is already sent: report the failure in the stream
+                yield sse({"error": {"message": f"generation failed: {err}", "type": "server_error"}})
+            finally:
+                slots.release()
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({
+            "status": "ok", "model": model_name, "quantization": runtime.quantization,
+            "in_flight": slots.active, "limits": asdict(limits),
+        })  # fmt: skip
+
+    async def answer(request: Request) -> Response:
+        image, question, options, stream = await parse_answer_request(request, limits)
+        if stream:
+            return await streaming(
+                image, question, options, lambda p: sse({"text": p}) if p is not None else sse("[DONE]")
+            )
+        started = time.perf_counter()
+        text = await generate(image, question, options)
+        return JSONResponse({"answer": text, "seconds": round(time.perf_counter() - started, 4)})
+
+    async def chat_completions(request: Request) -> Response:
+        data = parse_json(await read_body(request, limits.max_request_bytes))
+        image, question = parse_chat_request(data)
+        options = generation_options(data, limits, max_tokens_key="max_tokens")
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        common = {"id": completion_id, "created": created, "model": model_name}
+        if data.get("stream"):
+
+            def chunk(piece: str | None) -> str:
+                if piece is None:
+                    done = {**common, "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}  # fmt: skip
+                    return sse(done) + sse("[DONE]")
+                delta = {"role": "assistant", "content": piece}
+                return sse({**common, "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})  # fmt: skip
+
+            return await streaming(image, question, options, chunk)
+        text = await generate(image, question, options)
+        return JSONResponse({
+            **common, "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        })  # fmt: skip
+
+    async def api_error(request: Request, err: ApiError) -> Response:
+        return JSONResponse(
+            {"error": {"message": err.message, "type": err.kind}}, err.status, headers=err.headers
+        )
+
+    async def server_error(request: Request, err: Exception) -> Response:
+        return JSONResponse({"error": {"message": f"internal error: {err}", "type": "server_error"}}, 500)
+
+    routes = [
+        Route("/", index),
+        Route("/health", health),
+        Route("/v1/answer", answer, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={ApiError: api_error, Exception: server_error})
+    app.state.slots, app.state.runtime, app.state.limits = slots, runtime, limits
+    return app
+
+
+def serve(
+    runtime: Runtime, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None
+) -> None:
+    """Run the server until interrupted (uvicorn, one process, one event loop)."""
+    import uvicorn
+
+    uvicorn.run(build_app(runtime, limits), host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,149 @@
+"""The training loop on the tiny preset and tiny demo data: run folder, resume, errors, accumulation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from picovlm.config import replace
+from picovlm.errors import ConfigError, DataError
+from picovlm.model.vlm import VLM
+from picovlm.train.checkpoint import load_checkpoint
+from picovlm.train.loop import train
+from picovlm.train.tracking import read_metrics
+
+
+def test_run_folder_metrics_plots_and_falling_val_loss(demo_dir, tmp_path, tiny_configs):
+    model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run", max_steps=24, eval_interval=8)
+    calls = []
+    result = train(model_cfg, train_cfg, progress=lambda d, t, m: calls.append((d, t, m)))
+    run = tmp_path / "run"
+    for name in ("config.yaml", "tokenizer.json", "metrics.jsonl", "checkpoint.pt", "summary.json"):
+        assert (run / name).is_file(), name
+    for stem in ("loss", "tokens_per_s"):
+        assert (run / "plots" / f"{stem}.png").stat().st_size > 1000
+        assert (run / "plots" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    records = read_metrics(run)
+    assert [r["step"] for r in records] == list(range(1, 25))
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [8, 16, 24]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]  # it learns
+    assert all(r["train_val_gap"] is not None for r in evals)
+    assert all(r["tokens_per_s"] >= r["tokens_per_s_wall"] > 0 for r in records)
+    assert all(0 <= r["padding_share"] < 0.5 and r["peak_rss_mb"] > 50 for r in records)
+    # the trained tokenizer sized the vocabulary, and both saved models load back and agree with it
+    assert result.params["lm_embedding"] == 400 * model_cfg.lm_hidden_dim
+    best, final = VLM.from_pretrained(run / "best"), VLM.from_pretrained(run / "model")
+    assert best.cfg.lm_vocab_size == final.cfg.lm_vocab_size == len(final.tokenizer) == 400
+    assert result.best_step == 24 and result.best_val_loss == pytest.approx(evals[-1]["val_loss"])
+    assert calls[-1][0] == 24 and "tok/s" in calls[-1][2]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["steps"] == 24
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_continues_exactly(demo_dir, tmp_path, tiny_configs):
+    """A run interrupted after its step-4 checkpoint and resumed matches an uninterrupted run."""
+    model_cfg, full_cfg = tiny_configs(demo_dir, tmp_path / "full", max_steps=10, checkpoint_interval=4)
+    train(model_cfg, full_cfg)
+    _, cut_cfg = tiny_configs(demo_dir, tmp_path / "cut", max_steps=10, checkpoint_interval=4)
+
+    def crash_at_6(done, total, message):
+        if done == 6:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(model_cfg, cut_cfg, progress=crash_at_6)
+    assert load_checkpoint(tmp_path / "cut")["step"] == 4
+    with pytest.raises(ConfigError, match="--resume"):
+        train(model_cfg, cut_cfg)  # refuses to overwrite a run silently
+    result = train(model_cfg, cut_cfg, resume=True)
+    assert "resumed from step 4" in result.notes
+    full, cut = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
+    assert [r["step"] for r in cut] == list(range(1, 11))  # the lines of the lost steps 5-6 were cut
+    for a, b in zip(full, cut):
+        assert a["lr"] == b["lr"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
+    assert full[-1]["val_loss"] == pytest.approx(cut[-1]["val_loss"], rel=1e-6)
+
+
+def test_gradient_accumulation_matches_a_big_batch(demo_dir, tmp_path, tiny_configs):
+    """Loss is normalised by the whole step's supervised tokens, so 2 x 4 == 1 x 8 (up to float error)."""
+    model_cfg, big = tiny_configs(demo_dir, tmp_path / "big", batch_size=8, max_steps=5)
+    _, accum = tiny_configs(
+        demo_dir, tmp_path / "acc", batch_size=4, gradient_accumulation_steps=2, max_steps=5
+    )
+    train(model_cfg, big)
+    train(model_cfg, accum)
+    a, b = read_metrics(tmp_path / "big"), read_metrics(tmp_path / "acc")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+
+
+def test_zero_lr_keeps_the_vision_tower_fixed_and_a_given_tokenizer_resizes_the_vocab(
+    demo_dir, tmp_path, tiny_configs
+):
+    from picovlm.data.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(["a red circle at the top left"] * 50, vocab_size=300)
+    tokenizer.save(tmp_path)
+    model_cfg, train_cfg = tiny_configs(
+        demo_dir, tmp_path / "run", lr_vision_backbone=0.0, max_steps=3, tokenizer=str(tmp_path)
+    )
+    model_cfg = replace(model_cfg, lm_vocab_size=260)  # smaller than the tokenizer
+    result = train(model_cfg, train_cfg)
+    assert any("lm_vocab_size raised from 260" in n for n in result.notes)
+    torch.manual_seed(train_cfg.seed)
+    fresh = VLM(replace(model_cfg, lm_vocab_size=len(tokenizer)))
+    trained = VLM.from_pretrained(tmp_path / "run" / "model")
+    for (name, p), q in zip(fresh.vision_encoder.named_parameters(), trained.vision_encoder.parameters()):
+        assert torch.equal(p, q), name
+    assert not torch.equal(fresh.projector.proj.weight, trained.projector.proj.weight)
+
+
+def test_clear_errors_before_training(demo_dir, tmp_path, tiny_configs):
+    model_cfg, cfg = tiny_configs(demo_dir, tmp_path / "a", batch_size=500)
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        train(model_cfg, cfg)
+    model_cfg, cfg = tiny_configs(demo_dir, tmp_path / "b", batch_size=10**7)
+    with pytest.raises(ConfigError, match="GiB"):
+        train(model_cfg, cfg)
+    model_cfg, cfg = tiny_configs(tmp_path / "missing", tmp_path / "c")
+    with pytest.raises(DataError, match="does not exist"):
+        train(model_cfg, cfg)
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+
+
+def test_early_stopping_stops_when_val_loss_stops_improving(demo_dir, tmp_path, tiny_configs):
+    # A learning rate of 1 wrecks a model after a few steps: the val loss soon stops improving.
+    model_cfg, cfg = tiny_configs(
+        demo_dir, tmp_path / "run", max_steps=40, eval_interval=1, early_stopping_patience=2,
+        lr_mp=1.0, lr_vision_backbone=1.0, lr_language_backbone=1.0, warmup_ratio=0.0, max_grad_norm=100.0,
+    )  # fmt: skip
+    result = train(model_cfg, cfg)
+    assert result.stop_reason == "early_stopping" and result.steps < 40
+    vals = [r["val_loss"] for r in read_metrics(tmp_path / "run")]
+    assert min(vals[-2:]) >= result.best_val_loss and result.steps - result.best_step == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
+def test_missing_tracker_extra_is_a_clear_error(demo_dir, tmp_path, tiny_configs):
+    model_cfg, cfg = tiny_configs(demo_dir, tmp_path / "run", report_to="tensorboard", max_steps=1)
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        train(model_cfg, cfg)
+
+
+def test_generation_check_metrics_are_logged(demo_dir, tmp_path, tiny_configs):
+    model_cfg, cfg = tiny_configs(
+        demo_dir, tmp_path / "run", max_steps=2, eval_interval=2, gen_eval_interval=2, gen_eval_items=3
+    )
+    train(model_cfg, cfg)
+    last = read_metrics(tmp_path / "run")[-1]
+    assert last["gen_n_items"] == 3
+    assert last["gen_verdict_status"] in ("ok", "warning", "collapsed")
+    assert "gen_image_gap_shuffled" in last and "gen_token_f1" in last
