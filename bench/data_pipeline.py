@@ -1,11 +1,12 @@
 """Training input pipeline throughput on the demo set: images/s and the share of padding tokens,
-with padding to the longest item and with packing.
+with padding to the longest item and with packing, each with and without length grouping.
 
     python bench/data_pipeline.py --n 1000 --batch-size 32 --workers 0 1 2
 
 Builds the demo set in memory, trains a small BPE tokenizer on its answers, encodes with the project's
 Processor at the config's image size, and times full passes of make_dataloader (decode PNG, resize,
-normalise, tokenise, collate). Prints one line per (packing, workers) setting.
+normalise, tokenise, collate). Prints one line per (packing, grouping, workers) setting, with the
+number of distinct batch shapes (each one is a recompile for torch.compile without dynamic shapes).
 """
 
 from __future__ import annotations
@@ -22,19 +23,28 @@ from picovlm.data.processor import Processor
 from picovlm.data.tokenizer import train_tokenizer
 
 
-def run(dataset: CauldronTorchDataset, batch_size: int, workers: int, packing: bool, max_length: int) -> dict:
+def run(
+    dataset: CauldronTorchDataset,
+    batch_size: int,
+    workers: int,
+    packing: bool,
+    max_length: int,
+    grouped: bool,
+) -> dict:
+    start = time.perf_counter()  # includes computing the lengths (once per dataset) when grouped
     loader = make_dataloader(dataset, batch_size=batch_size, seed=0, num_workers=workers, packing=packing,
-                             max_length=max_length)  # fmt: skip
+                             max_length=max_length, group_by_length=grouped)  # fmt: skip
     images = real = total = rows = 0
-    start = time.perf_counter()
+    shapes = set()
     for batch in loader:
         images += batch["pixel_values"].shape[0]
         real += int(batch["attention_mask"].sum())
         total += batch["attention_mask"].numel()
         rows += batch["input_ids"].shape[0]
+        shapes.add(tuple(batch["input_ids"].shape))
     seconds = time.perf_counter() - start
     return {"images_per_s": images / seconds, "padding_share": 1 - real / max(1, total), "rows": rows,
-            "seconds": seconds}  # fmt: skip
+            "seconds": seconds, "shapes": len(shapes)}  # fmt: skip
 
 
 def main() -> None:
@@ -61,10 +71,12 @@ def main() -> None:
           f"image tokens {config.mp_image_token_length}, lm_max_length {config.lm_max_length}, "
           f"pack length {pack_length}, torch threads 1")  # fmt: skip
     for packing in (False, True):
-        for workers in args.workers:
-            r = run(dataset, args.batch_size, workers, packing, pack_length)
-            print(f"packing={packing!s:5} workers={workers}: {r['images_per_s']:7.1f} images/s, "
-                  f"padding {r['padding_share']:.1%}, {r['rows']} rows in {r['seconds']:.1f} s")  # fmt: skip
+        for grouped in (False, True):
+            for workers in args.workers:
+                r = run(dataset, args.batch_size, workers, packing, pack_length, grouped)
+                print(f"packing={packing!s:5} group_by_length={grouped!s:5} workers={workers}: "
+                      f"{r['images_per_s']:7.1f} images/s, padding {r['padding_share']:.1%}, "
+                      f"{r['rows']} rows in {r['seconds']:.1f} s, {r['shapes']} batch shapes")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -147,6 +147,7 @@ class TrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     packing: bool = False
+    group_by_length: bool = True  # batches of similar-length samples: less padding
     num_workers: int = 0
     eval_interval: int = 100
     val_max_items: int | None = 256

@@ -5,10 +5,17 @@
                            function drops it and reports it in batch["skipped_rows"]; training goes on.
     ResumableSampler       the sample order for an epoch is a permutation fixed by (seed, epoch);
                            skip(k) starts mid-epoch at position k, for exact resume after a crash.
+    group_by_length        reorders a permutation so each batch holds samples of similar length.
     make_dataloader        wires both to pad_collate or pack_collate, with worker processes.
 
 The order depends only on (seed, epoch) and the position, never on num_workers: DataLoader returns
 batches in sampler order whatever worker built them.
+
+Length grouping: padding to the longest sample of a random batch wastes 6-10 % of the tokens on the
+demo set. So the shuffled order is cut into mega-batches of 50 batches, each is sorted by length and
+cut into batches, and the batches are shuffled: every batch holds neighbours in length (padding under
+1 %), yet which samples meet and the batch order still change every epoch. The result is still one
+flat sample order, so resume by sample position works unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class CauldronTorchDataset(torch.utils.data.Dataset):
         self.processor = processor
         self.bad_rows = 0  # counted in this process only; with workers, read batch["skipped_rows"]
         self.bad_row_examples: list[tuple[int, str]] = []  # the first few (row, reason), for a log line
+        self._lengths: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -47,22 +55,93 @@ class CauldronTorchDataset(torch.utils.data.Dataset):
                 self.bad_row_examples.append((int(index), f"{type(err).__name__}: {err}"))
             return None
 
+    def lengths(self) -> list[int]:
+        """Token length of every row's encoding, from its texts and image count alone (no image is
+        decoded, ~0.1 s per 1000 rows). A row that cannot be encoded gets length 0 (it is skipped later)."""
+        if self._lengths is None:
+            self._lengths = encoded_lengths(self.dataset, self.processor)
+        return self._lengths
+
+
+def encoded_lengths(hf_dataset, processor, chunk: int = 1000) -> list[int]:
+    """len(processor.encode_example(row)["input_ids"]) for every row, without decoding images."""
+    import pyarrow.compute as pc
+
+    has_images = "images" in hf_dataset.column_names
+    arrow_view = hf_dataset.select_columns(["images", "texts"] if has_images else ["texts"]).with_format(
+        "arrow"
+    )
+    lengths = []
+    for start in range(0, len(hf_dataset), chunk):
+        table = arrow_view[start : start + chunk]
+        texts = table.column("texts").to_pylist()
+        if has_images:
+            image_counts = pc.list_value_length(table.column("images")).fill_null(0).to_pylist()
+        else:
+            image_counts = [0] * len(texts)
+        for turns, n_images in zip(texts, image_counts):
+            try:
+                pairs = [(turn["user"], turn["assistant"]) for turn in turns]
+                if not pairs or not all(isinstance(a, str) and a.strip() for _, a in pairs):
+                    raise ValueError("no answer")
+                lengths.append(len(processor.encode_turns(pairs, n_images)[0]))
+            except BAD_ROW_ERRORS + (KeyError,):
+                lengths.append(0)
+    return lengths
+
+
+def group_by_length(
+    order: list[int], lengths: list[int], batch_size: int, generator: torch.Generator, mega_batch: int = 50
+) -> list[int]:
+    """Reorder `order` so that consecutive runs of batch_size samples have similar lengths.
+
+    The tail that does not fill a batch is set aside first (random samples, as the order is shuffled)
+    and stays last, so every run of batch_size from the start is a whole batch. The rest is cut into
+    mega-batches of mega_batch batches; each is sorted by length (longest first, ties in order) and cut
+    into batches; then the batches of the whole epoch are shuffled with `generator`.
+    """
+    full = len(order) - len(order) % batch_size
+    body, tail = order[:full], order[full:]
+    span = batch_size * mega_batch
+    batches = []
+    for start in range(0, full, span):
+        chunk = sorted(body[start : start + span], key=lambda index: -lengths[index])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return [index for batch in shuffled for index in batch] + tail
+
 
 class ResumableSampler(torch.utils.data.Sampler):
     """Indices of one epoch in an order fixed by (seed, epoch), optionally starting mid-epoch.
 
     With world_size > 1 each rank takes every world_size-th index of the same permutation (the tail
     that does not divide evenly is dropped so all ranks run the same number of steps).
+
+    lengths (one per sample) turn on length grouping (see group_by_length) in units of batch_size x
+    world_size, batch_size being the samples one rank takes per optimizer step: after the interleaved
+    sharding each rank's share of a step, and the shares all ranks run at that step, hold samples of
+    similar length (consecutive in length order, so each micro-batch of the share is tight too).
     """
 
     def __init__(
-        self, num_samples: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        num_samples: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: list[int] | None = None,
+        batch_size: int = 1,
     ):
+        if lengths is not None and len(lengths) != num_samples:
+            raise ValueError(f"{len(lengths)} lengths for {num_samples} samples")
         self.num_samples = num_samples
         self.shuffle = shuffle
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.lengths = lengths
+        self.batch_size = batch_size
         self.epoch = 0
         self.start = 0
 
@@ -76,11 +155,13 @@ class ResumableSampler(torch.utils.data.Sampler):
         self.start = samples
 
     def epoch_order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(self.num_samples, generator=generator).tolist()
         else:
             order = list(range(self.num_samples))
+        if self.lengths is not None:
+            order = group_by_length(order, self.lengths, self.batch_size * self.world_size, generator)
         per_rank = self.num_samples // self.world_size
         return order[self.rank :: self.world_size][:per_rank]
 
@@ -108,14 +189,24 @@ def make_dataloader(
     drop_last: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    group_by_length: bool = False,
+    accumulation_steps: int = 1,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over `dataset` in a reproducible order. Access the sampler as loader.sampler to
     call set_epoch(e) each epoch and skip(k) to resume at sample k of that epoch.
 
     packing: pack_collate with rows of at most max_length tokens (default: processor.max_length);
     batch_size then counts samples per batch, packed into fewer rows.
+    group_by_length: batches of samples of similar length (less padding). It groups whole optimizer
+    steps (batch_size x accumulation_steps x world_size samples), so a step's samples are the same
+    whether it runs as one big batch, as accumulated micro-batches or on several ranks. skip(k)
+    resumes the exact sample order at any k; at a multiple of the step (as the trainer resumes) the
+    batches match too.
     """
-    sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+    sampler = ResumableSampler(
+        len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+        batch_size=batch_size * accumulation_steps, lengths=dataset.lengths() if group_by_length else None,
+    )  # fmt: skip
     sampler.set_epoch(epoch)
     sampler.skip(start_sample)
     pad_token_id = dataset.processor.pad_token_id

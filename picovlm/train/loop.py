@@ -347,6 +347,7 @@ def train(
     loader = make_dataloader(
         train_set, micro, shuffle=True, seed=train_cfg.seed, num_workers=train_cfg.num_workers,
         packing=train_cfg.packing, drop_last=True, rank=dist_.rank, world_size=dist_.world_size,
+        group_by_length=train_cfg.group_by_length, accumulation_steps=accum,
     )  # fmt: skip
     val_loader = None
     if val_ds is not None:
