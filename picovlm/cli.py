@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "picovlm.commands.realset",
     "picovlm.commands.train",
     "picovlm.commands.deploy",
+    "picovlm.commands.demo",
 ]
 
 

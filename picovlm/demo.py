@@ -1,0 +1,178 @@
+"""`picovlm demo`: the whole journey in one call, on the built-in demo scenes.
+
+    data/      the demo set (scenes of shapes with long factual answers), split train/validation/test
+    run/       training: config.yaml, metrics.jsonl, plots/, model/ (the final weights)
+    eval/      held-out test scenes: metrics.json, predictions.jsonl, report.md, report.html
+               (the model next to a nearest-training-image lookup, with the collapse verdict)
+    exported/  the model as ONNX graphs with int8 weights, for one CPU core
+    samples/   a few held-out images as PNG files, answered by the torch-free runtime
+
+The model and its training recipe are picovlm's defaults (`picovlm.config.DEFAULT_PRESET` and
+`TrainConfig`'s defaults); only the time budget, the seed and the folders are set here. Every stage
+reports through `progress(done, total, message)`; a message with total None starts a new stage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from picovlm.errors import PicovlmError
+from picovlm.utils import ProgressFn, atomic_write_text, no_progress
+
+FALLBACK_PRESET = "super-small-11"
+QUESTION = "Describe the image."
+
+
+def default_preset() -> str:
+    """The preset the team's recipe names (config.DEFAULT_PRESET), else the blog's iteration 11."""
+    import picovlm.config
+
+    return getattr(picovlm.config, "DEFAULT_PRESET", FALLBACK_PRESET)
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    paths: dict[str, Path]  # data, run, model, metrics, plots, report_html, report_md, exported, samples
+    figures: dict[str, Any]  # token_f1, field_accuracy, distinct_answers, n_images, verdict, ...
+    stage_seconds: dict[str, float]  # data, train, eval, export, runtime
+    answers: list[dict[str, str]]  # {"image", "reference", "answer"} from the torch-free runtime
+    train: dict[str, Any] = field(default_factory=dict)  # RunResult.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "paths": {k: str(v) for k, v in self.paths.items()},
+            "figures": self.figures,
+            "stage_seconds": self.stage_seconds,
+            "answers": self.answers,
+            "train": self.train,
+        }
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_demo(
+    out_dir: str | Path = "runs/demo",
+    minutes: float = 5.0,
+    seed: int = 0,
+    n: int = 3000,
+    progress: ProgressFn = no_progress,
+    preset: str | None = None,
+    eval_items: int = 100,
+    max_new_tokens: int = 96,
+    samples: int = 4,
+    overwrite: bool = False,
+) -> DemoResult:
+    """Build the demo data, train for `minutes`, evaluate, export to int8 ONNX, answer `samples`
+    held-out images through the runtime; everything goes under out_dir. Returns paths and figures."""
+    from picovlm.config import TrainConfig
+    from picovlm.config import preset as preset_config
+    from picovlm.data.cauldron import load_cauldron
+    from picovlm.data.demo import write_demo
+    from picovlm.eval.evaluate import evaluate
+    from picovlm.eval.report import write_report
+    from picovlm.export.onnx import export_model
+    from picovlm.runtime import Runtime
+    from picovlm.train.loop import train
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise PicovlmError(
+                f"{out} already exists and is not empty: choose another --out, or pass --overwrite."
+            )
+        shutil.rmtree(out)
+    if minutes <= 0 or n < 30:
+        raise PicovlmError(f"--minutes must be positive and --n at least 30 (got {minutes} and {n}).")
+    preset_name = preset or default_preset()
+    model_cfg = preset_config(preset_name)
+    paths = {
+        "data": out / "data", "run": out / "run", "model": out / "run" / "model",
+        "plots": out / "run" / "plots", "metrics": out / "run" / "metrics.jsonl",
+        "eval": out / "eval", "report_html": out / "eval" / "report.html", "report_md": out / "eval" / "report.md",
+        "eval_metrics": out / "eval" / "metrics.json", "exported": out / "exported", "samples": out / "samples",
+    }  # fmt: skip
+    seconds: dict[str, float] = {}
+    device = _device()
+
+    # 1. Data: scenes drawn at the model's own image size, split 80/10/10 with no shared image or group.
+    started = time.perf_counter()
+    progress(0, None, f"[1/5] data: {n} demo scenes -> {paths['data']}")
+    write_demo(paths["data"], n=n, seed=seed, image_size=model_cfg.vit_img_size)
+    seconds["data"] = time.perf_counter() - started
+
+    # 2. Train: the default recipe, stopped by the clock.
+    started = time.perf_counter()
+    progress(0, None, f"[2/5] train: {preset_name} for up to {minutes:g} min on {device} -> {paths['run']}")
+    train_cfg = TrainConfig(
+        data_dir=str(paths["data"]), out_dir=str(paths["run"]), max_minutes=minutes, seed=seed
+    )
+    run = train(model_cfg, train_cfg, progress=progress)
+    seconds["train"] = time.perf_counter() - started
+
+    # 3. Evaluate on held-out test scenes, next to the nearest-training-image lookup.
+    started = time.perf_counter()
+    progress(0, None, f"[3/5] eval: up to {eval_items} held-out test scenes -> {paths['eval']}")
+    result = evaluate(
+        paths["model"], paths["data"], split="test", max_items=eval_items, max_new_tokens=max_new_tokens,
+        baseline="nearest", swap_items=min(eval_items, 32), name=f"{preset_name} demo", device=device,
+        progress=progress,
+    )  # fmt: skip
+    write_report([result], paths["eval"], title="picovlm demo: held-out test scenes")
+    seconds["eval"] = time.perf_counter() - started
+
+    # 4. Export for one CPU core: ONNX graphs, int8 weights.
+    started = time.perf_counter()
+    progress(0, None, f"[4/5] export: int8 ONNX -> {paths['exported']}")
+    manifest = export_model(paths["model"], paths["exported"], quantize="int8", progress=progress)
+    seconds["export"] = time.perf_counter() - started
+
+    # 5. Answer a few held-out images with the torch-free runtime, from PNG files a person can open.
+    started = time.perf_counter()
+    progress(
+        0, None, f"[5/5] runtime: {samples} held-out images answered without torch -> {paths['samples']}"
+    )
+    runtime = Runtime.load(paths["exported"], threads=1)
+    test_rows = load_cauldron(paths["data"], split="test")
+    paths["samples"].mkdir(parents=True, exist_ok=True)
+    answers = []
+    for i in range(min(samples, len(test_rows))):
+        row = test_rows[i]
+        image_path = paths["samples"] / f"test-{i:02d}.png"
+        row["images"][0].save(image_path)
+        answer = runtime.answer(str(image_path), QUESTION, max_new_tokens=max_new_tokens)
+        answers.append(
+            {"image": str(image_path), "reference": row["texts"][0]["assistant"], "answer": answer}
+        )
+    atomic_write_text(
+        paths["samples"] / "answers.json", json.dumps(answers, indent=2, ensure_ascii=False) + "\n"
+    )
+    seconds["runtime"] = time.perf_counter() - started
+
+    m = result["metrics"]
+    figures = {
+        "preset": preset_name,
+        "device": device,
+        "train_steps": run.steps,
+        "best_val_loss": run.best_val_loss,
+        "token_f1": m["token_f1"],
+        "field_accuracy": m.get("field_accuracy"),
+        "n_images": m["n_images"],
+        "distinct_answers": round(m["distinct_answer_share"] * m["n_images"]),
+        "baseline_token_f1": m.get("baseline_token_f1"),
+        "baseline_name": m.get("baseline_name"),
+        "verdict_status": m["verdict_status"],
+        "verdict": m["verdict"],
+        "exported_mb": sum(manifest["file_sizes"].values()) / 1e6,
+    }
+    return DemoResult(out, paths, figures, seconds, answers, run.to_dict())

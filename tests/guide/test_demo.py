@@ -1,0 +1,48 @@
+"""`picovlm demo` end to end on a tiny budget: every artefact is written and the runtime answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from picovlm.cli import main
+from picovlm.demo import run_demo
+
+
+def test_run_demo_writes_every_artefact_and_the_runtime_answers(tmp_path):
+    stages = []
+    result = run_demo(
+        tmp_path / "demo", minutes=0.2, seed=0, n=120, preset="tiny", eval_items=12, max_new_tokens=24,
+        samples=3, progress=lambda done, total, message: stages.append(message) if total is None else None,
+    )  # fmt: skip
+    p = result.paths
+    assert [s[:5] for s in stages if s.startswith("[")] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
+    for split in ("train", "validation", "test"):
+        assert (p["data"] / split).is_dir()
+    for key in ("metrics", "report_html", "report_md", "eval_metrics"):
+        assert p[key].is_file() and p[key].stat().st_size > 0, key
+    assert (p["model"] / "model.safetensors").is_file() and (p["run"] / "config.yaml").is_file()
+    assert any(p["plots"].glob("loss.*"))
+    manifest = json.loads((p["exported"] / "manifest.json").read_text())
+    assert manifest["quantization"]["weights"] == "int8"
+    assert len(result.answers) == 3
+    saved = json.loads((p["samples"] / "answers.json").read_text())
+    assert saved == result.answers
+    for item in result.answers:
+        assert Path(item["image"]).parent == p["samples"] and Path(item["image"]).is_file()
+        assert isinstance(item["answer"], str) and item["reference"]
+    eval_metrics = json.loads(p["eval_metrics"].read_text())
+    model_metrics = eval_metrics["models"][0]["metrics"]
+    f = result.figures
+    assert f["n_images"] == 12 and 1 <= f["distinct_answers"] <= 12
+    assert 0.0 <= f["token_f1"] <= 1.0 and f["verdict"] and f["baseline_token_f1"] is not None
+    assert model_metrics["token_f1"] == f["token_f1"]
+    assert set(result.stage_seconds) == {"data", "train", "eval", "export", "runtime"}
+
+
+def test_demo_refuses_a_folder_in_use(tmp_path, capsys):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "keep.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--preset", "tiny", "--n", "60"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "demo" / "keep.txt").read_text() == "mine"
