@@ -344,6 +344,9 @@ def train(
         )
     total_steps = train_cfg.max_steps or max(1, math.ceil(train_cfg.epochs * steps_per_epoch))
     warmup_steps = math.ceil(train_cfg.warmup_ratio * total_steps)
+    # With a time budget, the schedule is refitted once the first steps are timed (see below), so the
+    # learning rate has decayed when the clock runs out instead of being cut off at its peak.
+    schedule_fitted = train_cfg.max_minutes is None
     loader = make_dataloader(
         train_set, micro, shuffle=True, seed=train_cfg.seed, num_workers=train_cfg.num_workers,
         packing=train_cfg.packing, drop_last=True, rank=dist_.rank, world_size=dist_.world_size,
@@ -368,7 +371,10 @@ def train(
                       "step_time_s": 0.0, "skipped_rows": 0, "train_losses_since_eval": []}  # fmt: skip
     if resume:
         saved = ckpt.load_checkpoint(run_dir)
-        if saved["schedule"] != {"total_steps": total_steps, "warmup_steps": warmup_steps}:
+        if saved["schedule"].get("fitted_to_time"):
+            total_steps, warmup_steps = saved["schedule"]["total_steps"], saved["schedule"]["warmup_steps"]
+            schedule_fitted = True
+        elif saved["schedule"] != {"total_steps": total_steps, "warmup_steps": warmup_steps}:
             notes.append(
                 f"schedule changed since the checkpoint ({saved['schedule']}); continuing with the new one"
             )
@@ -448,6 +454,17 @@ def train(
                 torch.cuda.synchronize(device)
             step_end = time.perf_counter()
             step += 1
+            if not schedule_fitted and step == min(FIT_SCHEDULE_AT_STEP, total_steps):
+                planned = total_steps
+                total_steps, warmup_steps = fit_schedule_to_time(
+                    train_cfg, step, prior_wall + time.time() - session_start, planned
+                )
+                schedule_fitted = True
+                if total_steps < planned:
+                    stop_reason = "max_minutes"
+                    notes.append(
+                        f"max_minutes={train_cfg.max_minutes}: schedule fitted to {total_steps} of {planned} steps"
+                    )
 
             # --- Log ---
             (loss_sum,) = dist_.sum([loss_sum], device)
@@ -509,7 +526,9 @@ def train(
                 if dist_.main:
                     ckpt.save_checkpoint(run_dir, {
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "schedule": {"total_steps": total_steps, "warmup_steps": warmup_steps}, "trainer": state,
+                        "schedule": {"total_steps": total_steps, "warmup_steps": warmup_steps,
+                                     **({"fitted_to_time": True} if train_cfg.max_minutes is not None else {})},
+                        "trainer": state,
                     })  # fmt: skip
                 dist_.barrier()
             val_text = f" | val {val_loss:.3f}" if val_loss is not None else ""
@@ -543,6 +562,23 @@ def train(
     if dist_.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()
     return result
+
+
+FIT_SCHEDULE_AT_STEP = 5
+
+
+def fit_schedule_to_time(
+    train_cfg: TrainConfig, steps_done: int, seconds: float, planned: int
+) -> tuple[int, int]:
+    """(total_steps, warmup_steps) that fit `max_minutes`, from the time the first steps took.
+
+    The first steps are the slowest (allocation, warm caches), so the estimate errs short; 5% of the
+    budget is kept for evaluations and checkpoints. Never more steps than planned.
+    """
+    per_step = seconds / max(steps_done, 1)
+    fit = int(train_cfg.max_minutes * 60 * 0.95 / max(per_step, 1e-9))
+    total = max(steps_done + 1, min(planned, fit))
+    return total, math.ceil(train_cfg.warmup_ratio * total)
 
 
 def _epoch_batches(loader, epoch: int, start_sample: int):

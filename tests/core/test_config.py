@@ -79,3 +79,11 @@ def test_unknown_keys_in_an_old_config_warn_instead_of_failing(tmp_path):
     with pytest.warns(UserWarning, match="lm_use_tokens"):
         cfg = build_vlm_config(json.loads(json.dumps(values)))
     assert cfg == preset("tiny")
+
+
+def test_values_of_the_wrong_type_are_config_errors():
+    with pytest.raises(ConfigError, match="use null"):
+        load_config("tiny", overrides=["train.max_steps=None"])
+    with pytest.raises(ConfigError, match="lm_hidden_dim"):
+        VLMConfig(lm_hidden_dim="216")
+    assert TrainConfig(lr_mp=1).lr_mp == 1  # an int is a fine float

@@ -147,3 +147,19 @@ def test_generation_check_metrics_are_logged(demo_dir, tmp_path, tiny_configs):
     assert last["gen_n_items"] == 3
     assert last["gen_verdict_status"] in ("ok", "warning", "collapsed")
     assert "gen_image_gap_shuffled" in last and "gen_token_f1" in last
+
+
+def test_a_time_budget_fits_the_schedule_so_the_learning_rate_decays_in_time(
+    demo_dir, tmp_path, tiny_configs
+):
+    # Far more epochs than 4 seconds allow: without fitting, the run would stop near peak learning rate.
+    model_cfg, train_cfg = tiny_configs(
+        demo_dir, tmp_path / "run", max_steps="null", epochs=10_000, max_minutes=4 / 60, eval_interval=1000
+    )
+    result = train(model_cfg, train_cfg)
+    records = read_metrics(tmp_path / "run")
+    planned = 10_000 * (77 // 4)
+    assert 5 < result.total_steps < planned and result.steps == result.total_steps
+    assert any("schedule fitted" in note for note in result.notes)
+    assert records[-1]["lr"] == pytest.approx(train_cfg.lr_mp * train_cfg.min_lr_ratio, rel=0.05)
+    assert max(r["lr"] for r in records) == pytest.approx(train_cfg.lr_mp, rel=0.05)
