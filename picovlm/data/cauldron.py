@@ -17,10 +17,10 @@ so an interrupted save never leaves a half-written dataset under the final name.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from picovlm.errors import DataError
+from picovlm.utils import atomic_path
 
 TEXT_KEYS = ("user", "assistant", "source")
 
@@ -240,10 +240,7 @@ def save_cauldron(
         raise DataError(f"{out_dir} already exists: choose another --out or pass --overwrite")
     if isinstance(dataset, datasets.IterableDataset):
         dataset = materialize(dataset)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    try:
+    with atomic_path(out_dir) as tmp_dir:  # a crash leaves the old folder (or none), never half of one
         if parquet:
             splits = dataset if isinstance(dataset, datasets.DatasetDict) else {"train": dataset}
             for split_name, split in splits.items():
@@ -255,16 +252,17 @@ def save_cauldron(
                     )
         else:
             dataset.save_to_disk(str(tmp_dir), num_shards=_shards_arg(dataset, num_shards))
-        if out_dir.exists():
-            old_dir = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old_dir)
-            os.replace(tmp_dir, out_dir)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, out_dir)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     return out_dir
+
+
+def rows_to_dataset(rows: list[dict], columns: tuple[str, ...] = ("images", "texts", "fields", "group")):
+    """Generated rows (dicts with those keys) as a Dataset in the cauldron schema with group and fields."""
+    from datasets import Dataset
+
+    data = {key: [row[key] for row in rows] for key in columns}
+    return Dataset.from_dict(
+        data, features=cauldron_features(group="group" in columns, fields="fields" in columns)
+    )
 
 
 def _shards_arg(dataset, num_shards: int):

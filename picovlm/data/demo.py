@@ -167,9 +167,7 @@ def _make_rows(args: tuple[int, int, int, int]) -> list[dict]:
 
 def make_demo_dataset(n: int = 3000, seed: int = 0, image_size: int = 224, num_proc: int = 1):
     """Generate n demo rows as a datasets.Dataset in the cauldron schema (plus `fields`, `group`)."""
-    from datasets import Dataset
-
-    from picovlm.data.cauldron import cauldron_features
+    from picovlm.data.cauldron import rows_to_dataset
 
     chunk = 500
     jobs = [(seed, start, min(start + chunk, n), image_size) for start in range(0, n, chunk)]
@@ -178,9 +176,7 @@ def make_demo_dataset(n: int = 3000, seed: int = 0, image_size: int = 224, num_p
             chunks = list(pool.map(_make_rows, jobs))
     else:
         chunks = [_make_rows(job) for job in jobs]
-    rows = [row for rows in chunks for row in rows]
-    columns = {key: [row[key] for row in rows] for key in ("images", "texts", "fields", "group")}
-    return Dataset.from_dict(columns, features=cauldron_features(group=True, fields=True))
+    return rows_to_dataset([row for rows in chunks for row in rows])
 
 
 def write_demo(

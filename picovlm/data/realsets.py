@@ -237,13 +237,9 @@ def make_fashion_dataset(
 ):
     """n Fashion-MNIST photos (2n rows with mirror) as a datasets.Dataset in the cauldron schema, plus the
     `fields` and `group` columns. image_size: side of the stored PNG (0 keeps the native 28 pixels)."""
-    from datasets import Dataset
+    from picovlm.data.cauldron import rows_to_dataset
 
-    from picovlm.data.cauldron import cauldron_features
-
-    rows = make_fashion_rows(n, seed, image_size, mirror, source_dir)
-    columns = {key: [row[key] for row in rows] for key in ("images", "texts", "fields", "group")}
-    return Dataset.from_dict(columns, features=cauldron_features(group=True, fields=True))
+    return rows_to_dataset(make_fashion_rows(n, seed, image_size, mirror, source_dir))
 
 
 def write_fashion(
