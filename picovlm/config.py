@@ -134,7 +134,7 @@ class TrainConfig:
     # Learning rates per parameter group; 0 freezes that tower. The defaults are picovlm's recipe for
     # super-small models trained from scratch (see docs/recipes.md), not nanoVLM's fine-tuning rates.
     lr_mp: float = 3e-3
-    lr_vision_backbone: float = 3e-3  # a from-scratch vision tower needs a projector-like rate
+    lr_vision_backbone: float = 1e-3  # 3e-3 was worse at 1,000 steps (docs/recipes.md)
     lr_language_backbone: float = 1e-3
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
@@ -159,6 +159,9 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bf16 on CPU is ~17x slower here)
     compile: bool = False
     device: str = "auto"
+    # CPU threads for torch; 0 keeps torch's default (one per core). Set 1 when other jobs share the
+    # CPU: oversubscribed threads made a step up to 15x slower on a busy 2-core machine (docs/recipes.md).
+    threads: int = 0
     report_to: str = "none"
     data_dir: str | None = None
     train_split: str = "train"
@@ -186,6 +189,8 @@ class TrainConfig:
             raise ConfigError(f"precision={self.precision!r}: use one of auto, fp32, bf16.")
         if self.report_to not in ("none", "wandb", "trackio", "tensorboard"):
             raise ConfigError(f"report_to={self.report_to!r}: use one of none, wandb, trackio, tensorboard.")
+        if self.threads < 0:
+            raise ConfigError(f"threads={self.threads} is negative: use 0 for torch's default, or a count.")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1).")
 
@@ -267,6 +272,12 @@ PRESETS["picovlm-small"] = dict(
     PRESETS["super-small-11"], vit_patch_size=32, mp_pixel_shuffle_factor=1, vit_hidden_dim=384,
 )  # fmt: skip
 DEFAULT_PRESET = "picovlm-small"
+
+
+def base_model_fields(preset_name: str | None) -> dict[str, Any]:
+    """The model fields a config starts from: the named preset, else picovlm's DEFAULT_PRESET (the
+    recipe), so `picovlm train data_dir=...` with no preset trains the model the recipe was tuned for."""
+    return dict(preset(preset_name or DEFAULT_PRESET).to_dict())
 
 
 def preset(name: str, **overrides: Any) -> VLMConfig:
@@ -360,12 +371,10 @@ def load_config(
     overrides: list[str] | None = None,
 ) -> tuple[VLMConfig, TrainConfig]:
     """Preset, then file, then overrides: the one way every command builds its configs."""
-    model: dict[str, Any] = dict(preset(preset_name).to_dict()) if preset_name else {}
     train: dict[str, Any] = {}
+    data = read_config_file(path) if path is not None else {}
+    model = base_model_fields(preset_name or data.get("preset"))
     if path is not None:
-        data = read_config_file(path)
-        if "preset" in data and not preset_name:
-            model = dict(preset(data["preset"]).to_dict())
         model.update(data.get("model") or {})
         train.update(data.get("train") or {})
     parsed = parse_overrides(overrides or [])

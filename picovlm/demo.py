@@ -24,15 +24,7 @@ from typing import Any
 from picovlm.errors import PicovlmError
 from picovlm.utils import ProgressFn, atomic_write_text, no_progress
 
-FALLBACK_PRESET = "super-small-11"
 QUESTION = "Describe the image."
-
-
-def default_preset() -> str:
-    """The preset the team's recipe names (config.DEFAULT_PRESET), else the blog's iteration 11."""
-    import picovlm.config
-
-    return getattr(picovlm.config, "DEFAULT_PRESET", FALLBACK_PRESET)
 
 
 @dataclass
@@ -72,10 +64,12 @@ def run_demo(
     max_new_tokens: int = 96,
     samples: int = 4,
     overwrite: bool = False,
+    threads: int = 0,
 ) -> DemoResult:
     """Build the demo data, train for `minutes`, evaluate, export to int8 ONNX, answer `samples`
-    held-out images through the runtime; everything goes under out_dir. Returns paths and figures."""
-    from picovlm.config import TrainConfig
+    held-out images through the runtime; everything goes under out_dir. Returns paths and figures.
+    threads: torch's CPU threads for training and evaluation (0: one per core)."""
+    from picovlm.config import DEFAULT_PRESET, TrainConfig
     from picovlm.config import preset as preset_config
     from picovlm.data.cauldron import load_cauldron
     from picovlm.data.demo import write_demo
@@ -94,7 +88,7 @@ def run_demo(
         shutil.rmtree(out)
     if minutes <= 0 or n < 30:
         raise PicovlmError(f"--minutes must be positive and --n at least 30 (got {minutes} and {n}).")
-    preset_name = preset or default_preset()
+    preset_name = preset or DEFAULT_PRESET
     model_cfg = preset_config(preset_name)
     paths = {
         "data": out / "data", "run": out / "run", "model": out / "run" / "model",
@@ -115,7 +109,11 @@ def run_demo(
     started = time.perf_counter()
     progress(0, None, f"[2/5] train: {preset_name} for up to {minutes:g} min on {device} -> {paths['run']}")
     train_cfg = TrainConfig(
-        data_dir=str(paths["data"]), out_dir=str(paths["run"]), max_minutes=minutes, seed=seed
+        data_dir=str(paths["data"]),
+        out_dir=str(paths["run"]),
+        max_minutes=minutes,
+        seed=seed,
+        threads=threads,
     )
     run = train(model_cfg, train_cfg, progress=progress)
     seconds["train"] = time.perf_counter() - started
@@ -167,6 +165,7 @@ def run_demo(
         "best_val_loss": run.best_val_loss,
         "token_f1": m["token_f1"],
         "field_accuracy": m.get("field_accuracy"),
+        "baseline_field_accuracy": m.get("baseline_field_accuracy"),
         "n_images": m["n_images"],
         "distinct_answers": round(m["distinct_answer_share"] * m["n_images"]),
         "baseline_token_f1": m.get("baseline_token_f1"),

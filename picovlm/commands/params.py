@@ -9,7 +9,8 @@ import json
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset, --config and free `section.field=value` overrides: shared by every verb that builds a model."""
     parser.add_argument(
-        "--preset", help="named preset, e.g. super-small-11 or nanovlm-222m (see docs/config.md)"
+        "--preset",
+        help="named preset, e.g. super-small-11 or nanovlm-222m (default picovlm-small; see docs/config.md)",
     )
     parser.add_argument("--config", help="YAML or JSON config file with 'model' and/or 'train' sections")
     parser.add_argument(

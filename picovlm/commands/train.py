@@ -12,7 +12,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a model on a cauldron-schema dataset (CPU, one GPU, or torchrun DDP)",
-        description="Train a VLM from a preset and/or config file plus FIELD=VALUE overrides. The run folder "
+        description="Train a VLM from a preset (default picovlm-small, the recipe of docs/recipes.md) and/or a "
+        "config file plus FIELD=VALUE overrides. The run folder "
         "(train.out_dir) gets config.yaml, tokenizer.json, metrics.jsonl, plots/, checkpoint.pt, best/ and "
         "model/. Several processes: `torchrun --nproc_per_node N -m picovlm train ...`. "
         "Example: picovlm train --preset super-small-11 data_dir=data/demo max_steps=200",

@@ -449,6 +449,8 @@ def evaluate(
         best = max(baselines, key=lambda b: baselines[b]["metrics"]["token_f1"])
         metrics["baseline_token_f1"] = baselines[best]["metrics"]["token_f1"]
         metrics["baseline_name"] = best
+        if "field_accuracy" in baselines[best]["metrics"]:
+            metrics["baseline_field_accuracy"] = baselines[best]["metrics"]["field_accuracy"]
     elif baseline == "nearest":
         raise DataError(f"--baseline nearest needs a training split: {data_dir} has no split {train_split!r}")
 

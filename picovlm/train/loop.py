@@ -290,6 +290,8 @@ def train(
 
     progress = progress or no_progress
     dist_, device = setup_distributed(train_cfg.device)
+    if device.type == "cpu" and train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
     run_dir = Path(train_cfg.out_dir)
     notes: list[str] = []
     if not resume and (ckpt.has_checkpoint(run_dir) or (run_dir / SUMMARY_FILE).exists()):
@@ -344,9 +346,10 @@ def train(
         )
     total_steps = train_cfg.max_steps or max(1, math.ceil(train_cfg.epochs * steps_per_epoch))
     warmup_steps = math.ceil(train_cfg.warmup_ratio * total_steps)
-    # With a time budget, the schedule is refitted once the first steps are timed (see below), so the
+    # With a time budget, the schedule is fitted to the clock as steps get timed (see below), so the
     # learning rate has decayed when the clock runs out instead of being cut off at its peak.
-    schedule_fitted = train_cfg.max_minutes is None
+    planned_steps = total_steps
+    fit_to_clock = train_cfg.max_minutes is not None
     loader = make_dataloader(
         train_set, micro, shuffle=True, seed=train_cfg.seed, num_workers=train_cfg.num_workers,
         packing=train_cfg.packing, drop_last=True, rank=dist_.rank, world_size=dist_.world_size,
@@ -373,7 +376,6 @@ def train(
         saved = ckpt.load_checkpoint(run_dir)
         if saved["schedule"].get("fitted_to_time"):
             total_steps, warmup_steps = saved["schedule"]["total_steps"], saved["schedule"]["warmup_steps"]
-            schedule_fitted = True
         elif saved["schedule"] != {"total_steps": total_steps, "warmup_steps": warmup_steps}:
             notes.append(
                 f"schedule changed since the checkpoint ({saved['schedule']}); continuing with the new one"
@@ -406,6 +408,8 @@ def train(
     stop_reason = "max_steps" if train_cfg.max_steps else "epochs"
     last_loss = val_loss = None
     session_start = time.time()
+    session_first_step = step
+    fit_anchor: tuple[int, float] | None = None  # (step, time) of the first fit to the clock
     prior_wall = state["wall_time_s"]
     step_times: list[float] = []
     epoch = step // steps_per_epoch
@@ -454,16 +458,25 @@ def train(
                 torch.cuda.synchronize(device)
             step_end = time.perf_counter()
             step += 1
-            if not schedule_fitted and step == min(FIT_SCHEDULE_AT_STEP, total_steps):
-                planned = total_steps
-                total_steps, warmup_steps = fit_schedule_to_time(
-                    train_cfg, step, prior_wall + time.time() - session_start, planned
-                )
-                schedule_fitted = True
-                if total_steps < planned:
-                    stop_reason = "max_minutes"
-                    notes.append(
-                        f"max_minutes={train_cfg.max_minutes}: schedule fitted to {total_steps} of {planned} steps"
+            if fit_to_clock and step < total_steps:
+                now = time.time()
+                session_steps = step - session_first_step
+                if session_steps == FIT_SCHEDULE_FROM_STEP:
+                    # The first fit times everything so far (start-up and the slow first steps), so it
+                    # errs short; later fits time the steps since it, evaluations and checkpoints included.
+                    per_step, fit_anchor = (now - session_start) / session_steps, (step, now)
+                elif fit_anchor is not None and step - fit_anchor[0] >= FIT_SCHEDULE_FROM_STEP * 4:
+                    per_step = (now - fit_anchor[1]) / (step - fit_anchor[0])
+                else:
+                    per_step = None
+                if per_step is not None:
+                    elapsed = prior_wall + now - session_start
+                    if dist_.world_size > 1:  # every rank must fit the same schedule: average the clocks
+                        elapsed, per_step = (
+                            v / dist_.world_size for v in dist_.sum([elapsed, per_step], device)
+                        )
+                    total_steps, warmup_steps = fit_schedule_to_time(
+                        train_cfg, step, elapsed, per_step, planned_steps, warmup_steps
                     )
 
             # --- Log ---
@@ -492,6 +505,8 @@ def train(
             is_last = step == total_steps
             elapsed_minutes = (prior_wall + time.time() - session_start) / 60
             out_of_time = train_cfg.max_minutes is not None and elapsed_minutes >= train_cfg.max_minutes
+            if train_cfg.max_minutes is not None and dist_.world_size > 1:  # stop all ranks together
+                out_of_time = dist_.sum([float(out_of_time)], device)[0] > 0
             stop_early = False
             if val_loader is not None and (step % train_cfg.eval_interval == 0 or is_last or out_of_time):
                 val_loss = validation_loss(model, val_loader, device, amp_dtype, dist_)
@@ -541,6 +556,14 @@ def train(
         if tracker is not None:
             tracker.close()
 
+    if fit_to_clock and total_steps < planned_steps:
+        if stop_reason != "early_stopping":
+            stop_reason = "max_minutes"
+        notes.append(
+            f"max_minutes={train_cfg.max_minutes}: schedule fitted to the clock, {total_steps} of "
+            f"{planned_steps} planned steps"
+        )
+
     # --- Finish: final model, plots, summary ---
     rss, cuda_mb = peak_memory_mb(device)
     wall_total = state["wall_time_s"]
@@ -564,21 +587,28 @@ def train(
     return result
 
 
-FIT_SCHEDULE_AT_STEP = 5
+FIT_SCHEDULE_FROM_STEP = 5  # first fit after this many steps; refits every step from 4x as many later
 
 
 def fit_schedule_to_time(
-    train_cfg: TrainConfig, steps_done: int, seconds: float, planned: int
+    train_cfg: TrainConfig,
+    steps_done: int,
+    elapsed_s: float,
+    per_step_s: float,
+    planned: int,
+    warmup_steps: int,
 ) -> tuple[int, int]:
-    """(total_steps, warmup_steps) that fit `max_minutes`, from the time the first steps took.
+    """(total_steps, warmup_steps) that fill what is left of `max_minutes` at `per_step_s` a step.
 
-    The first steps are the slowest (allocation, warm caches), so the estimate errs short; 5% of the
-    budget is kept for evaluations and checkpoints. Never more steps than planned.
+    5% of the budget is kept for the final evaluation and save. Never more steps than planned, never
+    fewer than one more. Once warmup is over it stays as it was, so a refit never restarts it.
     """
-    per_step = seconds / max(steps_done, 1)
-    fit = int(train_cfg.max_minutes * 60 * 0.95 / max(per_step, 1e-9))
+    remaining = train_cfg.max_minutes * 60 * 0.95 - elapsed_s
+    fit = steps_done + int(max(remaining, 0.0) / max(per_step_s, 1e-9))
     total = max(steps_done + 1, min(planned, fit))
-    return total, math.ceil(train_cfg.warmup_ratio * total)
+    if steps_done >= warmup_steps:
+        return total, warmup_steps
+    return total, max(math.ceil(train_cfg.warmup_ratio * total), min(steps_done, warmup_steps))
 
 
 def _epoch_batches(loader, epoch: int, start_sample: int):

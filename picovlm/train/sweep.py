@@ -2,7 +2,7 @@
 
 A sweep file (YAML):
 
-    preset: super-small-11          # the base model (optional)
+    preset: super-small-11          # the base model (optional; default picovlm-small)
     model: {lm_n_blocks: 1}         # base model fields (optional)
     train: {data_dir: data/demo, max_steps: 40}   # base train fields
     out_dir: runs/sweep             # where runs and the report go (optional; --out wins)
@@ -35,7 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from picovlm.config import build_train_config, build_vlm_config, preset, read_config_file, save_config
+from picovlm.config import (
+    base_model_fields,
+    build_train_config,
+    build_vlm_config,
+    read_config_file,
+    save_config,
+)
 from picovlm.errors import ConfigError, PicovlmError
 from picovlm.train.loop import SUMMARY_FILE
 from picovlm.train.tracking import plot_series, points, read_metrics
@@ -87,8 +93,7 @@ def expand_sweep(spec: dict[str, Any]) -> list[SweepRun]:
 
 def resolve_run(spec: dict[str, Any], run: SweepRun, out_dir: Path):
     """The run's (VLMConfig, TrainConfig): preset, then base fields, then the run's own fields."""
-    preset_name = run.preset or spec.get("preset")
-    model = dict(preset(preset_name).to_dict()) if preset_name else {}
+    model = base_model_fields(run.preset or spec.get("preset"))
     model.update(spec.get("model") or {})
     model.update(run.model)
     train_values = {**(spec.get("train") or {}), **run.train, "out_dir": str(out_dir / run.name)}

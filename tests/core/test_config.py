@@ -87,3 +87,15 @@ def test_values_of_the_wrong_type_are_config_errors():
     with pytest.raises(ConfigError, match="lm_hidden_dim"):
         VLMConfig(lm_hidden_dim="216")
     assert TrainConfig(lr_mp=1).lr_mp == 1  # an int is a fine float
+
+
+def test_no_preset_means_the_recipe_default_and_threads_are_checked(tmp_path):
+    from picovlm.config import DEFAULT_PRESET
+
+    model, train = load_config(overrides=["model.lm_n_blocks=2"])
+    assert model == preset(DEFAULT_PRESET, lm_n_blocks=2) and train == TrainConfig()
+    # A file without a preset starts from the default too; one with a preset starts from that.
+    (tmp_path / "f.yaml").write_text("model:\n  lm_hidden_dim: 144\n")
+    assert load_config(path=tmp_path / "f.yaml")[0] == preset(DEFAULT_PRESET, lm_hidden_dim=144)
+    with pytest.raises(ConfigError, match="threads=-1"):
+        TrainConfig(threads=-1)

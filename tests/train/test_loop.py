@@ -163,3 +163,28 @@ def test_a_time_budget_fits_the_schedule_so_the_learning_rate_decays_in_time(
     assert any("schedule fitted" in note for note in result.notes)
     assert records[-1]["lr"] == pytest.approx(train_cfg.lr_mp * train_cfg.min_lr_ratio, rel=0.05)
     assert max(r["lr"] for r in records) == pytest.approx(train_cfg.lr_mp, rel=0.05)
+
+
+def test_threads_sets_torchs_cpu_threads_for_the_run(demo_dir, tmp_path, tiny_configs):
+    before = torch.get_num_threads()
+    seen = []
+    try:
+        model_cfg, cfg = tiny_configs(demo_dir, tmp_path / "run", max_steps=2, threads=1)
+        train(model_cfg, cfg, progress=lambda done, total, message: seen.append(torch.get_num_threads()))
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+
+
+def test_refitting_the_schedule_fills_the_budget_and_never_restarts_warmup():
+    from picovlm.config import TrainConfig
+    from picovlm.train.loop import fit_schedule_to_time
+
+    cfg = TrainConfig(max_minutes=10, warmup_ratio=0.05)
+    # 5 slow first steps took 10 s (2 s/step): ~280 steps fit, warmup 5% of them.
+    assert fit_schedule_to_time(cfg, 5, 10.0, 2.0, 10_000, 500) == (5 + int(560 / 2), 15)
+    # Later steps are faster: the refit grows the run; warmup is over, so it stays as it was.
+    assert fit_schedule_to_time(cfg, 200, 100.0, 0.2, 10_000, 15) == (200 + int(470 / 0.2), 15)
+    # Never more than planned, never less than one more step when the clock has run out.
+    assert fit_schedule_to_time(cfg, 200, 100.0, 0.01, 3_000, 15)[0] == 3_000
+    assert fit_schedule_to_time(cfg, 200, 900.0, 0.2, 3_000, 15)[0] == 201
