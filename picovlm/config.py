@@ -152,7 +152,7 @@ class TrainConfig:
     num_workers: int = 0
     eval_interval: int = 100
     val_max_items: int | None = 256
-    gen_eval_interval: int = 0
+    gen_eval_interval: int = 500  # answers + collapse + image-reliance check; ~1 s for 32 rows on a CPU
     gen_eval_items: int = 32
     early_stopping_patience: int | None = None
     checkpoint_interval: int = 200

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 9's "push further": the default recipe with 60 minutes, with a smaller vocabulary, with a second
+# Issue 9's "push further": the default recipe with 60 minutes, with smaller vocabularies, with a second
 # LM block, and with twice the data, each against the 10-minute default rows of final_runs.sh.
 # Two lanes, one thread each, pinned to one core each so they do not slow each other: lane 0 runs the
 # 60-minute run, lane 1 the 10-minute variants one after another.
@@ -12,6 +12,7 @@ taskset -c 0 $R --name default-60min-demo --data runs/recipes/data/demo --minute
   train.epochs=100 train.eval_interval=500 train.checkpoint_interval=1000 > runs/recipes/logs/lane0.log 2>&1 &
 (
   taskset -c 1 $R --name vocab512-10min-demo --data runs/recipes/data/demo --minutes 10 train.tokenizer_vocab_size=512
+  taskset -c 1 $R --name vocab300-10min-demo --data runs/recipes/data/demo --minutes 10 train.tokenizer_vocab_size=300
   taskset -c 1 $R --name lm2-10min-demo --data runs/recipes/data/demo --minutes 10 model.lm_n_blocks=2
   taskset -c 1 $R --name data2x-10min-demo --data runs/recipes/data/demo6k --minutes 10
 ) > runs/recipes/logs/lane1.log 2>&1

@@ -17,12 +17,12 @@ SHORT = {"vit_patch_size": "patch", "mp_pixel_shuffle_factor": "shuffle", "vit_h
 
 
 def changes(row: dict) -> str:
-    if row["preset"] != "super-small-11":
-        return f"preset {row['preset']}, TrainConfig defaults"
-    out = []
+    """The run's settings as differences from its base: super-small-11, or another preset's defaults."""
+    default_recipe = row["preset"] != "super-small-11"
+    out = [f"preset {row['preset']}, TrainConfig defaults"] if default_recipe else []
     for override in row["overrides"]:
         name, _, value = override.split(".", 1)[-1].partition("=")
-        if f"{name}={value}" not in HIDDEN:
+        if default_recipe or f"{name}={value}" not in HIDDEN:
             out.append(f"{SHORT.get(name, name)}={value}")
     return " ".join(out) or "-"
 

@@ -91,6 +91,8 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"steps          {result.steps}/{result.total_steps} (stopped by {result.stop_reason})")
     print(f"train loss     {result.last_loss:.4f}" if result.last_loss is not None else "train loss     -")
     print(f"best val loss  {best}")
+    if result.gen_verdict:
+        print(f"answers check  {result.gen_verdict}")
     if result.tokens_per_s:
         print(
             f"tokens/s       {result.tokens_per_s:,.0f} per step time, {result.tokens_per_s_wall:,.0f} per wall time"

@@ -63,6 +63,7 @@ class RunResult:
     skipped_rows: int
     params: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    gen_verdict: str | None = None  # the last in-training answer check's verdict (gen_eval_interval)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -406,7 +407,7 @@ def train(
     # --- Steps ---
     model.train()
     stop_reason = "max_steps" if train_cfg.max_steps else "epochs"
-    last_loss = val_loss = None
+    last_loss = val_loss = gen_verdict = None
     session_start = time.time()
     session_first_step = step
     fit_anchor: tuple[int, float] | None = None  # (step, time) of the first fit to the clock
@@ -529,9 +530,10 @@ def train(
             if (
                 gen_rows
                 and train_cfg.gen_eval_interval
-                and (step % train_cfg.gen_eval_interval == 0 or is_last)
+                and (step % train_cfg.gen_eval_interval == 0 or is_last or out_of_time)
             ):
                 record.update(_generation_metrics(model, gen_rows, val_ds))
+                gen_verdict = record.get("gen_verdict", gen_verdict)
 
             if tracker is not None:
                 tracker.log(record)
@@ -573,7 +575,7 @@ def train(
         tokens_per_s=state["tokens"] / state["step_time_s"] if state["step_time_s"] else None,
         tokens_per_s_wall=state["tokens"] / wall_total if wall_total else None, wall_time_s=wall_total,
         peak_rss_mb=rss, peak_cuda_mb=cuda_mb, skipped_rows=state["skipped_rows"], params=report.to_dict(),
-        notes=notes,
+        notes=notes, gen_verdict=gen_verdict,
     )  # fmt: skip
     if dist_.main:
         _save_model(model, run_dir / "model")

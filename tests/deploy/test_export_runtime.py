@@ -134,3 +134,15 @@ def test_load_errors_name_the_folder(tmp_path):
 
     with pytest.raises(PicovlmError, match="picovlm export"):
         Runtime.load(tmp_path)
+
+
+def test_parity_is_relative_to_the_output_scale_and_catches_nan():
+    import torch
+
+    from picovlm.export.onnx import _max_diff
+
+    small = torch.tensor([0.5, -0.25])
+    assert _max_diff([np.array([0.5, -0.2], dtype=np.float32)], [small]) == pytest.approx(0.05)
+    big = torch.tensor([100.0, -50.0])  # a 2e-3 rounding difference at 100 is 2e-5 of the scale
+    assert _max_diff([np.array([100.002, -50.0], dtype=np.float32)], [big]) == pytest.approx(2e-5, rel=0.1)
+    assert _max_diff([np.array([np.nan, 0.0], dtype=np.float32)], [small]) == float("inf")

@@ -142,9 +142,9 @@ def test_generation_check_metrics_are_logged(demo_dir, tmp_path, tiny_configs):
     model_cfg, cfg = tiny_configs(
         demo_dir, tmp_path / "run", max_steps=2, eval_interval=2, gen_eval_interval=2, gen_eval_items=3
     )
-    train(model_cfg, cfg)
+    result = train(model_cfg, cfg)
     last = read_metrics(tmp_path / "run")[-1]
-    assert last["gen_n_items"] == 3
+    assert last["gen_n_items"] == 3 and result.gen_verdict == last["gen_verdict"]
     assert last["gen_verdict_status"] in ("ok", "warning", "collapsed")
     assert "gen_image_gap_shuffled" in last and "gen_token_f1" in last
 
