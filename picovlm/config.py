@@ -277,7 +277,7 @@ DEFAULT_PRESET = "picovlm-small"
 def base_model_fields(preset_name: str | None) -> dict[str, Any]:
     """The model fields a config starts from: the named preset, else picovlm's DEFAULT_PRESET (the
     recipe), so `picovlm train data_dir=...` with no preset trains the model the recipe was tuned for."""
-    return dict(preset(preset_name or DEFAULT_PRESET).to_dict())
+    return preset(preset_name or DEFAULT_PRESET).to_dict()
 
 
 def preset(name: str, **overrides: Any) -> VLMConfig:

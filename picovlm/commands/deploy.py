@@ -19,8 +19,8 @@ def add_parser(subparsers) -> None:
         help="export a model to ONNX (vision, decoder step with KV cache) for the torch-free runtime",
         description="Export a save_pretrained folder to ONNX: vision tower + projector, a decoder step with the "
         "KV cache as explicit inputs/outputs, the embedding matrix (.npy), tokenizer.json and manifest.json. "
-        "Each graph is checked against the torch model (max abs difference, relative to the output scale above 1, printed; the export fails over the "
-        "tolerance). --quantize int8 applies onnxruntime dynamic quantisation and, with --eval-items N, "
+        "Each graph is checked against the torch model (max abs difference, relative to the output scale "
+        "above 1, printed; the export fails over the tolerance). --quantize int8 applies onnxruntime dynamic quantisation and, with --eval-items N, "
         "reports token F1 / exact match of fp32 vs int8 answers on N demo scenes.",
     )
     p.add_argument(
@@ -42,7 +42,8 @@ def add_parser(subparsers) -> None:
         "--tolerance",
         type=float,
         default=1e-3,
-        help="max difference allowed between fp32 graphs and torch, relative to the output scale above 1 (default 1e-3)",
+        help="max difference allowed between fp32 graphs and torch, relative to the output scale above 1 "
+        "(default 1e-3)",
     )
     p.set_defaults(func=run_export)
 

@@ -459,26 +459,26 @@ def train(
                 torch.cuda.synchronize(device)
             step_end = time.perf_counter()
             step += 1
-            if fit_to_clock and step < total_steps:
+            out_of_time = False
+            if fit_to_clock:
+                # One clock per step for both the schedule fit and the stop; under DDP the ranks
+                # average theirs (one all-reduce), so they fit the same schedule and stop together.
                 now = time.time()
-                session_steps = step - session_first_step
-                if session_steps == FIT_SCHEDULE_FROM_STEP:
+                elapsed = prior_wall + now - session_start
+                per_step = 0.0  # 0: no fit on this step
+                if step < total_steps and step - session_first_step == FIT_SCHEDULE_FROM_STEP:
                     # The first fit times everything so far (start-up and the slow first steps), so it
                     # errs short; later fits time the steps since it, evaluations and checkpoints included.
-                    per_step, fit_anchor = (now - session_start) / session_steps, (step, now)
-                elif fit_anchor is not None and step - fit_anchor[0] >= FIT_SCHEDULE_FROM_STEP * 4:
+                    per_step, fit_anchor = (now - session_start) / FIT_SCHEDULE_FROM_STEP, (step, now)
+                elif step < total_steps and fit_anchor and step - fit_anchor[0] >= FIT_SCHEDULE_FROM_STEP * 4:
                     per_step = (now - fit_anchor[1]) / (step - fit_anchor[0])
-                else:
-                    per_step = None
-                if per_step is not None:
-                    elapsed = prior_wall + now - session_start
-                    if dist_.world_size > 1:  # every rank must fit the same schedule: average the clocks
-                        elapsed, per_step = (
-                            v / dist_.world_size for v in dist_.sum([elapsed, per_step], device)
-                        )
+                if dist_.world_size > 1:
+                    elapsed, per_step = (v / dist_.world_size for v in dist_.sum([elapsed, per_step], device))
+                if per_step:
                     total_steps, warmup_steps = fit_schedule_to_time(
                         train_cfg, step, elapsed, per_step, planned_steps, warmup_steps
                     )
+                out_of_time = elapsed >= train_cfg.max_minutes * 60
 
             # --- Log ---
             (loss_sum,) = dist_.sum([loss_sum], device)
@@ -504,10 +504,6 @@ def train(
 
             # --- Evaluate, early-stop ---
             is_last = step == total_steps
-            elapsed_minutes = (prior_wall + time.time() - session_start) / 60
-            out_of_time = train_cfg.max_minutes is not None and elapsed_minutes >= train_cfg.max_minutes
-            if train_cfg.max_minutes is not None and dist_.world_size > 1:  # stop all ranks together
-                out_of_time = dist_.sum([float(out_of_time)], device)[0] > 0
             stop_early = False
             if val_loader is not None and (step % train_cfg.eval_interval == 0 or is_last or out_of_time):
                 val_loss = validation_loss(model, val_loader, device, amp_dtype, dist_)
