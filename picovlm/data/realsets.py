@@ -17,6 +17,17 @@ The facts are stored as JSON in the `fields` column and `extract_fields(answer)`
 into them, as for the demo set. The rows are a class-balanced sample of the 70,000 photos, fixed by the
 seed. `mirror=True` adds a left-right mirrored copy of each photo (mirroring changes none of the facts);
 both copies share one `group` id, so a grouped split never puts one in train and the other in test.
+
+`fashion-mnist-pairs` puts two of those photos side by side in one picture and describes both:
+
+    "Two photos side by side. On the left is a sandal; it is dark gray, looks patterned and fills a
+     small part of its photo. On the right is a coat that looks plain, is light gray and fills most of
+     its photo."
+
+A single photo's facts repeat across photos (111 fact combinations in 300 test photos), so a model can
+only give distinct answers to distinct photos where the photos differ in a stated fact. A pair's facts
+repeat far less (96 % of 300 test pictures have their own), and a nearest-image lookup can no longer
+find a training picture that matches both halves: the model has to read each half.
 """
 
 from __future__ import annotations
@@ -76,6 +87,21 @@ BODIES = [
     "It looks {texture} and {tone} against a black background. "
     "The item is {shape} and fills {fill} of the frame.",
 ]
+
+PAIR_SOURCE = "fashion-mnist-pairs"
+PAIR_SIDES = ("left", "right")
+# Per photo: the facts that tell photos apart best (the group follows from the item; shape adds less
+# than fill); four facts keep the answer at 38-50 words.
+PAIR_FACTS = ("item", "tone", "texture", "fill")
+PAIR_OPENINGS = ["Two photos side by side.", "Two products next to each other."]
+PAIR_SIDE_SENTENCES = [
+    "On the {side} is {item}; it is {tone}, looks {texture} and fills {fill} of its photo.",
+    "On the {side} is {item} that looks {texture}, is {tone} and fills {fill} of its photo.",
+]
+# The pair picture at its 112-pixel design size: each photo upscaled to 48 pixels, 16 black pixels
+# between them, centred vertically. At a model's 224 pixels and 32-pixel patches each photo covers
+# exactly 3 x 3 patches and no patch holds parts of both.
+PAIR_CANVAS, PAIR_PHOTO, PAIR_GAP = 112, 48, 16
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -167,6 +193,21 @@ def fashion_answer(fields: dict, opening: int = 0, body: int = 0) -> str:
     return OPENINGS[opening].format(item=phrase, group=fields["group"]) + " " + BODIES[body].format(**fields)
 
 
+def pair_fields(left: dict, right: dict) -> dict:
+    """The facts of a pair picture from its two photos' facts: what extract_pair_fields returns."""
+    return {side: {k: facts[k] for k in PAIR_FACTS} for side, facts in zip(PAIR_SIDES, (left, right))}
+
+
+def pair_answer(fields: dict, opening: int = 0, sentences: tuple[int, int] = (0, 0)) -> str:
+    """The answer text (about 40 words) for a pair picture: an opening, then one sentence per side."""
+    parts = [PAIR_OPENINGS[opening]]
+    for side, template in zip(PAIR_SIDES, sentences):
+        facts = fields[side]
+        phrase = next(phrase for name, phrase, _ in ITEMS if name == facts["item"])
+        parts.append(PAIR_SIDE_SENTENCES[template].format(**dict(facts, item=phrase, side=side)))
+    return " ".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Building the dataset
 
@@ -187,8 +228,9 @@ def sample_photos(labels_by_split: dict[str, np.ndarray], n: int, seed: int) -> 
     return chosen
 
 
-def _png(pixels: np.ndarray, image_size: int, mirror: bool) -> bytes:
-    image = Image.fromarray(pixels, "L").convert("RGB")  # RGB: what the rest of the pipeline expects
+def _png(image: Image.Image, image_size: int, mirror: bool) -> bytes:
+    """`image` as RGB PNG bytes (RGB: what the rest of the pipeline expects), mirrored and resized."""
+    image = image.convert("RGB")
     if mirror:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if image_size and image_size != image.width:
@@ -198,16 +240,36 @@ def _png(pixels: np.ndarray, image_size: int, mirror: bool) -> bytes:
     return buffer.getvalue()
 
 
+def pair_picture(left: np.ndarray, right: np.ndarray) -> Image.Image:
+    """Two 28x28 photos side by side on black, at the 112-pixel design size (PAIR_CANVAS)."""
+    canvas = Image.new("L", (PAIR_CANVAS, PAIR_CANVAS))
+    top = (PAIR_CANVAS - PAIR_PHOTO) // 2
+    for x, pixels in ((0, left), (PAIR_PHOTO + PAIR_GAP, right)):
+        photo = Image.fromarray(pixels, "L").resize((PAIR_PHOTO, PAIR_PHOTO), Image.Resampling.BICUBIC)
+        canvas.paste(photo, (x, top))
+    return canvas
+
+
 def make_fashion_rows(
     n: int = 3000,
     seed: int = 0,
     image_size: int = 112,
     mirror: bool = False,
     source_dir: str | Path | None = None,
+    pairs: bool = False,
 ) -> list[dict]:
-    """The rows of make_fashion_dataset as plain dicts (images as PNG bytes)."""
+    """The rows of make_fashion_dataset as plain dicts (images as PNG bytes). pairs: n pictures of two
+    photos each (2n distinct photos, each used once)."""
     parts = {split: (images, labels) for split, images, labels in load_fashion_mnist(source_dir)}
-    picks = sample_photos({split: labels for split, (_, labels) in parts.items()}, n, seed)
+    labels_by_split = {split: labels for split, (_, labels) in parts.items()}
+    picks = sample_photos(labels_by_split, 2 * n if pairs else n, seed)
+    if pairs:
+        rng = random.Random(f"picovlm-fashion-pairs-templates/{seed}")
+        return [
+            row
+            for k in range(n)
+            for row in _pair_rows(parts, picks[2 * k : 2 * k + 2], image_size, mirror, rng)
+        ]
     rng = random.Random(f"picovlm-fashion-templates/{seed}")
     rows = []
     for split, index in picks:
@@ -219,12 +281,32 @@ def make_fashion_rows(
         for mirrored in [False, True] if mirror else [False]:
             answer = fashion_answer(fields, rng.randrange(len(OPENINGS)), rng.randrange(len(BODIES)))
             rows.append({
-                "images": [{"bytes": _png(pixels, image_size, mirrored),
+                "images": [{"bytes": _png(Image.fromarray(pixels, "L"), image_size, mirrored),
                             "path": f"{split}-{index:05d}{'-mirrored' if mirrored else ''}.png"}],
                 "texts": [{"user": FASHION_QUESTION, "assistant": answer, "source": FASHION_SOURCE}],
                 "fields": fields_json,
                 "group": group,
             })  # fmt: skip
+    return rows
+
+
+def _pair_rows(parts: dict, photos: list[tuple[str, int]], image_size: int, mirror: bool, rng) -> list[dict]:
+    """The row of one pair picture (two when mirrored: the whole picture flipped, so the sides swap)."""
+    pixels = [parts[split][0][index] for split, index in photos]
+    facts = [photo_fields(p, int(parts[split][1][index])) for p, (split, index) in zip(pixels, photos)]
+    name = "+".join(f"{split}-{index:05d}" for split, index in photos)
+    rows = []
+    for mirrored in [False, True] if mirror else [False]:
+        fields = pair_fields(*(facts[::-1] if mirrored else facts))  # mirroring keeps each photo's facts
+        answer = pair_answer(fields, rng.randrange(len(PAIR_OPENINGS)),
+                             (rng.randrange(len(PAIR_SIDE_SENTENCES)), rng.randrange(len(PAIR_SIDE_SENTENCES))))  # fmt: skip
+        rows.append({
+            "images": [{"bytes": _png(pair_picture(*pixels), image_size, mirrored),
+                        "path": f"{name}{'-mirrored' if mirrored else ''}.png"}],
+            "texts": [{"user": FASHION_QUESTION, "assistant": answer, "source": PAIR_SOURCE}],
+            "fields": json.dumps(fields, sort_keys=True),
+            "group": f"{PAIR_SOURCE}/{name}",  # both photos appear in this picture only
+        })  # fmt: skip
     return rows
 
 
@@ -234,12 +316,14 @@ def make_fashion_dataset(
     image_size: int = 112,
     mirror: bool = False,
     source_dir: str | Path | None = None,
+    pairs: bool = False,
 ):
     """n Fashion-MNIST photos (2n rows with mirror) as a datasets.Dataset in the cauldron schema, plus the
-    `fields` and `group` columns. image_size: side of the stored PNG (0 keeps the native 28 pixels)."""
+    `fields` and `group` columns. image_size: side of the stored PNG (0 keeps the native 28 pixels, or
+    the 112-pixel design size of a pair picture). pairs: n pictures of two photos side by side."""
     from picovlm.data.cauldron import rows_to_dataset
 
-    return rows_to_dataset(make_fashion_rows(n, seed, image_size, mirror, source_dir))
+    return rows_to_dataset(make_fashion_rows(n, seed, image_size, mirror, source_dir, pairs))
 
 
 def write_fashion(
@@ -251,13 +335,14 @@ def write_fashion(
     split: bool = True,
     source_dir: str | Path | None = None,
     overwrite: bool = False,
+    pairs: bool = False,
 ) -> Path:
     """Build the set and save it to out_dir: a DatasetDict (train/validation/test, grouped so mirrored
     copies stay together) when split, else a single Dataset. Returns out_dir."""
     from picovlm.data.cauldron import save_cauldron
     from picovlm.data.split import split_dataset
 
-    dataset = make_fashion_dataset(n, seed, image_size, mirror, source_dir)
+    dataset = make_fashion_dataset(n, seed, image_size, mirror, source_dir, pairs)
     to_save = split_dataset(dataset, seed=seed) if split else dataset
     return save_cauldron(to_save, out_dir, overwrite=overwrite)
 
@@ -276,7 +361,9 @@ _GROUP_RE = re.compile(rf"a kind of ({_alternatives(sorted({g for _, _, g in ITE
 _TONE_RE = re.compile(rf"\b({_alternatives([t for _, t in TONES])})\b", re.IGNORECASE)
 _TEXTURE_RE = re.compile(rf"\blooks ({_alternatives([t for _, t in TEXTURES])})\b", re.IGNORECASE)
 _SHAPE_RE = re.compile(rf"\bis ({_alternatives([s for _, s in SHAPES])})\b", re.IGNORECASE)
-_FILL_RE = re.compile(rf"\bfills ({_alternatives([f for _, f in FILLS])}) of the frame", re.IGNORECASE)
+_FILL_RE = re.compile(
+    rf"\bfills ({_alternatives([f for _, f in FILLS])}) of (?:the frame|its photo)", re.IGNORECASE
+)
 
 
 def extract_fields(answer_text: str) -> dict:
@@ -298,5 +385,49 @@ def extract_fields(answer_text: str) -> dict:
     }
 
 
+_SIDE_RE = re.compile(r"\bOn the (left|right)\b", re.IGNORECASE)
+_PAIR_ITEM_RE = re.compile(
+    rf"On the (?:left|right) (?:is|there is) ({_alternatives(list(_PHRASE_TO_ITEM))})\b", re.IGNORECASE
+)
+
+
+def extract_pair_fields(answer_text: str) -> dict:
+    """Parse a pair picture's answer into {"left": {item, tone, texture, fill}, "right": {...}}: each
+    side's facts are read from its own sentence ("On the left ..." up to "On the right", or the end);
+    the first sentence about a side counts, a fact not stated in a known phrasing is None."""
+
+    def first(pattern: re.Pattern, text: str) -> str | None:
+        match = pattern.search(text)
+        return match.group(1).lower() if match else None
+
+    fields = {side: dict.fromkeys(PAIR_FACTS) for side in PAIR_SIDES}
+    marks = list(_SIDE_RE.finditer(answer_text))
+    seen = set()
+    for k, mark in enumerate(marks):
+        side = mark.group(1).lower()
+        if side in seen:
+            continue
+        seen.add(side)
+        sentence = answer_text[mark.start() : marks[k + 1].start() if k + 1 < len(marks) else None]
+        phrase = first(_PAIR_ITEM_RE, sentence)
+        fields[side] = {
+            "item": _PHRASE_TO_ITEM[phrase] if phrase else None,
+            "tone": first(_TONE_RE, sentence),
+            "texture": first(_TEXTURE_RE, sentence),
+            "fill": first(_FILL_RE, sentence),
+        }
+    return fields
+
+
+def write_fashion_pairs(out_dir: str | Path, n: int = 3000, **options) -> Path:
+    """write_fashion with pairs=True: n pictures of two photos side by side."""
+    return write_fashion(out_dir, n, pairs=True, **options)
+
+
 # The real-image sets this module builds, by the name the CLI takes: name -> (writer, install line).
-REAL_SETS = {FASHION_SOURCE: (write_fashion, FASHION_MNIST_INSTALL)}
+REAL_SETS = {
+    FASHION_SOURCE: (write_fashion, FASHION_MNIST_INSTALL),
+    PAIR_SOURCE: (write_fashion_pairs, FASHION_MNIST_INSTALL),
+}
+# The answer parser of each set, by the `source` its rows carry (for field accuracy in evaluation).
+FIELD_PARSERS = {FASHION_SOURCE: extract_fields, PAIR_SOURCE: extract_pair_fields}

@@ -288,11 +288,20 @@ def add_verdict(metrics: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
+ANSWER_TOKEN_MARGIN = 8  # room past the longest reference: a longer answer is a finding, not a cut
+
+
+def answer_token_budget(model, items: Sequence[EvalItem]) -> int:
+    """Tokens to generate so no answer as long as the longest reference is cut short."""
+    encode = model.processor.tokenizer.encode
+    return max(len(encode(item.reference)) for item in items) + ANSWER_TOKEN_MARGIN
+
+
 def quick_eval(
     model,
     rows,
     train_answers: Sequence[str] | None = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
     batch_size: int = 16,
     extract_fields: M.ExtractFields | None = None,
     image_checks: bool = True,
@@ -301,12 +310,16 @@ def quick_eval(
     """A small in-training check: flat metrics (all numbers but "verdict", "verdict_status", "top_answer").
 
     `rows` are cauldron rows with decoded images (a few dozen held-out rows is enough to see a collapse).
-    Leaves the model in the mode (train/eval) it found it in.
+    max_new_tokens None: the longest reference answer's token count plus a margin, so a right answer is
+    never cut short (a fixed 48 cut the 50-word pair answers). Leaves the model in the mode
+    (train/eval) it found it in.
     """
     was_training = model.training
     items = items_from_rows(rows)
     if not items:
         raise DataError("quick_eval got no usable rows (each needs an image and a question/answer turn)")
+    if max_new_tokens is None:
+        max_new_tokens = answer_token_budget(model, items)
     try:
         answers = generate_answers(model, items, batch_size, max_new_tokens=max_new_tokens, **generation)
         metrics, _ = score_answers(items, answers, train_answers, extract_fields)
@@ -336,12 +349,13 @@ def _load_items(data_dir, split: str, max_items: int | None, progress: ProgressF
 
 
 def detect_extract_fields(dataset) -> M.ExtractFields | None:
-    """The field parser of a built-in set (demo scenes, Fashion-MNIST) its rows come from, else None."""
+    """The field parser of a built-in set (demo scenes, Fashion-MNIST, its pairs) its rows come from,
+    else None."""
     if "fields" not in dataset.column_names or len(dataset) == 0:
         return None
     from picovlm.data import demo, realsets
 
-    parsers = {demo.DEMO_SOURCE: demo.extract_fields, realsets.FASHION_SOURCE: realsets.extract_fields}
+    parsers = {demo.DEMO_SOURCE: demo.extract_fields, **realsets.FIELD_PARSERS}
     first = dataset.select_columns(["texts"])[0]["texts"]
     return parsers.get(first[0].get("source")) if first else None
 

@@ -1,5 +1,6 @@
-"""The real-image set: Fashion-MNIST from Debian's dataset-fashion-mnist, plus the IDX reader and the
-pixel facts on small IDX files written here (so those parts are tested where the package is absent)."""
+"""The real-image sets: Fashion-MNIST from Debian's dataset-fashion-mnist, one photo or two side by side
+per picture, plus the IDX reader, the pixel facts and the builders on small IDX files written here (so
+those parts are tested where the package is absent)."""
 
 from __future__ import annotations
 
@@ -21,16 +22,27 @@ from picovlm.data.realsets import (
     FASHION_QUESTION,
     FASHION_SOURCE,
     ITEMS,
+    PAIR_CANVAS,
+    PAIR_GAP,
+    PAIR_OPENINGS,
+    PAIR_PHOTO,
+    PAIR_SIDE_SENTENCES,
+    PAIR_SOURCE,
     extract_fields,
+    extract_pair_fields,
     fashion_answer,
     load_fashion_mnist,
     make_fashion_dataset,
     make_fashion_rows,
+    pair_answer,
+    photo_fields,
     pixel_facts,
     read_idx,
 )
 from picovlm.data.split import find_leaks, split_dataset
 from picovlm.errors import DataError, PicovlmError
+from picovlm.eval.evaluate import detect_extract_fields
+from picovlm.eval.metrics import field_accuracy
 
 needs_package = pytest.mark.skipif(
     not (FASHION_MNIST_DIR / FASHION_FILES["train"][0]).is_file(),
@@ -181,3 +193,89 @@ def test_realset_cli_writes_a_split_dataset(tmp_path, capsys):
     assert sorted(splits) == ["test", "train", "validation"] and sum(len(s) for s in splits.values()) == 60
     assert main(["realset", "fashion-mnist", "--out", str(out), "--n", "60"]) == 1  # exists, no --overwrite
     assert "--overwrite" in capsys.readouterr().err
+
+
+# --- Pairs: two photos side by side ----------------------------------------------------------------
+
+BOOT = {"item": "ankle boot", "tone": "medium gray", "texture": "patterned", "fill": "most"}
+TROUSERS = {"item": "trousers", "tone": "dark gray", "texture": "plain", "fill": "a small part"}
+
+
+def test_every_pair_template_parses_back_side_by_side():
+    fields = {"left": TROUSERS, "right": BOOT}
+    for opening in range(len(PAIR_OPENINGS)):
+        for left in range(len(PAIR_SIDE_SENTENCES)):
+            for right in range(len(PAIR_SIDE_SENTENCES)):
+                answer = pair_answer(fields, opening, (left, right))
+                assert extract_pair_fields(answer) == fields
+                assert 10 <= len(answer.split()) <= 50  # the longest item and fill phrases: 50 words
+    # each side's facts come from its own sentence, whatever the order the sentences come in
+    left, right = pair_answer({"left": BOOT, "right": TROUSERS}).split(" On the ")[1:]
+    assert extract_pair_fields(f"On the {right} On the {left}") == {"left": BOOT, "right": TROUSERS}
+    # a side not described, or a fact in an unknown phrasing, is None: it counts as wrong, not as missing
+    partial = extract_pair_fields("Two photos. On the left is a shirt that glows.")
+    assert partial == {
+        "left": {"item": "shirt", "tone": None, "texture": None, "fill": None},
+        "right": {"item": None, "tone": None, "texture": None, "fill": None},
+    }
+    # field accuracy compares side by side: swapping the sides gets wrong whatever the two differ in
+    swapped = pair_answer({"left": BOOT, "right": TROUSERS})
+    accuracy = field_accuracy([swapped], [pair_answer(fields)], extract_pair_fields)
+    assert accuracy["all"] == 0.0 and accuracy["left.item"] == 0.0
+    assert (
+        field_accuracy([pair_answer(fields, 1, (1, 0))], [pair_answer(fields)], extract_pair_fields)["all"]
+        == 1.0
+    )
+
+
+def test_pair_builder_places_each_photo_on_its_side(small_source):
+    rows = make_fashion_rows(n=10, seed=0, image_size=0, source_dir=small_source, pairs=True, mirror=True)
+    assert len(rows) == 20  # 10 pictures, each with its mirrored copy
+    photos = [name for row in rows[::2] for name in row["images"][0]["path"][:-4].split("+")]
+    assert len(photos) == len(set(photos)) == 20  # 20 photos, each in one picture only
+    sources = {split: images for split, images, _ in load_fashion_mnist(small_source)}
+    labels = {split: labels for split, _, labels in load_fashion_mnist(small_source)}
+    top = (PAIR_CANVAS - PAIR_PHOTO) // 2
+    for row, mirrored in zip(rows, rows[1:] + rows[:1]):
+        if row["images"][0]["path"].endswith("-mirrored.png"):
+            continue
+        image = np.array(Image.open(io.BytesIO(row["images"][0]["bytes"])))[..., 0]
+        assert image.shape == (PAIR_CANVAS, PAIR_CANVAS)  # image_size 0 keeps the design size
+        fields = json.loads(row["fields"])
+        for side, part in zip(("left", "right"), row["images"][0]["path"][:-4].split("+")):
+            split, index = part.split("-")
+            pixels = sources[split][int(index)]
+            x = 0 if side == "left" else PAIR_PHOTO + PAIR_GAP
+            photo = image[top : top + PAIR_PHOTO, x : x + PAIR_PHOTO]
+            expected = np.array(
+                Image.fromarray(pixels).resize((PAIR_PHOTO, PAIR_PHOTO), Image.Resampling.BICUBIC)
+            )
+            assert (photo == expected).all(), side
+            facts = photo_fields(pixels, int(labels[split][int(index)]))
+            assert fields[side] == {k: facts[k] for k in ("item", "tone", "texture", "fill")}
+        assert extract_pair_fields(row["texts"][0]["assistant"]) == fields
+        assert image[:top].max() == 0 and image[:, PAIR_PHOTO : PAIR_PHOTO + PAIR_GAP].max() == 0  # black
+        # the mirrored copy: the whole picture flipped, so the sides and their facts swap
+        assert mirrored["group"] == row["group"] and mirrored["images"][0]["path"].endswith("-mirrored.png")
+        flipped = np.array(Image.open(io.BytesIO(mirrored["images"][0]["bytes"])))[..., 0]
+        assert (flipped == image[:, ::-1]).all()
+        assert json.loads(mirrored["fields"]) == {"left": fields["right"], "right": fields["left"]}
+
+
+@needs_package
+def test_pair_set_is_factual_and_its_pictures_are_told_apart(tmp_path, capsys):
+    out = tmp_path / "pairs"
+    assert main(["realset", PAIR_SOURCE, "--out", str(out), "--n", "300", "--image-size", "64"]) == 0
+    assert "wrote 300 rows from 300 fashion-mnist-pairs pictures of two photos" in capsys.readouterr().out
+    splits = load_cauldron_splits(out)
+    assert find_leaks(splits) == {"image": 0, "group": 0}
+    rows = [row for split in splits.values() for row in split]
+    assert detect_extract_fields(splits["test"]) is extract_pair_fields
+    for row in rows:
+        turn = row["texts"][0]
+        assert (turn["user"], turn["source"]) == (FASHION_QUESTION, PAIR_SOURCE)
+        assert extract_pair_fields(turn["assistant"]) == json.loads(row["fields"])
+        assert row["images"][0].size == (64, 64)
+    # what the set is for: nearly every picture has its own facts, so distinct answers are reachable
+    assert len({row["fields"] for row in rows}) >= 0.9 * len(rows)
+    assert Counter(json.loads(row["fields"])["left"]["item"] for row in rows).most_common(1)[0][1] < 60

@@ -94,6 +94,19 @@ def test_quick_eval_is_flat_and_keeps_training_mode(tiny_models, square_rows):
     assert all(isinstance(v, (int, float, str)) for v in metrics.values())
 
 
+def test_quick_eval_gives_answers_room_for_the_longest_reference(tiny_models, square_rows):
+    """The default budget is the longest reference's tokens plus a margin: a model that says its one
+    answer word for word matches references that are that answer, and a short fixed budget cuts it."""
+    from picovlm.model.vlm import VisionLanguageModel
+
+    model = VisionLanguageModel.from_pretrained(tiny_models["collapsed"])
+    its_answer = quick_eval(model, square_rows(4, 2), image_checks=False, max_new_tokens=64)["top_answer"]
+    assert len(its_answer.split()) > 3
+    rows = [{**row, "texts": [{**row["texts"][0], "assistant": its_answer}]} for row in square_rows(4, 2)]
+    assert quick_eval(model, rows, image_checks=False)["exact_match"] == 1.0
+    assert quick_eval(model, rows, image_checks=False, max_new_tokens=3)["exact_match"] == 0.0
+
+
 def test_shuffled_sources_never_keep_their_own_image():
     image = Image.new("RGB", (4, 4))
     items = [EvalItem([image] * (1 + i % 2), "q", "a", str(i)) for i in range(9)]
