@@ -129,6 +129,11 @@ class VLMConfig:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
 
+# What TrainConfig.best_metric may follow: the val loss, or an answer metric of the in-training check
+# (higher is better; gen_field_accuracy needs a dataset with a `fields` column of a built-in set).
+BEST_METRICS = ("val_loss", "gen_token_f1", "gen_rouge_l", "gen_field_accuracy", "gen_distinct_answer_share")
+
+
 @dataclass
 class TrainConfig:
     # Learning rates per parameter group; 0 freezes that tower. The defaults are picovlm's recipe for
@@ -155,6 +160,10 @@ class TrainConfig:
     gen_eval_interval: int = 500  # answers + collapse + image-reliance check; ~1 s for 32 rows on a CPU
     gen_eval_items: int = 32
     early_stopping_patience: int | None = None
+    # What best/ and early stopping follow: "val_loss" (lower is better) or an answer metric of the
+    # gen_* check (higher is better): on long runs the val loss rises while the answers still improve
+    # (docs/recipes.md, finding 8). Answer metrics are judged every gen_eval_interval steps.
+    best_metric: str = "val_loss"
     checkpoint_interval: int = 200
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bf16 on CPU is ~17x slower here)
     compile: bool = False
@@ -193,6 +202,13 @@ class TrainConfig:
             raise ConfigError(f"threads={self.threads} is negative: use 0 for torch's default, or a count.")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1).")
+        if self.best_metric not in BEST_METRICS:
+            raise ConfigError(f"best_metric={self.best_metric!r}: use one of {', '.join(BEST_METRICS)}.")
+        if self.best_metric != "val_loss" and not self.gen_eval_interval:
+            raise ConfigError(
+                f"best_metric={self.best_metric} is measured by the answer check, which "
+                "gen_eval_interval=0 turns off: set gen_eval_interval (e.g. 500) or best_metric=val_loss."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -84,9 +84,9 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     for note in result.notes:
         print(f"note: {note}")
-    best = (
-        f"{result.best_val_loss:.4f} at step {result.best_step}" if result.best_val_loss is not None else "-"
-    )
+    best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "-"
+    if result.best_step is not None:
+        best += f" | best/ = step {result.best_step} ({result.best_metric} {result.best_score:.4f})"
     print(f"run folder     {result.run_dir}")
     print(f"steps          {result.steps}/{result.total_steps} (stopped by {result.stop_reason})")
     print(f"train loss     {result.last_loss:.4f}" if result.last_loss is not None else "train loss     -")

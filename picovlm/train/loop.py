@@ -3,7 +3,7 @@
     data (cauldron splits) -> tokenizer (trained on the training texts, or loaded) -> model
     -> memory check -> AdamW + warmup/cosine -> [resume] -> steps:
          accumulate micro-batches -> clip -> step -> log -> eval / early stop -> checkpoint
-    -> model/ (final), best/ (lowest val loss), plots, summary.json
+    -> model/ (final), best/ (best train.best_metric: lowest val loss by default), plots, summary.json
 
 Devices: a CPU (fp32), one CUDA GPU (bf16 autocast over fp32 master weights), or several processes
 under torchrun (DDP: gloo on CPU, nccl on CUDA). Under DDP every rank reads its own interleaved share
@@ -53,8 +53,8 @@ class RunResult:
     stop_reason: str  # "max_steps", "epochs", "max_minutes", "early_stopping"
     last_loss: float | None
     val_loss: float | None  # at the last evaluation
-    best_val_loss: float | None
-    best_step: int | None
+    best_val_loss: float | None  # the lowest val loss seen
+    best_step: int | None  # the step saved to best/: the best value of best_metric
     tokens_per_s: float | None  # mean over steps, per second of training step
     tokens_per_s_wall: float | None  # all tokens over all wall-clock time of the run
     wall_time_s: float
@@ -64,6 +64,8 @@ class RunResult:
     params: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     gen_verdict: str | None = None  # the last in-training answer check's verdict (gen_eval_interval)
+    best_metric: str = "val_loss"
+    best_score: float | None = None  # best_metric's value at best_step
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -314,6 +316,7 @@ def train(
         notes.append(
             f"no {train_cfg.val_split!r} split in {train_cfg.data_dir}: no val loss, no early stopping"
         )
+    _check_best_metric(train_cfg, val_ds)
 
     # --- Model ---
     model = VisionLanguageModel(model_cfg, tokenizer=tokenizer)
@@ -371,8 +374,8 @@ def train(
             val_loader = None
 
     # --- Resume ---
-    step, state = 0, {"best_val_loss": None, "best_step": None, "bad_evals": 0, "tokens": 0, "wall_time_s": 0.0,
-                      "step_time_s": 0.0, "skipped_rows": 0, "train_losses_since_eval": []}  # fmt: skip
+    step, state = 0, {"best_val_loss": None, "best_step": None, "best_score": None, "bad_evals": 0, "tokens": 0,
+                      "wall_time_s": 0.0, "step_time_s": 0.0, "skipped_rows": 0, "train_losses_since_eval": []}  # fmt: skip
     if resume:
         saved = ckpt.load_checkpoint(run_dir)
         if saved["schedule"].get("fitted_to_time"):
@@ -384,6 +387,8 @@ def train(
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         step, state = saved["step"], saved["trainer"]
+        if "best_score" not in state:  # a checkpoint from before best_metric: its best was by val loss
+            state["best_score"] = state["best_val_loss"] if train_cfg.best_metric == "val_loss" else None
         ckpt.set_rng_state(saved["rng"])
         notes.append(f"resumed from step {step}")
 
@@ -502,9 +507,9 @@ def train(
             for group in optimizer.param_groups:
                 record[f"lr_{group['name']}"] = group["lr"]
 
-            # --- Evaluate, early-stop ---
+            # --- Evaluate, keep the best, early-stop ---
             is_last = step == total_steps
-            stop_early = False
+            judged = False  # whether this step measured best_metric
             if val_loader is not None and (step % train_cfg.eval_interval == 0 or is_last or out_of_time):
                 val_loss = validation_loss(model, val_loader, device, amp_dtype, dist_)
                 train_recent = state["train_losses_since_eval"]
@@ -516,20 +521,17 @@ def train(
                 if val_loss is not None and (
                     state["best_val_loss"] is None or val_loss < state["best_val_loss"]
                 ):
-                    state["best_val_loss"], state["best_step"], state["bad_evals"] = val_loss, step, 0
-                    if dist_.main:
-                        _save_model(model, run_dir / "best")
-                else:
-                    state["bad_evals"] += 1
-                    patience = train_cfg.early_stopping_patience
-                    stop_early = patience is not None and state["bad_evals"] >= patience
-            if (
-                gen_rows
-                and train_cfg.gen_eval_interval
-                and (step % train_cfg.gen_eval_interval == 0 or is_last or out_of_time)
+                    state["best_val_loss"] = val_loss
+                judged = train_cfg.best_metric == "val_loss"
+            if train_cfg.gen_eval_interval and (
+                step % train_cfg.gen_eval_interval == 0 or is_last or out_of_time
             ):
-                record.update(_generation_metrics(model, gen_rows, val_ds))
-                gen_verdict = record.get("gen_verdict", gen_verdict)
+                if gen_rows:
+                    record.update(_generation_metrics(model, gen_rows, val_ds))
+                    gen_verdict = record.get("gen_verdict", gen_verdict)
+                judged = judged or (train_cfg.best_metric != "val_loss" and val_ds is not None)
+            stop_early = judged and _keep_best(record.get(train_cfg.best_metric), step, state, train_cfg, dist_,
+                                               device, lambda: _save_model(model, run_dir / "best"))  # fmt: skip
 
             if tracker is not None:
                 tracker.log(record)
@@ -568,6 +570,7 @@ def train(
     result = RunResult(
         run_dir=run_dir, steps=step, total_steps=total_steps, stop_reason=stop_reason, last_loss=last_loss,
         val_loss=val_loss, best_val_loss=state["best_val_loss"], best_step=state["best_step"],
+        best_metric=train_cfg.best_metric, best_score=state["best_score"],
         tokens_per_s=state["tokens"] / state["step_time_s"] if state["step_time_s"] else None,
         tokens_per_s_wall=state["tokens"] / wall_total if wall_total else None, wall_time_s=wall_total,
         peak_rss_mb=rss, peak_cuda_mb=cuda_mb, skipped_rows=state["skipped_rows"], params=report.to_dict(),
@@ -643,13 +646,55 @@ def _gen_eval_rows(val_ds, train_cfg: TrainConfig) -> list | None:
     return [val_ds[i] for i in range(min(train_cfg.gen_eval_items, len(val_ds)))]
 
 
+def _check_best_metric(train_cfg: TrainConfig, val_ds) -> None:
+    """Fail before training, not silently after it, when best/ could never be chosen by best_metric."""
+    metric = train_cfg.best_metric
+    if metric == "val_loss":
+        return
+    if val_ds is None:
+        raise ConfigError(
+            f"best_metric={metric} is measured on the {train_cfg.val_split!r} split, which "
+            f"{train_cfg.data_dir} does not have: add one (picovlm data split) or use best_metric=val_loss."
+        )
+    if metric == "gen_field_accuracy":
+        from picovlm.eval.evaluate import detect_extract_fields
+
+        if detect_extract_fields(val_ds) is None:
+            raise ConfigError(
+                "best_metric=gen_field_accuracy needs answers whose facts picovlm can parse (the demo and "
+                "real-image sets, with their `fields` column); for other data use gen_token_f1."
+            )
+
+
+def _keep_best(score, step: int, state: dict, train_cfg: TrainConfig, dist_, device, save_best) -> bool:
+    """Record an evaluation of train_cfg.best_metric: save best/ when it improved, count evaluations
+    without improvement, and return whether early stopping ends the run now. Every rank calls this at
+    the same steps; an answer metric is measured on rank 0 only, so its verdict is shared from there."""
+    lower_is_better = train_cfg.best_metric == "val_loss"
+    improved = score is not None and (
+        state["best_score"] is None
+        or (score < state["best_score"] if lower_is_better else score > state["best_score"])
+    )
+    if not lower_is_better and dist_.world_size > 1:
+        (improved_anywhere,) = dist_.sum([float(improved)], device)
+        improved = improved_anywhere > 0
+    if improved:
+        state["best_score"], state["best_step"], state["bad_evals"] = score, step, 0
+        if dist_.main:
+            save_best()
+        return False
+    state["bad_evals"] += 1
+    patience = train_cfg.early_stopping_patience
+    return patience is not None and state["bad_evals"] >= patience
+
+
 def _generation_metrics(model, rows: list, val_ds) -> dict[str, Any]:
     """The evaluation area's quick check (answers, collapse signals, image reliance) as gen_* metrics."""
     try:
         from picovlm.eval.evaluate import detect_extract_fields, quick_eval
     except ImportError:
         return {}
-    metrics = quick_eval(model, rows, extract_fields=detect_extract_fields(val_ds), max_new_tokens=48)
+    metrics = quick_eval(model, rows, extract_fields=detect_extract_fields(val_ds))
     return {
         f"gen_{k}": v
         for k, v in metrics.items()

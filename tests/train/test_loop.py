@@ -131,6 +131,42 @@ def test_early_stopping_stops_when_val_loss_stops_improving(demo_dir, tmp_path, 
     assert min(vals[-2:]) >= result.best_val_loss and result.steps - result.best_step == 2
 
 
+def test_best_can_follow_an_answer_metric_instead_of_the_val_loss(demo_dir, tmp_path, tiny_configs):
+    model_cfg, cfg = tiny_configs(
+        demo_dir, tmp_path / "run", max_steps=40, eval_interval=5, gen_eval_interval=10, gen_eval_items=4,
+        best_metric="gen_token_f1", early_stopping_patience=10,
+    )  # fmt: skip
+    result = train(model_cfg, cfg)
+    judged = [
+        (r["step"], r["gen_field_accuracy"]) for r in read_metrics(tmp_path / "run") if "gen_n_items" in r
+    ]
+    assert [step for step, _ in judged] == [10, 20, 30, 40]  # at the answer checks, not every val loss
+    best_score = max(score for _, score in judged)
+    assert result.best_score == best_score and result.best_metric == "gen_token_f1"
+    assert result.best_step == next(step for step, score in judged if score == best_score)  # first of ties
+    vals = {r["step"]: r["val_loss"] for r in read_metrics(tmp_path / "run") if "val_loss" in r}
+    assert result.best_val_loss == min(vals.values())  # still reported, though best/ follows the answers
+    best = VLM.from_pretrained(tmp_path / "run" / "best").state_dict()
+    final = VLM.from_pretrained(tmp_path / "run" / "model").state_dict()
+    same = all(torch.equal(best[k], final[k]) for k in final)
+    assert same == (result.best_step == 40)  # best/ holds the weights of the chosen step
+
+
+def test_an_answer_metric_that_can_never_be_measured_fails_before_training(demo_dir, tmp_path, tiny_configs):
+    with pytest.raises(ConfigError, match="best_metric='bleu'"):
+        tiny_configs(demo_dir, tmp_path / "a", best_metric="bleu")
+    with pytest.raises(ConfigError, match="gen_eval_interval=0"):
+        tiny_configs(demo_dir, tmp_path / "b", best_metric="gen_token_f1", gen_eval_interval=0)
+    from datasets import load_from_disk
+
+    plain = tmp_path / "no-fields"  # the same rows without the facts column: nothing to parse facts from
+    load_from_disk(str(demo_dir)).remove_columns("fields").save_to_disk(str(plain))
+    model_cfg, cfg = tiny_configs(plain, tmp_path / "c", best_metric="gen_field_accuracy")
+    with pytest.raises(ConfigError, match="use gen_token_f1"):
+        train(model_cfg, cfg)
+    assert not (tmp_path / "c" / "checkpoint.pt").exists()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
 def test_missing_tracker_extra_is_a_clear_error(demo_dir, tmp_path, tiny_configs):
     model_cfg, cfg = tiny_configs(demo_dir, tmp_path / "run", report_to="tensorboard", max_steps=1)
