@@ -4,6 +4,8 @@
 
 Reads runs/recipes/<name>/metrics.jsonl (written by the trainer). The x axis is cumulative step time
 plus data time, so recipes with cheaper steps show how much further they get in the same budget.
+Runs that logged the in-training answer check (gen_eval_interval) get a third panel: field accuracy
+and distinct answers on 32 validation rows.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_curve(metrics_path: Path) -> dict[str, list[float]]:
-    curve: dict[str, list[float]] = {"t": [], "loss": [], "val_t": [], "val_loss": []}
+    curve: dict[str, list[float]] = {"t": [], "loss": [], "val_t": [], "val_loss": [], "gen_t": [],
+                                     "gen_field_accuracy": [], "gen_distinct_answer_share": []}  # fmt: skip
     elapsed = 0.0
     for line in metrics_path.read_text().splitlines():
         row = json.loads(line)
@@ -29,6 +32,10 @@ def read_curve(metrics_path: Path) -> dict[str, list[float]]:
         if row.get("val_loss") is not None:
             curve["val_t"].append(elapsed)
             curve["val_loss"].append(row["val_loss"])
+        if row.get("gen_distinct_answer_share") is not None:  # the in-training answer check
+            curve["gen_t"].append(elapsed)
+            curve["gen_field_accuracy"].append(row.get("gen_field_accuracy", float("nan")))
+            curve["gen_distinct_answer_share"].append(row["gen_distinct_answer_share"])
     return curve
 
 
@@ -44,17 +51,26 @@ def main() -> None:
     parser.add_argument("--smooth", type=int, default=20, help="moving average of the train loss (steps)")
     args = parser.parse_args()
 
-    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for name in args.runs:
-        path = Path(args.root) / name / "metrics.jsonl"
-        if not path.exists():
-            continue
-        curve = read_curve(path)
+    curves = {name: read_curve(Path(args.root) / name / "metrics.jsonl") for name in args.runs
+              if (Path(args.root) / name / "metrics.jsonl").exists()}  # fmt: skip
+    answers = any(curve["gen_t"] for curve in curves.values())  # a third panel when runs logged answers
+    fig, axes = plt.subplots(1, 3 if answers else 2, figsize=(16 if answers else 11, 4))
+    ax_train, ax_val = axes[0], axes[1]
+    ax_val.sharey(ax_train)
+    for name, curve in curves.items():
         k = max(1, min(args.smooth, len(curve["loss"])))
         smoothed = [sum(curve["loss"][max(0, i - k + 1) : i + 1]) / len(curve["loss"][max(0, i - k + 1) : i + 1])
                     for i in range(len(curve["loss"]))]  # fmt: skip
         (line,) = ax_train.plot(curve["t"], smoothed, lw=1, label=name)
         ax_val.plot(curve["val_t"], curve["val_loss"], "o-", color=line.get_color(), label=name)
+        if answers:
+            axes[2].plot(curve["gen_t"], curve["gen_field_accuracy"], "o-", color=line.get_color())
+            axes[2].plot(curve["gen_t"], curve["gen_distinct_answer_share"], "s--", color=line.get_color())
+    if answers:
+        axes[2].set_title("answer check: field accuracy (o-), distinct answers (s--)")
+        axes[2].set_xlabel("training seconds (step + data time)")
+        axes[2].set_ylim(0, 1.02)
+        axes[2].grid(alpha=0.3)
     for ax, what in ((ax_train, "train loss"), (ax_val, "val loss")):
         ax.set_xlabel("training seconds (step + data time)")
         ax.set_title(what)
