@@ -175,13 +175,35 @@ def read_hf_config(directory: Path, part: str) -> dict[str, Any]:
     return {**HF_DEFAULTS[part], **{k: v for k, v in cfg.items() if v is not None}}
 
 
+def _shard_files(directory: Path) -> list[Path]:
+    """The shard files a sharded checkpoint's index names (none without an index); an index that names
+    a missing shard is an incomplete download, said as such."""
+    indexes = sorted(directory.glob("*.safetensors.index.json"))
+    if not indexes:
+        return []
+    try:
+        weight_map = json.loads(indexes[0].read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise PicovlmError(f"{indexes[0]}: not a safetensors index (no readable weight_map: {err}).") from err
+    files = [directory / name for name in sorted(set(weight_map.values()))]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise PicovlmError(
+            f"{indexes[0]} lists {len(files)} shards, but {', '.join(missing)} is not in {directory}: "
+            "the download is incomplete; download the checkpoint again."
+        )
+    return files
+
+
 class Checkpoint:
-    """The tensors of every *.safetensors file in a folder, read one at a time on demand."""
+    """The tensors of a folder's safetensors weights, read one at a time on demand: the shards its
+    `*.safetensors.index.json` lists (how save_pretrained writes a large model), else every
+    *.safetensors file in it."""
 
     def __init__(self, directory: Path):
         from safetensors import safe_open
 
-        files = sorted(directory.glob("*.safetensors"))
+        files = _shard_files(directory) or sorted(directory.glob("*.safetensors"))
         if not files:
             pickled = [p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
             hint = (

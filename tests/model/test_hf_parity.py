@@ -6,6 +6,8 @@ on the CPU. transformers is imported here only: picovlm's runtime never imports 
 """
 
 import dataclasses
+import json
+import shutil
 
 import pytest
 import torch
@@ -72,6 +74,9 @@ def checkpoints(tmp_path_factory):
     perturbed(transformers.SiglipModel(full_cfg)).save_pretrained(root / "siglip-full")
     hf_llama(tie_word_embeddings=True).save_pretrained(root / "llama-tied")
     hf_llama(tie_word_embeddings=False).save_pretrained(root / "llama-untied")
+    # large checkpoints come in shards with an index (SmolLM2-1.7B, SigLIP-so400m): the same, cut small
+    hf_siglip().save_pretrained(root / "siglip-sharded", max_shard_size="20KB")
+    hf_llama(tie_word_embeddings=False).save_pretrained(root / "llama-sharded", max_shard_size="20KB")
     return root
 
 
@@ -91,7 +96,7 @@ def left_padded_batch(vocab=120):
 # --- Vision -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("folder", ["siglip", "siglip-full"])
+@pytest.mark.parametrize("folder", ["siglip", "siglip-full", "siglip-sharded"])
 def test_siglip_vision_tower_matches_transformers(checkpoints, folder):
     cfg = config_from_hf(checkpoints / folder, checkpoints / "llama-tied")
     vit = ViT(cfg).eval()
@@ -175,10 +180,14 @@ def hf_logits(reference, input_ids, attention_mask):
         return reference(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
 
 
-@pytest.mark.parametrize("folder, extra_vocab", [("llama-tied", 0), ("llama-untied", 0), ("llama-tied", 3)])
+@pytest.mark.parametrize(
+    "folder, extra_vocab", [("llama-tied", 0), ("llama-untied", 0), ("llama-tied", 3), ("llama-sharded", 0)]
+)
 def test_llama_logits_match_transformers(checkpoints, folder, extra_vocab):
     cfg = config_from_hf(checkpoints / "siglip", checkpoints / folder, lm_vocab_size=120 + extra_vocab)
     assert cfg.lm_tie_weights == (folder == "llama-tied") and cfg.lm_re_base == 50000.0
+    if folder.endswith("sharded"):
+        assert len(list((checkpoints / folder).glob("*.safetensors"))) > 2  # really in several shards
     model = VisionLanguageModel(cfg).eval()
     report = load_language_weights(model, checkpoints / folder)
     assert report.blocks_loaded == 3
@@ -244,6 +253,25 @@ def test_untied_checkpoint_into_tied_config_is_an_error(checkpoints):
     cfg = config_from_hf(checkpoints / "siglip", checkpoints / "llama-untied", lm_tie_weights=True)
     with pytest.raises(PicovlmError, match="lm_tie_weights=False"):
         load_language_weights(VisionLanguageModel(cfg), checkpoints / "llama-untied")
+
+
+def test_a_sharded_checkpoint_reads_what_its_index_lists(tmp_path, checkpoints):
+    folder = shutil.copytree(checkpoints / "llama-sharded", tmp_path / "llama")
+    cfg = config_from_hf(checkpoints / "siglip", folder)
+    expected = VisionLanguageModel(cfg)
+    load_language_weights(expected, folder)
+    # a stray file beside the shards (an older single-file save) is not read: the index decides
+    perturbed(hf_llama(tie_word_embeddings=False), seed=9).save_pretrained(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "model.safetensors", folder / "model.safetensors")
+    model = VisionLanguageModel(cfg)
+    load_language_weights(model, folder)
+    torch.testing.assert_close(model.decoder.state_dict(), expected.decoder.state_dict())
+    # a shard the index lists but the folder lacks is an incomplete download, said as such
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    first_shard = sorted(set(index["weight_map"].values()))[0]
+    (folder / first_shard).unlink()
+    with pytest.raises(PicovlmError, match=f"{first_shard} is not in .*download is incomplete"):
+        load_language_weights(VisionLanguageModel(cfg), folder)
 
 
 def test_pickled_only_checkpoint_is_refused(tmp_path, checkpoints):
