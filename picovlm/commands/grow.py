@@ -179,6 +179,10 @@ def run_augment(args: argparse.Namespace) -> int:
     )
     print(f"requests: {json.dumps(report['requests'])}")
     print(f"report: {Path(report['out']) / 'augment_report.md'}")
+    if report["paraphrases_requested"] and not report["paraphrases_kept"]:
+        print("warning: every paraphrase was dropped: read the dropped examples in the report; a small "
+              "model may invent facts (try a larger --model) or the --key-terms may be too strict",
+              file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -461,7 +461,13 @@ def augment_dataset(
         out_rows, report = augment_rows(list(dataset), client, cache, config, progress)
     finally:
         cache.close()
-    save_cauldron(Dataset.from_list(out_rows, features=features), out_path, overwrite=overwrite)
+    # from_list cannot type an empty list (every paraphrase dropped, with --only-new): an empty table
+    table = (
+        Dataset.from_list(out_rows, features=features)
+        if out_rows
+        else Dataset.from_dict({name: [] for name in features}, features=features)
+    )
+    save_cauldron(table, out_path, overwrite=overwrite)
     report["source"], report["out"], report["cache"] = str(source), str(out_path), str(cache.path)
     (out_path / "augment_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     (out_path / "augment_report.md").write_text(report_markdown(report))

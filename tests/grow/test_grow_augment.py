@@ -116,6 +116,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def test_when_every_paraphrase_is_dropped_the_run_still_ends_with_a_report(demo_dir, tmp_path, capsys):
+    """SmolLM2-135M on the demo answers invented facts and every paraphrase was dropped: with --only-new
+    that left nothing to save, which crashed in datasets; now an empty set, the report and a warning."""
+    from picovlm.data.cauldron import load_cauldron
+
+    with FakeLLMServer() as server:  # seed 4: a one-word reply, always dropped as too short
+        code = main(["augment", str(demo_dir), "--out", str(tmp_path / "out"), "--url", server.url,
+                     "--model", "fake-model", "-n", "1", "--seed", "4", "--only-new"])  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "kept 0 of" in captured.out and "every paraphrase was dropped" in captured.err
+    assert len(load_cauldron(tmp_path / "out")) == 0
+    report = json.loads((tmp_path / "out" / "augment_report.json").read_text())
+    assert report["rows_new"] == 0 and report["dropped"]["too_short"] == report["paraphrases_requested"] > 0
+
+
 def test_dead_server_stops_the_run_with_a_clear_message(demo_dir, tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"
     client = OllamaClient("fake-model", url, retry=FAST)
