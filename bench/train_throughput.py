@@ -44,7 +44,9 @@ def matmul_flops(device: str, seconds: float = 1.5) -> float:
     return 2 * 1024**3 * n / (time.perf_counter() - start)
 
 
-def make_batches(cfg, batch_size: int, n_batches: int, packing: bool, fixed_length: bool):
+def make_batches(
+    cfg, batch_size: int, n_batches: int, packing: bool, fixed_length: bool, grouped: bool = False
+):
     from picovlm.data.collate import pack_collate, pad_collate
     from picovlm.data.demo import make_demo_dataset
     from picovlm.data.processor import Processor
@@ -54,6 +56,14 @@ def make_batches(cfg, batch_size: int, n_batches: int, packing: bool, fixed_leng
     tokenizer = train_tokenizer([t["assistant"] for r in rows for t in r["texts"]], 2048)
     processor = Processor.from_config(tokenizer, cfg)
     samples = [processor.encode_example(r) for r in rows]
+    if grouped:  # what the trainer does by default (train.group_by_length): similar lengths per batch
+        from picovlm.data.pipeline import group_by_length
+
+        lengths = [len(s["input_ids"]) for s in samples]
+        order = group_by_length(
+            list(range(len(samples))), lengths, batch_size, torch.Generator().manual_seed(0)
+        )
+        samples = [samples[i] for i in order]
     batches = []
     for i in range(n_batches):
         chunk = samples[i * batch_size : (i + 1) * batch_size]
@@ -102,7 +112,12 @@ def run_one(spec: dict) -> dict:
     device = spec["device"]
     cfg = preset(spec["preset"])  # 49,152-token vocabulary, as in the blog
     tokenizer, batches = make_batches(
-        cfg, spec["batch"], spec["steps"] + 1, spec["packing"], spec["mode"] == "straightforward"
+        cfg,
+        spec["batch"],
+        spec["steps"] + 1,
+        spec["packing"],
+        spec["mode"] == "straightforward",
+        spec.get("grouped", False),
     )
     model = VLM(cfg, tokenizer=tokenizer).to(device)
     report = param_report(model.cfg)
@@ -162,6 +177,7 @@ def main() -> None:
             dict(base, batch=60),
             dict(base, batch=60, mode="straightforward"),
             dict(base, batch=60, packing=True),
+            dict(base, batch=60, grouped=True),
         ]
         if not args.quick:
             specs += [dict(base, batch=16), dict(base, batch=16, compile=True)]
@@ -192,7 +208,8 @@ def main() -> None:
         r["mfu"] = r["model_flops_per_s"] / peak[r["device"]]
         results.append(r)
         cuda = f"{r['peak_cuda_mb']:,.0f}" if r["peak_cuda_mb"] else "-"
-        print(f"{r['preset']:<16}{r['device']:<5}{r['batch']:>6} {r['mode']:<16}{str(r['packing']):<6}{str(r['compile']):<8}"
+        mode = r["mode"] + ("+grouped" if r.get("grouped") else "")
+        print(f"{r['preset']:<16}{r['device']:<5}{r['batch']:>6} {mode:<16}{str(r['packing']):<6}{str(r['compile']):<8}"
               f"{r['tokens_per_s']:>9,.0f}{r['step_s']:>8.2f}{100 * r['padding_share']:>7.1f}{100 * r['mfu']:>7.1f}"
               f"{r['peak_rss_mb']:>8,.0f}{cuda:>8}", flush=True)  # fmt: skip
     for device in devices:
