@@ -192,10 +192,18 @@ def table_rows(
             "wall time (s)": summary.get("wall_time_s"), "peak RSS (MB)": summary.get("peak_rss_mb"),
             "peak CUDA (MB)": summary.get("peak_cuda_mb"),
         })  # fmt: skip
+        # the last in-training answer check: a low val loss with collapsed answers shows in the same row
+        answers = next((r for r in reversed(records) if "gen_n_items" in r), {})
+        row.update({
+            "answer F1": answers.get("gen_token_f1"), "field accuracy": answers.get("gen_field_accuracy"),
+            "distinct answers": answers.get("gen_distinct_answer_share"),
+            "answers check": answers.get("gen_verdict_status"),
+        })  # fmt: skip
         rows.append(row)
     columns = list(rows[0]) if rows else ["run"]
-    if all(r.get("peak CUDA (MB)") is None for r in rows):
-        columns.remove("peak CUDA (MB)")
+    for optional in ("peak CUDA (MB)", "answer F1", "field accuracy", "distinct answers", "answers check"):
+        if all(r.get(optional) is None for r in rows):
+            columns.remove(optional)
     return columns, rows
 
 

@@ -42,6 +42,10 @@ def test_sweep_writes_table_and_figures_and_skips_finished_runs(demo_dir, tmp_pa
         float(r["best val loss"]) > 0 and r["best step"] in ("3", "6") and float(r["mean tokens/s"]) > 0
         for r in rows
     )
+    # the last answer check beside the val loss (the demo rows' facts give field accuracy too)
+    statuses = ("collapsed", "ignores-image", "below-baseline", "overfitting", "healthy", "unknown")
+    assert all(r["answers check"] in statuses for r in rows)
+    assert all(0 <= float(r["answer F1"]) <= 1 and 0 <= float(r["field accuracy"]) <= 1 for r in rows)
     md = (out / "report.md").read_text()
     assert "| narrow |" in md and "figures/val_loss.svg" in md
     assert "<table>" in (out / "report.html").read_text()
