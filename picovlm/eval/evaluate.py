@@ -208,6 +208,46 @@ def nearest_answers(
     return answers
 
 
+def lookup_index(train, model=None, chunk: int = 256) -> tuple[list[EvalItem], np.ndarray, np.ndarray | None]:
+    """A training split as a lookup table: its rows (question and answer, images dropped), their 32x32
+    pixel vectors and, with a model, their raw pooled vision features. Read in chunks, so never all
+    training images are in memory at once."""
+    train_items, pixels, vision = [], [], []
+    for start in range(0, len(train), chunk):
+        rows = items_from_rows(train.select(range(start, min(start + chunk, len(train)))))
+        if rows:
+            pixels.append(pixel_features(rows))
+            if model is not None:
+                vision.append(vision_features(model, rows, center=False))
+            train_items += [EvalItem([], item.question, item.reference, item.image_key) for item in rows]
+    if not train_items:
+        raise DataError("the training split has no rows with an image and a question/answer turn")
+    return train_items, np.concatenate(pixels), np.concatenate(vision) if vision else None
+
+
+def pixel_baseline(
+    rows, train, extract_fields: M.ExtractFields | None = None, max_train_rows: int | None = None
+) -> dict[str, Any]:
+    """The nearest-pixels lookup scored on `rows` (cauldron rows): {"baseline_token_f1",
+    "baseline_field_accuracy" (with extract_fields), "baseline_name"}, the keys the verdict reads.
+
+    It does not depend on the model, so training computes it once and logs it with every answer check.
+    max_train_rows: look up among at most this many training rows, spread over the split (a cheap start
+    on a large mix; `picovlm eval` uses all of them)."""
+    if max_train_rows is not None and len(train) > max_train_rows:
+        stride = len(train) / max_train_rows
+        train = train.select([int(k * stride) for k in range(max_train_rows)])
+    items = items_from_rows(rows)
+    train_items, train_pixels, _ = lookup_index(train)
+    train_answers = [item.reference for item in train_items]
+    looked_up = nearest_answers(items, train_items, pixel_features(items), train_pixels)
+    metrics, _ = score_answers(items, looked_up, train_answers, extract_fields)
+    baseline = {"baseline_token_f1": metrics["token_f1"], "baseline_name": "nearest-pixels"}
+    if "field_accuracy" in metrics:
+        baseline["baseline_field_accuracy"] = metrics["field_accuracy"]
+    return baseline
+
+
 # --- Scoring -------------------------------------------------------------------------------------------
 
 
@@ -305,14 +345,17 @@ def quick_eval(
     batch_size: int = 16,
     extract_fields: M.ExtractFields | None = None,
     image_checks: bool = True,
+    baseline: dict[str, Any] | None = None,
     **generation: Any,
 ) -> dict[str, Any]:
-    """A small in-training check: flat metrics (all numbers but "verdict", "verdict_status", "top_answer").
+    """A small in-training check: flat metrics (all numbers but "verdict", "verdict_status", "top_answer",
+    "baseline_name").
 
     `rows` are cauldron rows with decoded images (a few dozen held-out rows is enough to see a collapse).
     max_new_tokens None: the longest reference answer's token count plus a margin, so a right answer is
-    never cut short (a fixed 48 cut the 50-word pair answers). Leaves the model in the mode
-    (train/eval) it found it in.
+    never cut short (a fixed 48 cut the 50-word pair answers). baseline: `pixel_baseline(rows, ...)`,
+    computed once by the caller; the verdict then says when the model is below the lookup. Leaves the
+    model in the mode (train/eval) it found it in.
     """
     was_training = model.training
     items = items_from_rows(rows)
@@ -331,7 +374,7 @@ def quick_eval(
             )
     finally:
         model.train(was_training)
-    return add_verdict(metrics)
+    return add_verdict({**metrics, **(baseline or {})})
 
 
 # --- The whole evaluation ---------------------------------------------------------------------------
@@ -440,21 +483,12 @@ def evaluate(
     baselines: dict[str, Any] = {}
     if baseline == "nearest" and train is not None:
         progress(len(items), len(items), "nearest-neighbour baseline")
-        train_items, train_pixels, train_vision = [], [], []
-        for start in range(0, len(train), 256):  # in chunks: never all training images in memory at once
-            chunk = items_from_rows(train.select(range(start, min(start + 256, len(train)))))
-            if chunk:
-                train_pixels.append(pixel_features(chunk))
-                train_vision.append(vision_features(model, chunk, center=False))
-                train_items += [EvalItem([], item.question, item.reference, item.image_key) for item in chunk]
+        train_items, train_pixels, train_vision = lookup_index(train, model)
         test_vision = vision_features(model, items, center=False)
-        vision_mean = np.concatenate(train_vision).mean(axis=0)  # the direction every image shares
+        vision_mean = train_vision.mean(axis=0)  # the direction every image shares
         spaces = {
-            "nearest-pixels": (pixel_features(items), np.concatenate(train_pixels)),
-            "nearest-vision": (
-                _unit(test_vision - vision_mean),
-                _unit(np.concatenate(train_vision) - vision_mean),
-            ),
+            "nearest-pixels": (pixel_features(items), train_pixels),
+            "nearest-vision": (_unit(test_vision - vision_mean), _unit(train_vision - vision_mean)),
         }
         for baseline_name, (test_vectors, train_vectors) in spaces.items():
             looked_up = nearest_answers(items, train_items, test_vectors, train_vectors)

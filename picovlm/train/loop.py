@@ -43,6 +43,7 @@ from picovlm.train.tracking import Tracker, plot_run
 from picovlm.utils import ProgressFn, atomic_write_text, no_progress
 
 SUMMARY_FILE = "summary.json"
+GEN_BASELINE_TRAIN_ROWS = 5000  # training rows the in-training lookup baseline searches (eval: all)
 
 
 @dataclass
@@ -407,6 +408,7 @@ def train(
 
         train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     gen_rows = _gen_eval_rows(val_ds, train_cfg) if dist_.main else None
+    gen_baseline = _gen_baseline(gen_rows, train_ds, val_ds)
     trainable_params = [p for p in model.parameters() if p.requires_grad]
 
     # --- Steps ---
@@ -527,7 +529,7 @@ def train(
                 step % train_cfg.gen_eval_interval == 0 or is_last or out_of_time
             ):
                 if gen_rows:
-                    record.update(_generation_metrics(model, gen_rows, val_ds))
+                    record.update(_generation_metrics(model, gen_rows, val_ds, gen_baseline))
                     gen_verdict = record.get("gen_verdict", gen_verdict)
                 judged = judged or (train_cfg.best_metric != "val_loss" and val_ds is not None)
             stop_early = judged and _keep_best(record.get(train_cfg.best_metric), step, state, train_cfg, dist_,
@@ -688,13 +690,26 @@ def _keep_best(score, step: int, state: dict, train_cfg: TrainConfig, dist_, dev
     return patience is not None and state["bad_evals"] >= patience
 
 
-def _generation_metrics(model, rows: list, val_ds) -> dict[str, Any]:
-    """The evaluation area's quick check (answers, collapse signals, image reliance) as gen_* metrics."""
+def _gen_baseline(rows: list | None, train_ds, val_ds) -> dict[str, Any] | None:
+    """The nearest-pixels lookup on the answer-check rows, once per run: it does not change as the
+    model trains. Up to GEN_BASELINE_TRAIN_ROWS training rows, so a 200k-row mix starts in seconds."""
+    if not rows:
+        return None
+    from picovlm.eval.evaluate import detect_extract_fields, pixel_baseline
+
+    return pixel_baseline(
+        rows, train_ds, detect_extract_fields(val_ds), max_train_rows=GEN_BASELINE_TRAIN_ROWS
+    )
+
+
+def _generation_metrics(model, rows: list, val_ds, baseline: dict[str, Any] | None) -> dict[str, Any]:
+    """The evaluation area's quick check (answers, collapse signals, image reliance, the lookup baseline)
+    as gen_* metrics."""
     try:
         from picovlm.eval.evaluate import detect_extract_fields, quick_eval
     except ImportError:
         return {}
-    metrics = quick_eval(model, rows, extract_fields=detect_extract_fields(val_ds))
+    metrics = quick_eval(model, rows, extract_fields=detect_extract_fields(val_ds), baseline=baseline)
     return {
         f"gen_{k}": v
         for k, v in metrics.items()

@@ -13,6 +13,7 @@ from picovlm.eval.evaluate import (
     evaluate,
     evaluate_many,
     nearest_answers,
+    pixel_baseline,
     pixel_features,
     quick_eval,
     shuffled_sources,
@@ -81,6 +82,25 @@ def test_evaluate_max_items_and_no_train_split(tiny_models, squares_dir):
     )
     assert result["metrics"]["n_items"] == 6 and "train_loss" not in result["metrics"]
     assert result["thumbnails"] == {}
+
+
+def test_the_training_time_baseline_is_evals_pixel_lookup(results, squares_dir):
+    """pixel_baseline (computed once per training run) is the same lookup as eval's nearest-pixels, and
+    quick_eval's verdict reads it: the collapsed model is told it is below the lookup."""
+    from picovlm.data.cauldron import load_cauldron
+    from picovlm.model.vlm import VisionLanguageModel
+
+    test, train = load_cauldron(squares_dir, split="test"), load_cauldron(squares_dir, split="train")
+    rows = [test[i] for i in range(len(test))]
+    baseline = pixel_baseline(rows, train)
+    pixels = results["grounded"]["baselines"]["nearest-pixels"]["metrics"]
+    assert baseline == {"baseline_token_f1": pixels["token_f1"], "baseline_name": "nearest-pixels"}
+    # a lookup among fewer training rows is a weaker one: the cap is real
+    assert pixel_baseline(rows, train, max_train_rows=5)["baseline_token_f1"] < baseline["baseline_token_f1"]
+    collapsed = VisionLanguageModel.from_pretrained(results["collapsed"]["model"])
+    metrics = quick_eval(collapsed, rows, image_checks=False, baseline=baseline)
+    assert metrics["baseline_token_f1"] == baseline["baseline_token_f1"]
+    assert "below baseline: a nearest-image lookup scores token-F1" in metrics["verdict"]
 
 
 def test_quick_eval_is_flat_and_keeps_training_mode(tiny_models, square_rows):

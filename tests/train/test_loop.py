@@ -190,6 +190,10 @@ def test_generation_check_metrics_are_logged(demo_dir, tmp_path, tiny_configs):
         "unknown",
     )
     assert "gen_image_gap_shuffled" in last and "gen_token_f1" in last
+    # the nearest-pixels lookup, computed once, is logged with every check and read by its verdict
+    assert last["gen_baseline_name"] == "nearest-pixels" and 0 < last["gen_baseline_token_f1"] <= 1
+    assert 0 <= last["gen_baseline_field_accuracy"] <= 1  # demo rows: facts parsed
+    assert "below baseline" in last["gen_verdict"]  # a 2-step model answers worse than the lookup
 
 
 def test_a_time_budget_fits_the_schedule_so_the_learning_rate_decays_in_time(
