@@ -450,8 +450,20 @@ def collapse_verdict(metrics: dict[str, Any], thresholds: dict[str, float] | Non
                 "image is swapped",
             )
         )
-    baseline_f1 = m.get("baseline_token_f1")
-    if baseline_f1 is not None and "token_f1" in m and m["token_f1"] < baseline_f1:
+    # Against the lookup, facts decide when both sides have them: answers that share a template give a
+    # lookup a high token F1 whatever the image (0.85 on fashion-mnist-pairs), so F1 alone can call a
+    # model that states more facts right "below baseline".
+    baseline_fields, baseline_f1 = m.get("baseline_field_accuracy"), m.get("baseline_token_f1")
+    if baseline_fields is not None and "field_accuracy" in m:
+        if m["field_accuracy"] < baseline_fields:
+            findings.append(
+                (
+                    "below-baseline",
+                    f"below baseline: a nearest-image lookup states {baseline_fields:.0%} of the facts "
+                    f"right, the model {m['field_accuracy']:.0%}",
+                )
+            )
+    elif baseline_f1 is not None and "token_f1" in m and m["token_f1"] < baseline_f1:
         findings.append(
             (
                 "below-baseline",

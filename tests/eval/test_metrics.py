@@ -232,6 +232,18 @@ def test_verdict_ignores_image_and_overfitting_and_baseline():
     assert M.collapse_verdict({})[0] == "unknown"
 
 
+def test_against_the_lookup_facts_decide_when_both_have_them():
+    # fashion-mnist-pairs: a shared template gives the lookup the higher F1, the model the facts
+    pairs = {"image_gap_shuffled": 0.4, "token_f1": 0.863, "baseline_token_f1": 0.872,
+             "field_accuracy": 0.80, "baseline_field_accuracy": 0.73}  # fmt: skip
+    assert M.collapse_verdict(pairs)[0] == "healthy"
+    status, sentence = M.collapse_verdict(dict(pairs, field_accuracy=0.50, token_f1=0.9))
+    assert status == "below-baseline"
+    assert sentence == "below baseline: a nearest-image lookup states 73% of the facts right, the model 50%"
+    # without facts on both sides, token F1 decides as before
+    assert M.collapse_verdict(dict(pairs, baseline_field_accuracy=None))[0] == "below-baseline"
+
+
 def test_verdict_wording_when_shuffling_does_not_raise_the_loss():
     sentence = M.collapse_verdict({"image_gap_shuffled": -0.003})[1]
     assert sentence == "ignores the image: loss with shuffled images is no higher (-0.00 nats/token)"
