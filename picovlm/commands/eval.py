@@ -185,6 +185,8 @@ def run_eval(args: argparse.Namespace) -> int:
             + (f" · field acc. {m['field_accuracy']:.3f}" if "field_accuracy" in m else "")
         )
         for name, baseline in result["baselines"].items():
-            print(f"  baseline {name}: token F1 {baseline['metrics']['token_f1']:.3f}")
+            fields = baseline["metrics"].get("field_accuracy")
+            facts = f" · field acc. {fields:.3f}" if fields is not None else ""
+            print(f"  baseline {name}: token F1 {baseline['metrics']['token_f1']:.3f}{facts}")
     print(f"report: {paths['report.html']}  metrics: {paths['metrics.json']}")
     return 0
