@@ -262,6 +262,12 @@ def make_fashion_rows(
     photos each (2n distinct photos, each used once)."""
     parts = {split: (images, labels) for split, images, labels in load_fashion_mnist(source_dir)}
     labels_by_split = {split: labels for split, (_, labels) in parts.items()}
+    total = sum(len(labels) for labels in labels_by_split.values())
+    if pairs and 2 * n > total:  # say it in pictures: --n counts pictures here
+        raise PicovlmError(
+            f"asked for {n} pictures of two photos ({2 * n} photos), but Fashion-MNIST has {total}: "
+            f"use --n {total // 2} or less"
+        )
     picks = sample_photos(labels_by_split, 2 * n if pairs else n, seed)
     if pairs:
         rng = random.Random(f"picovlm-fashion-pairs-templates/{seed}")

@@ -136,6 +136,8 @@ def test_builder_reads_a_source_folder(small_source):
 def test_missing_or_broken_source_names_the_fix(small_source):
     with pytest.raises(PicovlmError, match="has 40"):
         make_fashion_rows(n=41, source_dir=small_source)  # 20 train + 20 test photos
+    with pytest.raises(PicovlmError, match="42 photos.*use --n 20 or less"):
+        make_fashion_rows(n=21, source_dir=small_source, pairs=True)  # --n counts pictures of two
     with pytest.raises(PicovlmError, match="apt-get install dataset-fashion-mnist"):
         make_fashion_rows(n=5, source_dir=small_source / "nowhere")
     (small_source / FASHION_FILES["t10k"][1]).unlink()
