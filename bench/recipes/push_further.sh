@@ -17,3 +17,12 @@ taskset -c 0 $R --name default-60min-demo --data runs/recipes/data/demo --minute
   taskset -c 1 $R --name data2x-10min-demo --data runs/recipes/data/demo6k --minutes 10
 ) > runs/recipes/logs/lane1.log 2>&1
 wait
+# fashion-mnist-pairs for an hour, best/ chosen by the answer check's field accuracy (finding 12)
+[ -d runs/recipes/data/pairs ] || picovlm realset fashion-mnist-pairs --out runs/recipes/data/pairs
+taskset -c 0 $R --name pairs-60min-bestfield --data runs/recipes/data/pairs --minutes 60 train.epochs=100 \
+  train.eval_interval=500 train.checkpoint_interval=1000 train.best_metric=gen_field_accuracy train.gen_eval_items=64
+python -c "
+from picovlm.eval.evaluate import evaluate
+m = evaluate('runs/recipes/pairs-60min-bestfield/best', 'runs/recipes/data/pairs', max_items=300, baseline='nearest',
+             max_new_tokens=96, swap_items=64, thumbnails=False)['metrics']
+print({k: m[k] for k in ('token_f1', 'field_accuracy', 'distinct_answer_share', 'image_gap_shuffled', 'loss')})"
