@@ -67,6 +67,7 @@ ITEMS = [
     ("bag", "a bag", "accessory"),
     ("ankle boot", "an ankle boot", "footwear"),
 ]
+_ITEM_PHRASE = {name: phrase for name, phrase, _ in ITEMS}  # "t-shirt" -> "a T-shirt"
 
 # Pixel facts. Thresholds were chosen on the 10,000 test photos so each value is common (see
 # docs/datasets-real.md); an item pixel is one brighter than INK (the background is black).
@@ -189,7 +190,7 @@ def photo_fields(pixels: np.ndarray, label: int) -> dict:
 
 def fashion_answer(fields: dict, opening: int = 0, body: int = 0) -> str:
     """The answer text (about 35 words) stating `fields` with the chosen templates."""
-    phrase = next(phrase for name, phrase, _ in ITEMS if name == fields["item"])
+    phrase = _ITEM_PHRASE[fields["item"]]
     return OPENINGS[opening].format(item=phrase, group=fields["group"]) + " " + BODIES[body].format(**fields)
 
 
@@ -203,8 +204,9 @@ def pair_answer(fields: dict, opening: int = 0, sentences: tuple[int, int] = (0,
     parts = [PAIR_OPENINGS[opening]]
     for side, template in zip(PAIR_SIDES, sentences):
         facts = fields[side]
-        phrase = next(phrase for name, phrase, _ in ITEMS if name == facts["item"])
-        parts.append(PAIR_SIDE_SENTENCES[template].format(**dict(facts, item=phrase, side=side)))
+        parts.append(
+            PAIR_SIDE_SENTENCES[template].format(**dict(facts, item=_ITEM_PHRASE[facts["item"]], side=side))
+        )
     return " ".join(parts)
 
 
@@ -301,13 +303,14 @@ def _pair_rows(parts: dict, photos: list[tuple[str, int]], image_size: int, mirr
     pixels = [parts[split][0][index] for split, index in photos]
     facts = [photo_fields(p, int(parts[split][1][index])) for p, (split, index) in zip(pixels, photos)]
     name = "+".join(f"{split}-{index:05d}" for split, index in photos)
+    picture = pair_picture(*pixels)
     rows = []
     for mirrored in [False, True] if mirror else [False]:
         fields = pair_fields(*(facts[::-1] if mirrored else facts))  # mirroring keeps each photo's facts
         answer = pair_answer(fields, rng.randrange(len(PAIR_OPENINGS)),
                              (rng.randrange(len(PAIR_SIDE_SENTENCES)), rng.randrange(len(PAIR_SIDE_SENTENCES))))  # fmt: skip
         rows.append({
-            "images": [{"bytes": _png(pair_picture(*pixels), image_size, mirrored),
+            "images": [{"bytes": _png(picture, image_size, mirrored),
                         "path": f"{name}{'-mirrored' if mirrored else ''}.png"}],
             "texts": [{"user": FASHION_QUESTION, "assistant": answer, "source": PAIR_SOURCE}],
             "fields": json.dumps(fields, sort_keys=True),
@@ -361,7 +364,7 @@ def _alternatives(values: list[str]) -> str:
     return "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
 
 
-_PHRASE_TO_ITEM = {phrase.lower(): name for name, phrase, _ in ITEMS}
+_PHRASE_TO_ITEM = {phrase.lower(): name for name, phrase in _ITEM_PHRASE.items()}
 _ITEM_RE = re.compile(rf"(?:photo of|shows) ({_alternatives(list(_PHRASE_TO_ITEM))})\b", re.IGNORECASE)
 _GROUP_RE = re.compile(rf"a kind of ({_alternatives(sorted({g for _, _, g in ITEMS}))})", re.IGNORECASE)
 _TONE_RE = re.compile(rf"\b({_alternatives([t for _, t in TONES])})\b", re.IGNORECASE)
@@ -372,22 +375,23 @@ _FILL_RE = re.compile(
 )
 
 
+def _first(pattern: re.Pattern, text: str) -> str | None:
+    """The pattern's first group in text, lower-cased; None when it does not occur."""
+    match = pattern.search(text)
+    return match.group(1).lower() if match else None
+
+
 def extract_fields(answer_text: str) -> dict:
     """Parse an answer (from a model or from this module) into {"item", "group", "tone", "texture",
     "shape", "fill"}; a fact the answer does not state in a known phrasing is None."""
-
-    def first(pattern: re.Pattern) -> str | None:
-        match = pattern.search(answer_text)
-        return match.group(1).lower() if match else None
-
-    phrase = first(_ITEM_RE)
+    phrase = _first(_ITEM_RE, answer_text)
     return {
         "item": _PHRASE_TO_ITEM[phrase] if phrase else None,
-        "group": first(_GROUP_RE),
-        "tone": first(_TONE_RE),
-        "texture": first(_TEXTURE_RE),
-        "shape": first(_SHAPE_RE),
-        "fill": first(_FILL_RE),
+        "group": _first(_GROUP_RE, answer_text),
+        "tone": _first(_TONE_RE, answer_text),
+        "texture": _first(_TEXTURE_RE, answer_text),
+        "shape": _first(_SHAPE_RE, answer_text),
+        "fill": _first(_FILL_RE, answer_text),
     }
 
 
@@ -401,11 +405,6 @@ def extract_pair_fields(answer_text: str) -> dict:
     """Parse a pair picture's answer into {"left": {item, tone, texture, fill}, "right": {...}}: each
     side's facts are read from its own sentence ("On the left ..." up to "On the right", or the end);
     the first sentence about a side counts, a fact not stated in a known phrasing is None."""
-
-    def first(pattern: re.Pattern, text: str) -> str | None:
-        match = pattern.search(text)
-        return match.group(1).lower() if match else None
-
     fields = {side: dict.fromkeys(PAIR_FACTS) for side in PAIR_SIDES}
     marks = list(_SIDE_RE.finditer(answer_text))
     seen = set()
@@ -415,12 +414,12 @@ def extract_pair_fields(answer_text: str) -> dict:
             continue
         seen.add(side)
         sentence = answer_text[mark.start() : marks[k + 1].start() if k + 1 < len(marks) else None]
-        phrase = first(_PAIR_ITEM_RE, sentence)
+        phrase = _first(_PAIR_ITEM_RE, sentence)
         fields[side] = {
             "item": _PHRASE_TO_ITEM[phrase] if phrase else None,
-            "tone": first(_TONE_RE, sentence),
-            "texture": first(_TEXTURE_RE, sentence),
-            "fill": first(_FILL_RE, sentence),
+            "tone": _first(_TONE_RE, sentence),
+            "texture": _first(_TEXTURE_RE, sentence),
+            "fill": _first(_FILL_RE, sentence),
         }
     return fields
 

@@ -317,7 +317,9 @@ def train(
         notes.append(
             f"no {train_cfg.val_split!r} split in {train_cfg.data_dir}: no val loss, no early stopping"
         )
-    _check_best_metric(train_cfg, val_ds)
+    # the parser of the answers' facts, if the rows come from a built-in set: read once, used by every check
+    field_parser = _field_parser(val_ds)
+    _check_best_metric(train_cfg, val_ds, field_parser)
 
     # --- Model ---
     model = VisionLanguageModel(model_cfg, tokenizer=tokenizer)
@@ -408,7 +410,7 @@ def train(
 
         train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     gen_rows = _gen_eval_rows(val_ds, train_cfg) if dist_.main else None
-    gen_baseline = _gen_baseline(gen_rows, train_ds, val_ds)
+    gen_baseline = _gen_baseline(gen_rows, train_ds, field_parser)
     trainable_params = [p for p in model.parameters() if p.requires_grad]
 
     # --- Steps ---
@@ -529,9 +531,9 @@ def train(
                 step % train_cfg.gen_eval_interval == 0 or is_last or out_of_time
             ):
                 if gen_rows:
-                    record.update(_generation_metrics(model, gen_rows, val_ds, gen_baseline))
+                    record.update(_generation_metrics(model, gen_rows, field_parser, gen_baseline))
                     gen_verdict = record.get("gen_verdict", gen_verdict)
-                judged = judged or (train_cfg.best_metric != "val_loss" and val_ds is not None)
+                judged = judged or train_cfg.best_metric != "val_loss"  # a val split exists: checked
             stop_early = judged and _keep_best(record.get(train_cfg.best_metric), step, state, train_cfg, dist_,
                                                device, lambda: _save_model(model, run_dir / "best"))  # fmt: skip
 
@@ -648,7 +650,15 @@ def _gen_eval_rows(val_ds, train_cfg: TrainConfig) -> list | None:
     return [val_ds[i] for i in range(min(train_cfg.gen_eval_items, len(val_ds)))]
 
 
-def _check_best_metric(train_cfg: TrainConfig, val_ds) -> None:
+def _field_parser(val_ds):
+    if val_ds is None:
+        return None
+    from picovlm.eval.evaluate import detect_extract_fields
+
+    return detect_extract_fields(val_ds)
+
+
+def _check_best_metric(train_cfg: TrainConfig, val_ds, field_parser) -> None:
     """Fail before training, not silently after it, when best/ could never be chosen by best_metric."""
     metric = train_cfg.best_metric
     if metric == "val_loss":
@@ -658,14 +668,11 @@ def _check_best_metric(train_cfg: TrainConfig, val_ds) -> None:
             f"best_metric={metric} is measured on the {train_cfg.val_split!r} split, which "
             f"{train_cfg.data_dir} does not have: add one (picovlm data split) or use best_metric=val_loss."
         )
-    if metric == "gen_field_accuracy":
-        from picovlm.eval.evaluate import detect_extract_fields
-
-        if detect_extract_fields(val_ds) is None:
-            raise ConfigError(
-                "best_metric=gen_field_accuracy needs answers whose facts picovlm can parse (the demo and "
-                "real-image sets, with their `fields` column); for other data use gen_token_f1."
-            )
+    if metric == "gen_field_accuracy" and field_parser is None:
+        raise ConfigError(
+            "best_metric=gen_field_accuracy needs answers whose facts picovlm can parse (the demo and "
+            "real-image sets, with their `fields` column); for other data use gen_token_f1."
+        )
 
 
 def _keep_best(score, step: int, state: dict, train_cfg: TrainConfig, dist_, device, save_best) -> bool:
@@ -690,26 +697,24 @@ def _keep_best(score, step: int, state: dict, train_cfg: TrainConfig, dist_, dev
     return patience is not None and state["bad_evals"] >= patience
 
 
-def _gen_baseline(rows: list | None, train_ds, val_ds) -> dict[str, Any] | None:
+def _gen_baseline(rows: list | None, train_ds, field_parser) -> dict[str, Any] | None:
     """The nearest-pixels lookup on the answer-check rows, once per run: it does not change as the
     model trains. Up to GEN_BASELINE_TRAIN_ROWS training rows, so a 200k-row mix starts in seconds."""
     if not rows:
         return None
-    from picovlm.eval.evaluate import detect_extract_fields, pixel_baseline
+    from picovlm.eval.evaluate import pixel_baseline
 
-    return pixel_baseline(
-        rows, train_ds, detect_extract_fields(val_ds), max_train_rows=GEN_BASELINE_TRAIN_ROWS
-    )
+    return pixel_baseline(rows, train_ds, field_parser, max_train_rows=GEN_BASELINE_TRAIN_ROWS)
 
 
-def _generation_metrics(model, rows: list, val_ds, baseline: dict[str, Any] | None) -> dict[str, Any]:
+def _generation_metrics(model, rows: list, field_parser, baseline: dict[str, Any] | None) -> dict[str, Any]:
     """The evaluation area's quick check (answers, collapse signals, image reliance, the lookup baseline)
     as gen_* metrics."""
     try:
-        from picovlm.eval.evaluate import detect_extract_fields, quick_eval
+        from picovlm.eval.evaluate import quick_eval
     except ImportError:
         return {}
-    metrics = quick_eval(model, rows, extract_fields=detect_extract_fields(val_ds), baseline=baseline)
+    metrics = quick_eval(model, rows, extract_fields=field_parser, baseline=baseline)
     return {
         f"gen_{k}": v
         for k, v in metrics.items()
