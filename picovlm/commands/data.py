@@ -51,6 +51,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             args.images, args.table, default_question=args.question, source=args.source,
             image_column=args.image_column, question_column=args.question_column,
             answer_column=args.answer_column, group_column=args.group_column, progress=progress,
+            fact_columns=None if args.fact_columns is None else [c for c in args.fact_columns.split(",") if c],
         )  # fmt: skip
     finally:
         progress.close()
@@ -183,6 +184,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--question-column", default="question", help="column with the question (optional)")
     p.add_argument("--answer-column", default="answer", help="column with the answer")
     p.add_argument("--group-column", default="group", help="column with a group id (optional)")
+    p.add_argument(
+        "--fact-columns",
+        help="comma-separated table columns kept as the row's facts in `fields` (default: every other "
+        "column; '' for none): field accuracy and the verdict then score them",
+    )
     p.add_argument("--from", dest="source_dataset", help="Hub id, parquet file/folder or save_to_disk folder")
     p.add_argument("--subset", help="Hub subset (config), e.g. localized_narratives")
     p.add_argument("--split", help="split to read (default: train)")

@@ -12,6 +12,11 @@ images folder (or absolute). An empty question takes the default question. Rows 
 missing or whose answer is empty are skipped, counted and reported with their row number (the line
 number in the file); they never stop the import. Image bytes are stored as they are, not re-encoded.
 
+Every other column of the table (`category`, `colour`, ...) is kept as the row's facts, JSON in the
+`fields` column (a JSONL row may also give a `fields` object), so field accuracy, the verdict and
+`train.best_metric=gen_field_accuracy` work on the imported data (picovlm/eval/facts.py reads the facts
+back out of generated answers by their values).
+
 From another dataset (Hub id + subset, parquet, save_to_disk folder): `import_dataset` loads it with
 load_cauldron (streaming and a row cap for large subsets) and saves a local copy.
 """
@@ -26,6 +31,7 @@ from pathlib import Path
 
 from picovlm.data.cauldron import cauldron_features, load_cauldron, materialize, save_cauldron
 from picovlm.errors import DataError
+from picovlm.eval.facts import facts_from_columns
 from picovlm.utils import ProgressFn, no_progress
 
 DEFAULT_QUESTION = "Describe the image."
@@ -87,18 +93,27 @@ def import_folder(
     question_column: str = "question",
     answer_column: str = "answer",
     group_column: str = "group",
+    fact_columns: list[str] | None = None,
     progress: ProgressFn = no_progress,
 ):
-    """Read images_dir + table into a cauldron-schema Dataset. Returns (dataset, ImportReport)."""
+    """Read images_dir + table into a cauldron-schema Dataset. Returns (dataset, ImportReport).
+
+    fact_columns: the table columns kept as facts in `fields`; None keeps every column that is not the
+    image, question, answer, group or source, [] keeps none."""
     from datasets import Dataset
 
     images_dir, table = Path(images_dir), Path(table)
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: images folder not found")
     source = source or f"import:{table.name}"
-    columns: dict[str, list] = {"images": [], "texts": [], "group": []}
+    columns: dict[str, list] = {"images": [], "texts": [], "group": [], "fields": []}
     report = ImportReport()
-    for line_number, row in _read_table(table):
+    table_rows = _read_table(table)
+    if fact_columns is None:
+        not_facts = {image_column, question_column, answer_column, group_column, "images", "texts", "source",
+                     "fields", "__error__"}  # fmt: skip
+        fact_columns = list(dict.fromkeys(k for _, row in table_rows for k in row if k not in not_facts))
+    for line_number, row in table_rows:
         report.rows_read += 1
         progress(report.rows_read, None, "importing rows")
         if "__error__" in row:
@@ -124,8 +139,14 @@ def import_folder(
         columns["texts"].append(turns)
         group = row.get(group_column)
         columns["group"].append("" if group is None else str(group))
+        facts = row["fields"] if isinstance(row.get("fields"), dict) else {}
+        facts = {**facts, **facts_from_columns(row, fact_columns)}
+        columns["fields"].append(json.dumps(facts, ensure_ascii=False, sort_keys=True) if facts else "")
         report.rows_written += 1
-    dataset = Dataset.from_dict(columns, features=cauldron_features(group=True))
+    has_facts = any(columns["fields"])
+    if not has_facts:
+        del columns["fields"]
+    dataset = Dataset.from_dict(columns, features=cauldron_features(group=True, fields=has_facts))
     return dataset, report
 
 

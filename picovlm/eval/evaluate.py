@@ -391,16 +391,11 @@ def _load_items(data_dir, split: str, max_items: int | None, progress: ProgressF
     return dataset, items
 
 
-def detect_extract_fields(dataset) -> M.ExtractFields | None:
-    """The field parser of a built-in set (demo scenes, Fashion-MNIST, its pairs) its rows come from,
-    else None."""
-    if "fields" not in dataset.column_names or len(dataset) == 0:
-        return None
-    from picovlm.data import demo, realsets
+def detect_extract_fields(*datasets) -> M.ExtractFields | None:
+    """The reader of answers' facts for these rows (picovlm.eval.facts.fact_parser_for), else None."""
+    from picovlm.eval.facts import fact_parser_for
 
-    parsers = {demo.DEMO_SOURCE: demo.extract_fields, **realsets.FIELD_PARSERS}
-    first = dataset.select_columns(["texts"])[0]["texts"]
-    return parsers.get(first[0].get("source")) if first else None
+    return fact_parser_for(*datasets)
 
 
 def evaluate(
@@ -454,8 +449,6 @@ def evaluate(
     from picovlm.data.cauldron import load_cauldron
 
     dataset, items = _load_items(data_dir, split, max_items, progress)
-    if extract_fields == "auto":
-        extract_fields = detect_extract_fields(dataset)
     train = None
     if train_split:
         try:
@@ -464,6 +457,8 @@ def evaluate(
             train = None  # no training split: skip the train-side metrics
     if train is not None and len(train) == 0:
         train = None
+    if extract_fields == "auto":  # the facts' values are learned from both splits
+        extract_fields = detect_extract_fields(dataset, train)
     # Training answers come from the text column alone: no image is decoded for them.
     train_answers = None
     if train is not None:

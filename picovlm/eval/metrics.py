@@ -406,14 +406,18 @@ THRESHOLDS = {
     "answers_changed_share": 0.2,
     # overfitting: test loss above train loss by more than this (nats per token).
     "loss_gap_nats": 1.0,
+    # recalls training answers: at least this share of answers are verbatim training answers...
+    "copied_share": 0.5,
+    # ...and this much more than the references (on a set whose answers repeat, copying is right).
+    "copied_excess": 0.3,
 }
 
 
 def collapse_verdict(metrics: dict[str, Any], thresholds: dict[str, float] | None = None) -> tuple[str, str]:
     """(status, sentence) in plain words from a metrics dict; missing metrics are simply not judged.
 
-    status is the most serious finding: "collapsed", "ignores-image", "below-baseline", "overfitting",
-    or "healthy" (or "unknown" when there is nothing to judge). The sentence lists every finding.
+    status is the most serious finding: "collapsed", "ignores-image", "recalls-training",
+    "below-baseline", "overfitting", or "healthy" (or "unknown" when there is nothing to judge). The sentence lists every finding.
     """
     t = {**THRESHOLDS, **(thresholds or {})}
     findings: list[tuple[str, str]] = []
@@ -448,6 +452,17 @@ def collapse_verdict(metrics: dict[str, Any], thresholds: dict[str, float] | Non
                 "ignores-image",
                 f"ignores the image: only {m['answers_changed_share']:.0%} of answers change when the "
                 "image is swapped",
+            )
+        )
+    # A model that answers unseen images with training answers word for word is a retrieval system:
+    # no better than the nearest-image lookup at best, and it cannot describe a new object.
+    copied, ref_copied = m.get("copied_from_train_share"), m.get("reference_copied_from_train_share", 0.0)
+    if copied is not None and copied >= t["copied_share"] and copied >= ref_copied + t["copied_excess"]:
+        findings.append(
+            (
+                "recalls-training",
+                f"recalls training answers: {copied:.0%} of answers are verbatim training answers, "
+                f"while {ref_copied:.0%} of the references are",
             )
         )
     # Against the lookup, facts decide when both sides have them: answers that share a template give a

@@ -318,7 +318,7 @@ def train(
             f"no {train_cfg.val_split!r} split in {train_cfg.data_dir}: no val loss, no early stopping"
         )
     # the parser of the answers' facts, if the rows come from a built-in set: read once, used by every check
-    field_parser = _field_parser(val_ds)
+    field_parser = _field_parser(train_ds, val_ds)
     _check_best_metric(train_cfg, val_ds, field_parser)
 
     # --- Model ---
@@ -650,12 +650,12 @@ def _gen_eval_rows(val_ds, train_cfg: TrainConfig) -> list | None:
     return [val_ds[i] for i in range(min(train_cfg.gen_eval_items, len(val_ds)))]
 
 
-def _field_parser(val_ds):
+def _field_parser(train_ds, val_ds):
     if val_ds is None:
         return None
     from picovlm.eval.evaluate import detect_extract_fields
 
-    return detect_extract_fields(val_ds)
+    return detect_extract_fields(train_ds, val_ds)
 
 
 def _check_best_metric(train_cfg: TrainConfig, val_ds, field_parser) -> None:
@@ -670,8 +670,8 @@ def _check_best_metric(train_cfg: TrainConfig, val_ds, field_parser) -> None:
         )
     if metric == "gen_field_accuracy" and field_parser is None:
         raise ConfigError(
-            "best_metric=gen_field_accuracy needs answers whose facts picovlm can parse (the demo and "
-            "real-image sets, with their `fields` column); for other data use gen_token_f1."
+            "best_metric=gen_field_accuracy needs rows with facts: a `fields` column (`picovlm data import` "
+            "keeps a table's extra columns as facts); for data without facts use gen_token_f1."
         )
 
 

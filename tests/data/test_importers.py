@@ -51,3 +51,54 @@ def test_import_errors_name_the_file(tmp_path, image_folder):
     (tmp_path / "t.xlsx").write_text("x")
     with pytest.raises(DataError, match="unknown table format"):
         import_folder(images, tmp_path / "t.xlsx")
+
+
+def test_import_keeps_extra_columns_as_facts_that_eval_reads_back(tmp_path):
+    """A user's own table columns become `fields`, and the generic reader finds them in answers."""
+    import json
+
+    from PIL import Image
+
+    from picovlm.eval.facts import fact_parser_for
+    from picovlm.eval.metrics import field_accuracy
+
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = ["image,answer,category,colour"]
+    for i, (category, colour) in enumerate([("fruit", "red"), ("tool", "dark blue"), ("fruit", "blue")]):
+        Image.new("RGB", (8, 8), (i * 80, 0, 0)).save(images / f"{i}.png")
+        lines.append(f"{i}.png,This {category} is painted {colour} all over.,{category},{colour}")
+    lines.append("3.png,No image here.,fruit,red")  # skipped: its image is missing
+    (tmp_path / "items.csv").write_text("\n".join(lines) + "\n")
+    dataset, report = import_folder(images, tmp_path / "items.csv")
+    assert report.rows_written == 3
+    assert [json.loads(f) for f in dataset["fields"]] == [
+        {"category": "fruit", "colour": "red"},
+        {"category": "tool", "colour": "dark blue"},
+        {"category": "fruit", "colour": "blue"},
+    ]
+    parser = fact_parser_for(dataset)
+    # the longest known value wins where values share words ("dark blue" over "blue")
+    assert parser("A tool, painted dark blue.") == {"category": "tool", "colour": "dark blue"}
+    assert parser("Something else entirely.") == {"category": None, "colour": None}
+    references = [t[0]["assistant"] for t in dataset["texts"]]
+    answers = ["This fruit is painted red all over.", "This fruit is painted blue all over.", "A fruit."]
+    assert field_accuracy(answers, references, parser) == {"category": 2 / 3, "colour": 1 / 3, "all": 0.5}
+    no_facts, _ = import_folder(images, tmp_path / "items.csv", fact_columns=[])
+    assert "fields" not in no_facts.column_names
+
+
+def test_value_matcher_reads_numbers_by_the_words_around_them():
+    """Numeric facts share values ('1' is a level and a stroke count): the context words decide."""
+    from picovlm.eval.facts import ValueMatcher
+
+    rows = [
+        (
+            {"level": str(level), "strokes": str(strokes)},
+            f"A level {level} sign drawn with {strokes} strokes.",
+        )
+        for level, strokes in [(1, 12), (2, 1), (12, 2), (3, 7)]
+    ]
+    matcher = ValueMatcher(rows)
+    assert matcher("Drawn with 1 strokes, this is a level 12 sign.") == {"level": "12", "strokes": "1"}
+    assert matcher("A level 7 sign.") == {"level": None, "strokes": "7"}  # 7 is no known level

@@ -247,3 +247,23 @@ def test_against_the_lookup_facts_decide_when_both_have_them():
 def test_verdict_wording_when_shuffling_does_not_raise_the_loss():
     sentence = M.collapse_verdict({"image_gap_shuffled": -0.003})[1]
     assert sentence == "ignores the image: loss with shuffled images is no higher (-0.00 nats/token)"
+
+
+def test_verdict_names_retrieval_when_answers_are_training_answers():
+    # issue 14's emoji run: 77% of answers were training answers word for word, no reference was
+    recall = {"image_gap_shuffled": 0.26, "copied_from_train_share": 0.77,
+              "reference_copied_from_train_share": 0.0, "token_f1": 0.72, "baseline_token_f1": 0.79}  # fmt: skip
+    status, sentence = M.collapse_verdict(recall)
+    assert status == "recalls-training"
+    assert sentence.startswith(
+        "recalls training answers: 77% of answers are verbatim training answers, while 0% of the references are"
+    )
+    assert "below baseline" in sentence
+    # a set whose answers repeat (the facts of a photo recur): copying is what the references do too
+    assert (
+        M.collapse_verdict(dict(recall, reference_copied_from_train_share=0.6, token_f1=0.8))[0] == "healthy"
+    )
+    # the real data: the copy rate comes from the model's own answers
+    answers, train = ["a cat.", "a dog.", "a new thing."], ["A cat.", "A dog."]
+    m = M.generation_metrics(answers, ["a lion.", "a wolf.", "a fox."], train_answers=train)
+    assert m["copied_from_train_share"] == 2 / 3 and M.collapse_verdict(m)[0] == "recalls-training"
