@@ -354,7 +354,8 @@ def train(
     total_steps = train_cfg.max_steps or max(1, math.ceil(train_cfg.epochs * steps_per_epoch))
     warmup_steps = math.ceil(train_cfg.warmup_ratio * total_steps)
     # With a time budget, the schedule is fitted to the clock as steps get timed (see below), so the
-    # learning rate has decayed when the clock runs out instead of being cut off at its peak.
+    # learning rate has decayed when the clock runs out instead of being cut off at its peak. The budget
+    # is the budget: `epochs` is then only the first guess, and only max_steps caps the fit.
     planned_steps = total_steps
     fit_to_clock = train_cfg.max_minutes is not None
     loader = make_dataloader(
@@ -485,7 +486,7 @@ def train(
                     elapsed, per_step = (v / dist_.world_size for v in dist_.sum([elapsed, per_step], device))
                 if per_step:
                     total_steps, warmup_steps = fit_schedule_to_time(
-                        train_cfg, step, elapsed, per_step, planned_steps, warmup_steps
+                        train_cfg, step, elapsed, per_step, train_cfg.max_steps, warmup_steps
                     )
                 out_of_time = elapsed >= train_cfg.max_minutes * 60
 
@@ -560,12 +561,12 @@ def train(
         if tracker is not None:
             tracker.close()
 
-    if fit_to_clock and total_steps < planned_steps:
+    if fit_to_clock and total_steps < (train_cfg.max_steps or math.inf):
         if stop_reason != "early_stopping":
             stop_reason = "max_minutes"
         notes.append(
-            f"max_minutes={train_cfg.max_minutes}: schedule fitted to the clock, {total_steps} of "
-            f"{planned_steps} planned steps"
+            f"max_minutes={train_cfg.max_minutes}: schedule fitted to the clock, {total_steps} steps "
+            f"({total_steps / steps_per_epoch:.1f} epochs; the first guess was {planned_steps})"
         )
 
     # --- Finish: final model, plots, summary ---
@@ -600,17 +601,17 @@ def fit_schedule_to_time(
     steps_done: int,
     elapsed_s: float,
     per_step_s: float,
-    planned: int,
+    max_steps: int | None,
     warmup_steps: int,
 ) -> tuple[int, int]:
     """(total_steps, warmup_steps) that fill what is left of `max_minutes` at `per_step_s` a step.
 
-    5% of the budget is kept for the final evaluation and save. Never more steps than planned, never
-    fewer than one more. Once warmup is over it stays as it was, so a refit never restarts it.
+    5% of the budget is kept for the final evaluation and save. Never more steps than max_steps (when
+    set), never fewer than one more. Once warmup is over it stays as it was, so a refit never restarts it.
     """
     remaining = train_cfg.max_minutes * 60 * 0.95 - elapsed_s
     fit = steps_done + int(max(remaining, 0.0) / max(per_step_s, 1e-9))
-    total = max(steps_done + 1, min(planned, fit))
+    total = max(steps_done + 1, min(max_steps or fit, fit))
     if steps_done >= warmup_steps:
         return total, warmup_steps
     return total, max(math.ceil(train_cfg.warmup_ratio * total), min(steps_done, warmup_steps))
