@@ -55,6 +55,11 @@ class VLMConfig:
     # --- Modality projector ----------------------------------------------------------------------
     mp_pixel_shuffle_factor: int = 2
 
+    # --- Retrieval-augmented answers (picovlm/retrieval.py) ----------------------------------------
+    # The answers of this many most similar training pictures go into the prompt ("Similar: ..."), and
+    # the model learns to edit them; the index travels with the model. 0 = off.
+    retrieval_k: int = 0
+
     # --- Token ids the model needs at run time (filled in from the tokenizer) --------------------
     image_token_id: int | None = None
     pad_token_id: int | None = None
@@ -68,7 +73,12 @@ class VLMConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _check_positive(self, [f.name for f in fields(self) if f.type in ("int", int) and f.init])
+        _check_positive(
+            self,
+            [f.name for f in fields(self) if f.type in ("int", int) and f.init and f.name != "retrieval_k"],
+        )
+        if self.retrieval_k < 0:
+            raise ConfigError(f"retrieval_k={self.retrieval_k} is negative: use 0 (off) or a count (e.g. 2).")
         if self.vit_img_size % self.vit_patch_size:
             raise ConfigError(
                 f"vit_img_size={self.vit_img_size} is not divisible by vit_patch_size={self.vit_patch_size}: "
@@ -175,6 +185,9 @@ class TrainConfig:
     data_dir: str | None = None
     train_split: str = "train"
     val_split: str = "validation"
+    # Train even when held-out splits share images with the training split (picovlm/data/leakage.py);
+    # without it training refuses to start above 1% of a split.
+    allow_leakage: bool = False
     out_dir: str = "runs/picovlm"
     tokenizer: str | None = None
     tokenizer_vocab_size: int = 1024

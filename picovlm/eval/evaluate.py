@@ -113,7 +113,9 @@ def answer_loss(
         samples = []
         for i in range(start, min(start + batch_size, len(items))):
             shown = items[image_source[i] if image_source is not None else i].images
-            input_ids, labels = processor.encode_turns([(items[i].question, items[i].reference)], len(shown))
+            # with retrieval, the neighbours are those of the picture shown: they are part of the image
+            (question,) = model.retrieval_questions([items[i].question], [shown])
+            input_ids, labels = processor.encode_turns([(question, items[i].reference)], len(shown))
             samples.append(
                 {"input_ids": input_ids, "labels": labels, "pixel_values": _pixels(model, list(shown), blank)}
             )

@@ -103,6 +103,7 @@ class VisionLanguageModel(PushToHubMixin, nn.Module):
         self.decoder = LanguageModel(cfg)
         self.tokenizer = None
         self.processor = None
+        self.retrieval = None  # a RetrievalIndex when cfg.retrieval_k > 0 (set by the trainer, or loaded)
         self.init_weights()
         if tokenizer is not None:
             self.attach_tokenizer(tokenizer)
@@ -279,6 +280,7 @@ class VisionLanguageModel(PushToHubMixin, nn.Module):
                 "this model has no tokenizer: load it with from_pretrained or call attach_tokenizer."
             )
         image_lists = [im if isinstance(im, (list, tuple)) else [im] for im in images]
+        questions = self.retrieval_questions(questions, image_lists)
         prompts = [self.processor.encode_prompt(q, len(ims)) for q, ims in zip(questions, image_lists)]
         width = max(len(p) for p in prompts)
         pad = self.processor.pad_token_id
@@ -293,6 +295,18 @@ class VisionLanguageModel(PushToHubMixin, nn.Module):
             "attention_mask": attention_mask.to(device),
             "pixel_values": torch.from_numpy(pixels).to(device),
         }
+
+    def retrieval_questions(self, questions: list[str], image_lists: list) -> list[str]:
+        """The questions as the model reads them: with retrieval on, each followed by the answers of the
+        training pictures most similar to its first image (picovlm/retrieval.py); else unchanged."""
+        if not self.cfg.retrieval_k:
+            return list(questions)
+        if self.retrieval is None:
+            raise PicovlmError(
+                f"this model was trained with retrieval_k={self.cfg.retrieval_k} but has no retrieval index: "
+                "load it from its whole folder (retrieval_index.npz and .json beside the weights)."
+            )
+        return self.retrieval.prompts(questions, [ims[0] for ims in image_lists])
 
     def answer(
         self, images, questions: str | list[str] = "Describe the image.", **generation
@@ -335,6 +349,8 @@ class VisionLanguageModel(PushToHubMixin, nn.Module):
         atomic_write_text(directory / CONFIG_FILE, json.dumps(self.cfg.to_dict(), indent=2))
         if self.tokenizer is not None:
             self.tokenizer.save(directory)
+        if self.retrieval is not None:
+            self.retrieval.save(directory)
         return directory
 
     @classmethod
@@ -372,6 +388,15 @@ class VisionLanguageModel(PushToHubMixin, nn.Module):
             from picovlm.data.tokenizer import load_tokenizer
 
             model.attach_tokenizer(load_tokenizer(directory))
+        if cfg.retrieval_k:
+            from picovlm.retrieval import RetrievalIndex
+
+            model.retrieval = RetrievalIndex.load(directory)
+            if model.retrieval is None:
+                raise PicovlmError(
+                    f"{directory}: the model retrieves (retrieval_k={cfg.retrieval_k}) but the folder has no "
+                    "retrieval_index.json: copy the whole folder that training wrote."
+                )
         return model.to(device).eval()
 
 
@@ -408,7 +433,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = No
 
         return Path(
             snapshot_download(
-                str(name_or_path), revision=revision, allow_patterns=["*.json", "*.safetensors"]
+                str(name_or_path), revision=revision, allow_patterns=["*.json", "*.safetensors", "*.npz"]
             )
         )
     except Exception as err:

@@ -288,9 +288,11 @@ def train(
     progress(step, total_steps, message) is called after every optimizer step (the CLI draws a bar);
     an exception raised from it stops training like a crash would (the last checkpoint survives).
     """
+    from picovlm.data.leakage import check_training_leakage
     from picovlm.data.pipeline import CauldronTorchDataset, make_dataloader
     from picovlm.model.params import param_report
     from picovlm.model.vlm import VisionLanguageModel
+    from picovlm.retrieval import build_training_index, with_neighbours
 
     progress = progress or no_progress
     dist_, device = setup_distributed(train_cfg.device)
@@ -312,6 +314,8 @@ def train(
     # --- Data and tokenizer ---
     progress(0, None, "loading data")
     train_ds, val_ds = load_splits(train_cfg)
+    # held-out rows that share a picture with training would make val loss and eval measure memory
+    notes += check_training_leakage(train_cfg.data_dir, train_ds, train_cfg.train_split, train_cfg.allow_leakage)
     model_cfg, tokenizer = prepare_tokenizer(model_cfg, train_cfg, train_ds, run_dir, dist_, resume, notes)
     if val_ds is None:
         notes.append(
@@ -324,6 +328,13 @@ def train(
     # --- Model ---
     model = VisionLanguageModel(model_cfg, tokenizer=tokenizer)
     model_cfg = model.cfg  # the tokenizer's special ids are now filled in
+    train_rows, val_rows = train_ds, val_ds  # what the model reads: with retrieval, its neighbours too
+    if model_cfg.retrieval_k:
+        progress(0, None, "indexing the training pictures for retrieval")
+        model.retrieval = build_training_index(train_ds, model_cfg.retrieval_k)
+        # a training row's neighbours come from other objects, as a test picture's do
+        train_rows = with_neighbours(train_ds, model.retrieval, exclude_own_group=True)
+        val_rows = with_neighbours(val_ds, model.retrieval, exclude_own_group=False) if val_ds else None
     report = param_report(model_cfg)
     optimizer = build_optimizer(model, train_cfg)  # also freezes towers whose learning rate is 0
     trainable = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
@@ -340,7 +351,7 @@ def train(
     model.to(device)
 
     # --- Batches and schedule ---
-    train_set = CauldronTorchDataset(train_ds, model.processor)
+    train_set = CauldronTorchDataset(train_rows, model.processor)
     micro = train_cfg.batch_size
     accum = train_cfg.gradient_accumulation_steps
     global_batch = micro * accum * dist_.world_size
@@ -365,7 +376,7 @@ def train(
     )  # fmt: skip
     val_loader = None
     if val_ds is not None:
-        val_set = CauldronTorchDataset(val_ds, model.processor)
+        val_set = CauldronTorchDataset(val_rows, model.processor)
         val_loader = make_dataloader(
             val_set,
             micro,

@@ -1,0 +1,84 @@
+"""Retrieval-augmented answers: the trainer builds the index, the model carries and uses it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from picovlm.data.cauldron import load_cauldron
+from picovlm.errors import PicovlmError
+from picovlm.model.vlm import VLM
+from picovlm.retrieval import (
+    INDEX_META_FILE,
+    RetrievalIndex,
+    build_training_index,
+    retrieval_prompt,
+    thumbnail_vectors,
+    with_neighbours,
+)
+from picovlm.train.loop import train
+
+
+def _pictures(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_neighbours_are_the_most_similar_pictures_and_skip_the_rows_own_object():
+    pictures = _pictures(6)
+    index = RetrievalIndex.build(
+        pictures, [f"answer {i}" for i in range(6)], ["a", "a", "b", "c", "d", "e"], k=2
+    )
+    vectors = thumbnail_vectors(pictures)
+    cosine = vectors @ vectors.T
+    found = index.neighbours(vectors)
+    assert [row[0] for row in found] == list(range(6))  # a picture's nearest is itself
+    assert found[2][1] == int(np.argsort(-cosine[2])[1])
+    excluded = index.neighbours(vectors, exclude_groups=["a", "a", "b", "c", "d", "e"])
+    assert all(0 not in row and 1 not in row for row in excluded[:2])  # group "a" never answers itself
+    assert all(i not in row for i, row in enumerate(excluded)) and all(len(row) == 2 for row in excluded)
+    assert index.prompts(["Describe."], [pictures[3]]) == [
+        retrieval_prompt("Describe.", ["answer 3", f"answer {found[3][1]}"])
+    ]
+    assert retrieval_prompt("Q?", ["x.", "y."]) == "Q?\nSimilar: x.\nSimilar: y."
+
+
+def test_training_rows_get_neighbours_from_other_groups(demo_dir):
+    train_ds = load_cauldron(demo_dir, split="train")
+    index = build_training_index(train_ds, k=2)
+    assert len(index) == len(train_ds)
+    rewritten = with_neighbours(train_ds, index, exclude_own_group=True)
+    answer_group = dict(zip(index.answers, index.groups))
+    for row, group in zip(rewritten["texts"], train_ds["group"]):
+        lines = row[0]["user"].split("\n")
+        assert lines[0] == "Describe the image." and len(lines) == 3
+        assert all(answer_group[line.removeprefix("Similar: ")] != group for line in lines[1:])
+    assert [t[0]["assistant"] for t in rewritten["texts"]] == [t[0]["assistant"] for t in train_ds["texts"]]
+
+
+def test_a_retrieving_model_saves_its_index_and_answers_with_it(demo_dir, tmp_path, tiny_configs):
+    model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run", gen_eval_interval=4)
+    model_cfg.retrieval_k = 2
+    model_cfg.lm_max_length = 160
+    result = train(model_cfg, train_cfg)
+    model_dir = result.run_dir / "model"
+    assert json.loads((model_dir / INDEX_META_FILE).read_text())["k"] == 2
+    model = VLM.from_pretrained(model_dir)
+    assert model.retrieval is not None and len(model.retrieval) == len(load_cauldron(demo_dir, split="train"))
+    test = load_cauldron(demo_dir, split="test")
+    image = test[0]["images"][0]
+    (question,) = model.retrieval_questions(["Describe the image."], [[image]])
+    assert question == model.retrieval.prompts(["Describe the image."], [image])[0]
+    assert question.count("\nSimilar: ") == 2
+    # the prompt the model answers from holds the neighbours: longer than without them
+    with_index = model.prepare_prompts([image], ["Describe the image."])["input_ids"].shape[1]
+    model.cfg.retrieval_k = 0
+    assert model.prepare_prompts([image], ["Describe the image."])["input_ids"].shape[1] < with_index
+    model.cfg.retrieval_k = 2
+    assert isinstance(model.answer(image), str)
+    (model_dir / INDEX_META_FILE).unlink()
+    with pytest.raises(PicovlmError, match="retrieval_index.json"):
+        VLM.from_pretrained(model_dir)
