@@ -1,16 +1,37 @@
 #!/usr/bin/env bash
-# Debian packages some tests use: Chromium (browser tests of the HTML report and the serving page) and
-# Fashion-MNIST (the real-image dataset). Tests that need one skip with a reason where it is missing.
-set -u
+# Debian packages the tests and the guide use: Chromium (browser tests of the HTML report and the serving
+# page), Fashion-MNIST (the real-image dataset) and curl (the guide's serve block). Tests that need one
+# FAIL where it is missing, so this script fails loudly (exit 1) when it cannot install them: a green CI
+# has run every test.
+set -euo pipefail
+# One line per package: the check that it is already there, then the Debian package that provides it.
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
-if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-  apt-get update -qq >/dev/null 2>&1 || true
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 \
-    || echo "install-system-packages: apt-get could not install ${need[*]}; the tests that need them will skip"
-else
-  echo "install-system-packages: no apt-get or not root; tests needing ${need[*]} will skip"
+
+fail() {
+  echo "install-system-packages: $1" >&2
+  echo "install-system-packages: install them by hand (Debian/Ubuntu: apt-get install -y ${need[*]});" \
+    "the tests that need them fail until then" >&2
+  exit 1
+}
+command -v apt-get >/dev/null 2>&1 || fail "no apt-get here to install ${need[*]}"
+sudo=()
+if [ "$(id -u)" != "0" ]; then
+  sudo -n true 2>/dev/null || fail "not root and no password-less sudo to install ${need[*]}"
+  sudo=(sudo -n)
 fi
-exit 0
+echo "install-system-packages: apt-get install ${need[*]}"
+log=$(mktemp)
+if ! { "${sudo[@]}" apt-get update -qq \
+  && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; } >"$log" 2>&1; then
+  tail -n 20 "$log" >&2
+  fail "apt-get could not install ${need[*]}"
+fi
+rm -f "$log"
+for package in "${need[@]}"; do  # apt-get can exit 0 and still leave a package out
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || fail "$package is still not installed after apt-get"
+done
