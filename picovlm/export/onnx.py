@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from picovlm.errors import PicovlmError
+from picovlm.retrieval import INDEX_FILE, INDEX_META_FILE
 from picovlm.utils import ProgressFn, atomic_path, atomic_write_text, no_progress
 
 FORMAT_VERSION = 1
@@ -285,6 +286,8 @@ def export_model(
         progress(3, steps, "writing the embedding, tokenizer and manifest")
         np.save(out / EMBED_FILE, model.decoder.embed_tokens.weight.detach().float().numpy())
         model.tokenizer.save(out)
+        if model.retrieval is not None:  # a retrieving model answers from its training pictures' index
+            model.retrieval.save(out)
         manifest = build_manifest(model, in_names, out_names, parity)
         if quantize:
             progress(4, steps, "quantising to int8")
@@ -292,6 +295,8 @@ def export_model(
                 quantize_int8(fp32 / name, out / name)
             shutil.copy(out / EMBED_FILE, fp32 / EMBED_FILE)
             shutil.copy(out / "tokenizer.json", fp32 / "tokenizer.json")
+            if model.retrieval is not None:
+                model.retrieval.save(fp32)
             atomic_write_text(fp32 / MANIFEST_FILE, json.dumps(manifest, indent=2))
             manifest["quantization"] = {"method": "onnxruntime dynamic", "weights": "int8", "ops": ["MatMul"]}
             manifest["parity"]["int8_vs_torch"] = {
@@ -337,6 +342,11 @@ def build_manifest(model, input_names: list[str], output_names: list[str], parit
             "decoder": DECODER_FILE,
             "embed_tokens": EMBED_FILE,
             "tokenizer": "tokenizer.json",
+            **(
+                {"retrieval_index": INDEX_FILE, "retrieval_answers": INDEX_META_FILE}
+                if model.retrieval
+                else {}
+            ),
         },
         "vision_io": {"inputs": ["pixel_values"], "outputs": ["image_embeds"]},
         "decoder_io": {"inputs": input_names, "outputs": output_names},

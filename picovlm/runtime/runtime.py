@@ -28,6 +28,7 @@ from PIL import Image
 from picovlm.data.processor import Processor
 from picovlm.data.tokenizer import load_tokenizer
 from picovlm.errors import PicovlmError
+from picovlm.retrieval import RetrievalIndex
 
 MANIFEST_FILE = (
     "manifest.json"  # the same name as picovlm.export.onnx.MANIFEST_FILE (that module imports torch)
@@ -136,6 +137,8 @@ class Runtime:
             manifest["head_dim"],
         )
         self.max_positions = manifest["max_positions"]
+        # a retrieving model: its training pictures' answers go into the prompt, as in picovlm/retrieval.py
+        self.retrieval = RetrievalIndex.load(directory) if manifest["config"].get("retrieval_k") else None
 
     @classmethod
     def load(cls, directory: str | os.PathLike, threads: int = 1) -> Runtime:
@@ -169,6 +172,8 @@ class Runtime:
 
     def prompt_embeddings(self, images: list[Image.Image], question: str) -> tuple[list[int], np.ndarray]:
         """Prompt ids and their embeddings (1, T, D), image embeddings in place of the <|image|> tokens."""
+        if self.retrieval is not None and images:
+            (question,) = self.retrieval.prompts([question], images[:1])
         ids = self.processor.encode_prompt(question, len(images))
         embeds = np.asarray(self.embed_tokens[np.asarray(ids)], dtype=np.float32)[None]  # (1, T, D)
         if images:

@@ -82,3 +82,20 @@ def test_a_retrieving_model_saves_its_index_and_answers_with_it(demo_dir, tmp_pa
     (model_dir / INDEX_META_FILE).unlink()
     with pytest.raises(PicovlmError, match="retrieval_index.json"):
         VLM.from_pretrained(model_dir)
+
+
+def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_path, tiny_configs):
+    from picovlm.export.onnx import export_model
+    from picovlm.runtime import Runtime
+
+    model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run", max_steps=12)
+    model_cfg.retrieval_k = 1
+    model_cfg.lm_max_length = 128
+    model_dir = train(model_cfg, train_cfg).run_dir / "model"
+    export_model(model_dir, tmp_path / "exported")
+    runtime = Runtime.load(tmp_path / "exported")
+    model = VLM.from_pretrained(model_dir)
+    assert runtime.retrieval is not None and runtime.retrieval.answers == model.retrieval.answers
+    images = [row["images"][0] for row in load_cauldron(demo_dir, split="test").select(range(4))]
+    torch_answers = model.answer(images, max_new_tokens=24)
+    assert [runtime.answer(image, max_new_tokens=24) for image in images] == torch_answers
