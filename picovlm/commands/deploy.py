@@ -86,7 +86,22 @@ def add_parser(subparsers) -> None:
         help="largest max_new_tokens a request may ask (default 256)",
     )
     s.add_argument(
-        "--max-concurrent", type=int, default=2, help="generations in flight; more get 429 (default 2)"
+        "--max-concurrent",
+        type=int,
+        default=2,
+        help="generations in flight; more wait in the queue (default 2)",
+    )
+    s.add_argument(
+        "--max-queue",
+        type=int,
+        default=32,
+        help="requests waiting for a free slot, first come first served; more get 429 at once (default 32)",
+    )
+    s.add_argument(
+        "--max-wait-seconds",
+        type=float,
+        default=10.0,
+        help="longest a queued request waits for a slot before it gets 429 (default 10)",
     )
     s.set_defaults(func=run_serve)
 
@@ -173,11 +188,14 @@ def run_serve(args: argparse.Namespace) -> int:
     from picovlm.runtime import Runtime
     from picovlm.serve.app import ServeLimits, serve
 
+    # Built first, so a bad flag fails before the model loads.
+    limits = ServeLimits(
+        max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels,
+        max_new_tokens=args.max_new_tokens, max_concurrent=args.max_concurrent,
+        max_queue=args.max_queue, max_wait_seconds=args.max_wait_seconds,
+    )  # fmt: skip
     directory = resolve_served_dir(args.model, args.quantize, args.cache_dir)
     runtime = Runtime.load(directory, threads=args.threads)
-    limits = ServeLimits(
-        args.max_request_bytes, args.max_image_pixels, args.max_new_tokens, args.max_concurrent
-    )
     print(json.dumps({"serving": str(directory), "url": f"http://{args.host}:{args.port}/", "quantization": runtime.quantization}),
           flush=True)  # fmt: skip
     serve(runtime, args.host, args.port, limits)

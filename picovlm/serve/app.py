@@ -7,20 +7,24 @@
     POST /v1/chat/completions  OpenAI-style: messages with text and image_url (data: URL) parts;
                                max_tokens, temperature, top_p, top_k, seed, stream (server-sent events)
 
-Limits: request bytes, image pixels (checked from the header, before decoding), max new tokens, and
-requests in flight (over it: 429 with Retry-After, at once, rather than a queue that grows without
-bound). Every error is JSON {"error": {"message", "type"}} with a 4xx status; an unexpected failure is a
-500 for that request only. Generation runs in a worker thread, so the event loop keeps serving
-/health and refusing extra work while a request computes.
+Limits: request bytes (413, decided from Content-Length before reading the body, or as a chunked body
+grows past it), image pixels (checked from the header, before decoding), max new tokens, and requests
+in flight. A request that finds every generation slot busy waits its turn in a first-come first-served
+queue; only past the queue's size or the wait limit does it get 429 with Retry-After, so a burst of
+short answers is served rather than refused. Every error is JSON {"error": {"message", "type"}} with a
+4xx status; an unexpected failure is a 500 for that request only. Generation runs in a worker thread,
+so the event loop keeps serving /health, queueing and refusing while a request computes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -28,10 +32,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from picovlm.errors import ConfigError
 from picovlm.runtime import ImageError, Runtime, open_image
 
 
@@ -41,6 +47,22 @@ class ServeLimits:
     max_image_pixels: int = 40_000_000  # width x height, read from the image header
     max_new_tokens: int = 256
     max_concurrent: int = 2  # generations in flight; one core gains nothing from more
+    # Requests waiting for a slot, and how long each may wait. A queued request holds its body (up to
+    # max_request_bytes), so the queue's size also bounds memory: 32 x a ~100 kB image is nothing.
+    max_queue: int = 32
+    max_wait_seconds: float = 10.0
+
+    def __post_init__(self):
+        for name in ("max_request_bytes", "max_image_pixels", "max_new_tokens", "max_concurrent"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}."
+                )
+        if self.max_queue < 0 or self.max_wait_seconds < 0:
+            raise ConfigError(
+                f"--max-queue ({self.max_queue}) and --max-wait-seconds ({self.max_wait_seconds}) cannot be "
+                "negative: 0 refuses a request at once when every slot is busy."
+            )
 
 
 class ApiError(Exception):
@@ -53,20 +75,98 @@ class ApiError(Exception):
         self.status, self.message, self.kind, self.headers = status, message, kind, headers
 
 
+def busy(message: str) -> ApiError:
+    return ApiError(429, f"{message}: retry in a moment.", "rate_limit_error", {"Retry-After": "1"})
+
+
 class Slots:
-    """Counts generations in flight. Only the event loop touches it, so it needs no lock."""
+    """Generations in flight (at most `size`) and the queue of requests waiting for one.
 
-    def __init__(self, size: int):
-        self.size, self.active = size, 0
+    The queue is first come, first served: a finished generation hands its slot straight to the
+    longest-waiting request. A request finding the queue full (`max_queue` waiting), or still waiting
+    after `max_wait` seconds, is refused with 429. Only the event loop touches this, so it needs no lock.
+    """
 
-    def acquire(self) -> None:
-        if self.active >= self.size:
-            raise ApiError(429, f"the server is busy ({self.size} requests in flight): retry in a moment.",
-                           "rate_limit_error", {"Retry-After": "1"})  # fmt: skip
-        self.active += 1
+    def __init__(self, size: int, max_queue: int = 0, max_wait: float = 0.0):
+        self.size, self.max_queue, self.max_wait = size, max_queue, max_wait
+        self.active = 0
+        self.waiting: deque[asyncio.Future] = deque()  # one future per queued request, oldest first
+
+    async def acquire(self) -> None:
+        if self.active < self.size and not self.waiting:
+            self.active += 1
+            return
+        if len(self.waiting) >= self.max_queue:
+            raise busy(f"the server is busy ({self.active} requests in flight, {len(self.waiting)} waiting)")
+        turn = asyncio.get_running_loop().create_future()
+        self.waiting.append(turn)
+        try:
+            await asyncio.wait_for(turn, self.max_wait)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as err:
+            if turn.done() and not turn.cancelled():  # the slot reached us just as the wait ended
+                if isinstance(err, asyncio.TimeoutError):
+                    return  # it is ours: use it
+                self.release()  # the client went away: pass the slot on
+                raise
+            if turn in self.waiting:
+                self.waiting.remove(turn)
+            if isinstance(err, asyncio.TimeoutError):
+                raise busy(f"no generation slot freed within {self.max_wait:g} s") from None
+            raise
 
     def release(self) -> None:
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():  # skips requests whose wait ran out or whose client left
+                turn.set_result(None)  # the slot passes on: `active` stays the same
+                return
         self.active -= 1
+
+
+DRAIN_SECONDS = 10.0  # how long an early reply (413) goes on reading what the client still sends
+
+
+class FinishReadingBody:
+    """ASGI middleware: a reply sent before the request body was read to its end (a 413 decided from
+    Content-Length, or from a chunked body that grew past the limit) holds back its end while the rest
+    of the body is read and thrown away, for at most DRAIN_SECONDS.
+
+    Why: closing a connection with unread bytes in its socket makes the kernel answer with a reset, and
+    a client that writes its whole body before reading (urllib, requests with Connection: close) then
+    reports "connection reset" instead of the 413. Clients that read early (curl) see the reply at once.
+    """
+
+    def __init__(self, app, seconds: float = DRAIN_SECONDS):
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        body_done = headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers
+
+        async def tracking_receive():
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def read_rest() -> None:
+            while not body_done:
+                await tracking_receive()  # each chunk is dropped at once: nothing is kept
+
+        async def finishing_send(message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body") and not body_done:
+                await send({**message, "more_body": True})  # the reply so far goes out now
+                try:
+                    await asyncio.wait_for(read_rest(), self.seconds)
+                except asyncio.TimeoutError:
+                    pass  # a client still sending after this long gets the reset
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app(scope, tracking_receive, finishing_send)
 
 
 # --- Reading requests --------------------------------------------------------------------------------
@@ -229,7 +329,7 @@ def sse(data: Any) -> str:
 
 def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
     limits = limits or ServeLimits()
-    slots = Slots(limits.max_concurrent)
+    slots = Slots(limits.max_concurrent, limits.max_queue, limits.max_wait_seconds)
     model_name = runtime.directory.name
     page = resources.files("picovlm.serve").joinpath("page.html").read_text(encoding="utf-8")
 
@@ -240,7 +340,7 @@ def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
             raise ApiError(400, str(err), "invalid_image") from None
 
     async def generate(image_bytes: bytes, question: str, options: dict) -> str:
-        slots.acquire()  # first: a busy server refuses before spending time on decoding
+        await slots.acquire()  # first: waits its turn, or a busy server refuses before decoding
         try:
             # Decoded in a thread: a large image would stall the event loop.
             image = await run_in_threadpool(decode, image_bytes)
@@ -250,7 +350,7 @@ def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
 
     async def streaming(image_bytes: bytes, question: str, options: dict, wrap) -> StreamingResponse:
         """SSE of `wrap(piece)` per text piece, then `wrap(None)` (the closing event(s))."""
-        slots.acquire()  # before the response starts, so a busy server still answers 429
+        await slots.acquire()  # before the response starts, so a busy server still answers 429
         try:
             image = await run_in_threadpool(decode, image_bytes)
         except BaseException:
@@ -277,7 +377,7 @@ def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({
             "status": "ok", "model": model_name, "quantization": runtime.quantization,
-            "in_flight": slots.active, "limits": asdict(limits),
+            "in_flight": slots.active, "queued": len(slots.waiting), "limits": asdict(limits),
         })  # fmt: skip
 
     async def answer(request: Request) -> Response:
@@ -328,7 +428,11 @@ def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
         Route("/v1/answer", answer, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={ApiError: api_error, Exception: server_error})
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(FinishReadingBody)],
+        exception_handlers={ApiError: api_error, Exception: server_error},
+    )
     app.state.slots, app.state.runtime, app.state.limits = slots, runtime, limits
     return app
 

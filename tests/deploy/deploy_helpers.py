@@ -32,13 +32,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """`picovlm serve` in a child process on a free port; returns once /health answers."""
+def start_server(model_dir: Path, *extra: str, prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`picovlm serve` in a child process on a free port (run under `prefix`, e.g. taskset); returns once
+    /health answers."""
     import httpx
 
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "picovlm", "serve", "--model", str(model_dir), "--port", str(port), *extra],
+        [*prefix, sys.executable, "-m", "picovlm", "serve", "--model", str(model_dir), "--port", str(port), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
