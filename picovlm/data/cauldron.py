@@ -17,6 +17,7 @@ so an interrupted save never leaves a half-written dataset under the final name.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from picovlm.errors import DataError
@@ -114,10 +115,151 @@ def validate_schema(dataset, path: str | Path = "dataset", allow_non_string_text
 # Loading
 
 
-def _parquet_files(path: Path) -> list[str]:
+# Split names as `datasets` reads them from folder and file names: each alias maps to its split.
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
+    "test": "test", "testing": "test", "eval": "test", "evaluation": "test",
+}  # fmt: skip
+# The file formats that carry the cauldron schema's Image feature, by suffix, with their datasets builder.
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
+_SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d{5}-of-\d{5}\b")  # push_to_hub: train-00000-of-00003
+_NAME_SEPARATORS = re.compile(r"[-._ 0-9]+")
+UNSPLIT = "train"  # a dataset without split names is one split, called "train" (as `datasets` calls it)
+
+
+def canonical_split(name: str) -> str:
+    """The split a folder, file or requested name stands for: "val"/"dev" -> "validation", ..."""
+    return SPLIT_ALIASES.get(name.lower(), name)
+
+
+def _split_of_file(parts: tuple[str, ...]) -> str | None:
+    """The split a data file belongs to, from its path below the dataset folder; None if it names none.
+
+    A folder named after a split decides first, so `final/validation/train/train-00000-of-00001.parquet`
+    (what `data mix --parquet --out final/validation` writes) is validation. Then the file name: a
+    push_to_hub shard `{split}-00000-of-00003` (any split name), or a split keyword between separators
+    (`test.parquet`, `mnist_train.parquet`).
+    """
+    for folder in parts[:-1]:
+        if folder.lower() in SPLIT_ALIASES:
+            return canonical_split(folder)
+    name = parts[-1]
+    shard = _SHARD_NAME.match(name)
+    if shard and shard["split"] != "data":  # save_to_disk's own data-00000-of-00001.arrow names no split
+        return canonical_split(shard["split"])
+    named = {
+        SPLIT_ALIASES[word]
+        for word in _NAME_SEPARATORS.split(Path(name).stem.lower())
+        if word in SPLIT_ALIASES
+    }
+    return named.pop() if len(named) == 1 else None
+
+
+def find_splits(source: str | Path) -> dict[str, tuple[str, list[Path]]]:
+    """The splits of a local dataset as {split: (how to read it, paths)}; "how" is "disk" (one
+    `save_to_disk` folder) or a datasets builder ("parquet", "arrow") for a list of files.
+
+    Layouts, as `datasets` and the Hub name them:
+      - a `save_to_disk` DatasetDict (dataset_dict.json): its own split names;
+      - a `save_to_disk` Dataset (state.json), a single file, or files that name no split: one split, "train";
+      - one folder per split (`train/`, `validation/`, `test/`, holding parquet/arrow files or a
+        `save_to_disk` Dataset);
+      - splits in file names: `{split}-00000-of-00003.parquet`, `{split}.parquet`, also under `data/`
+        (what push_to_hub writes and a Hub download holds).
+    Files that name no split beside files that do are an error: reading them into one split is how a
+    model ends up validated on its training rows.
+    """
+    path = Path(source)
     if path.is_file():
-        return [str(path)]
-    return sorted(str(p) for p in path.rglob("*.parquet"))
+        builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(f"{source}: not a dataset file (expected {' or '.join(DATA_FILE_BUILDERS)})")
+        return {_split_of_file((path.name,)) or UNSPLIT: (builder, [path])}
+    if (path / "dataset_dict.json").exists():
+        import json
+
+        names = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        return {name: ("disk", [path / name]) for name in names}
+    if (path / "state.json").exists():
+        return {UNSPLIT: ("disk", [path])}
+    splits: dict[str, tuple[str, list[Path]]] = {}
+    unnamed: list[Path] = []
+    for folder, subfolders, files in os.walk(path):
+        here = Path(folder)
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith((".", "_")))  # .cache, __pycache__
+        relative = here.relative_to(path).parts
+        if "state.json" in files and relative:  # a save_to_disk Dataset per split: its folder names it
+            subfolders[:] = []
+            name = next((canonical_split(f) for f in relative if f.lower() in SPLIT_ALIASES), here.name)
+            _add_split_part(splits, name, "disk", here, source)
+            continue
+        for file in sorted(files):
+            builder = DATA_FILE_BUILDERS.get(Path(file).suffix.lower())
+            if builder is None:
+                continue
+            name = _split_of_file((*relative, file))
+            if name is None:
+                unnamed.append(here / file)
+            else:
+                _add_split_part(splits, name, builder, here / file, source)
+    if unnamed and splits:
+        listed = ", ".join(str(p.relative_to(path)) for p in unnamed[:5]) + (
+            " ..." if len(unnamed) > 5 else ""
+        )
+        raise DataError(
+            f"{source}: found the splits {sorted(splits)}, but {len(unnamed)} file(s) name no split: "
+            f"{listed}. Rename them `<split>-00000-of-00001.parquet` or move them into a <split>/ folder, "
+            "so no rows land in a split they do not belong to."
+        )
+    if unnamed:
+        builders = {DATA_FILE_BUILDERS[p.suffix.lower()] for p in unnamed}
+        if len(builders) > 1:
+            raise DataError(f"{source}: mixes {' and '.join(sorted(builders))} files; keep one format")
+        return {UNSPLIT: (builders.pop(), unnamed)}
+    return splits
+
+
+def _add_split_part(splits: dict, name: str, how: str, part: Path, source) -> None:
+    known_how, parts = splits.setdefault(name, (how, []))
+    if known_how != how or how == "disk" and parts:
+        raise DataError(
+            f"{source}: split {name!r} is stored in more than one way ({parts[0]} and {part}); "
+            "keep one folder or one set of parquet/arrow files per split"
+        )
+    parts.append(part)
+
+
+def match_split(requested: str | None, available, source) -> str:
+    """The name among `available` that `requested` means (exact, else the same alias); a clear error
+    listing the splits found when it is not there, or when None is asked of several splits."""
+    available = list(available)
+    if requested is None:
+        if len(available) == 1:
+            return available[0]
+        raise DataError(f"{source} holds the splits {available}: choose one with --split NAME")
+    if requested in available:
+        return requested
+    for name in available:
+        if canonical_split(name) == canonical_split(requested):
+            return name
+    hint = ""
+    if available == [UNSPLIT]:
+        hint = (
+            f" (its files name no split, so all of it is {UNSPLIT!r}): pass --split {UNSPLIT}, or "
+            "make held-out splits with `picovlm data split`"
+        )
+    raise DataError(f"{source} has no split {requested!r}; it holds {available}{hint}")
+
+
+def _read_split(how: str, paths: list[Path], streaming: bool):
+    import datasets
+
+    if how == "disk":
+        dataset = datasets.load_from_disk(str(paths[0]))
+        return dataset.to_iterable_dataset() if streaming else dataset
+    files = [str(p) for p in paths]
+    return datasets.load_dataset(how, data_files=files, split="train", streaming=streaming)
 
 
 def load_cauldron(
@@ -132,35 +274,26 @@ def load_cauldron(
     """Load one split of a cauldron-schema dataset and return a datasets.Dataset (IterableDataset when
     streaming).
 
-    source: a `save_to_disk` folder (Dataset or DatasetDict), a parquet file or folder of parquet files
-    (a DatasetDict saved as parquet keeps one sub-folder per split), or a Hub id such as
+    source: a local dataset in any layout `find_splits` knows (save_to_disk, one folder per split,
+    split names in file names as the Hub writes them), or a Hub id such as
     "HuggingFaceM4/the_cauldron" with `subset` (e.g. "localized_narratives").
-    split: needed when a folder holds several splits; Hub datasets default to "train".
+    split: needed when a folder holds several splits (a missing one is an error listing those found);
+    Hub datasets default to "train".
     max_rows: keep only the first max_rows rows (cheap: nothing else is read when streaming).
     """
     import datasets
 
     path = Path(source)
     try:
-        if path.is_dir() and (path / "dataset_dict.json").exists():
-            loaded = datasets.load_from_disk(str(path))
-            dataset = _pick_split(loaded, split, path)
-            if streaming:
-                dataset = dataset.to_iterable_dataset()
-        elif path.is_dir() and (path / "state.json").exists():
-            dataset = datasets.load_from_disk(str(path))
-            if streaming:
-                dataset = dataset.to_iterable_dataset()
-        elif path.exists():
-            if split and (path / split).is_dir():
-                path = path / split
-            files = _parquet_files(path)
-            if not files:
+        if path.exists():
+            splits = find_splits(path)
+            if not splits:
                 raise DataError(
                     f"{source}: no dataset here: expected a `save_to_disk` folder (with state.json or "
-                    "dataset_dict.json) or parquet files"
+                    "dataset_dict.json) or parquet/arrow files"
                 )
-            dataset = datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
+            how, paths = splits[match_split(split, splits, source)]
+            dataset = _read_split(how, paths, streaming)
         else:
             dataset = datasets.load_dataset(str(source), subset, split=split or "train", streaming=streaming)
     except DataError:
@@ -178,29 +311,20 @@ def load_cauldron(
     return dataset
 
 
-def _pick_split(dataset_dict, split: str | None, path: Path):
-    if split is None:
-        if len(dataset_dict) == 1:
-            return next(iter(dataset_dict.values()))
-        raise DataError(f"{path} holds the splits {list(dataset_dict)}: choose one with --split NAME")
-    if split not in dataset_dict:
-        raise DataError(f"{path} has no split {split!r}; it holds {list(dataset_dict)}")
-    return dataset_dict[split]
+def split_names(source: str | Path) -> list[str]:
+    """The split names of a local dataset (["train"] for one without split names)."""
+    return list(find_splits(source))
 
 
-def load_cauldron_splits(source: str | Path) -> dict:
-    """All splits of a saved dataset as {name: Dataset}; a single Dataset comes back as {"train": ...}."""
-    import datasets
-
-    path = Path(source)
-    if path.is_dir() and (path / "dataset_dict.json").exists():
-        try:
-            loaded = datasets.load_from_disk(str(path))
-        except Exception as err:
-            raise DataError(f"cannot load dataset {source}: {type(err).__name__}: {err}") from err
-        validate_schema(loaded, source)
-        return dict(loaded)
-    return {"train": load_cauldron(source)}
+def load_cauldron_splits(source: str | Path, allow_non_string_text: bool = False) -> dict:
+    """All splits of a local dataset as {name: Dataset}; one without split names (or a Hub id) comes back
+    as {"train": ...}."""
+    if not Path(source).exists():
+        return {UNSPLIT: load_cauldron(source, allow_non_string_text=allow_non_string_text)}
+    return {
+        name: load_cauldron(source, split=name, allow_non_string_text=allow_non_string_text)
+        for name in split_names(source)
+    }
 
 
 def materialize(dataset):

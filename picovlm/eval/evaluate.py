@@ -157,13 +157,11 @@ def generate_answers(
 
 
 def pixel_features(items: Sequence[EvalItem], size: int = 32) -> np.ndarray:
-    """Each row's first image as a 32x32 RGB vector, centred and unit-length (so dot product = cosine)."""
-    vectors = np.stack(
-        [np.asarray(item.images[0].convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32).ravel()
-         for item in items]
-    )  # fmt: skip
-    vectors -= vectors.mean(axis=1, keepdims=True)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
+    """Each row's first image as a 32x32 RGB vector, centred and unit-length (so dot product = cosine):
+    the vectors a retrieving model looks up with (picovlm.retrieval), so the lookup is its floor."""
+    from picovlm.retrieval import thumbnail_vectors
+
+    return thumbnail_vectors([item.images[0] for item in items], size)
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -468,6 +466,11 @@ def evaluate(
 
     answers = generate_answers(model, items, batch_size, progress=progress, **generation)
     metrics, rows = score_answers(items, answers, train_answers, extract_fields)
+    if train is not None:
+        # test rows whose picture (or answer) is also a training row's: their scores measure memory
+        from picovlm.data.leakage import overlap_with_training
+
+        metrics.update(overlap_with_training(train, dataset, split, train_split).metrics())
     progress(len(items), len(items), "image-reliance checks")
     metrics.update(image_reliance(model, items, answers, batch_size, swap_items, **generation))
     if train is not None:

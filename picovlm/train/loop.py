@@ -315,7 +315,9 @@ def train(
     progress(0, None, "loading data")
     train_ds, val_ds = load_splits(train_cfg)
     # held-out rows that share a picture with training would make val loss and eval measure memory
-    notes += check_training_leakage(train_cfg.data_dir, train_ds, train_cfg.train_split, train_cfg.allow_leakage)
+    notes += check_training_leakage(
+        train_cfg.data_dir, train_ds, train_cfg.train_split, train_cfg.allow_leakage
+    )
     model_cfg, tokenizer = prepare_tokenizer(model_cfg, train_cfg, train_ds, run_dir, dist_, resume, notes)
     if val_ds is None:
         notes.append(

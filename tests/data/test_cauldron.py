@@ -32,9 +32,11 @@ def test_save_refuses_to_overwrite_unless_asked(tmp_path, demo_dataset):
 def test_datasetdict_needs_a_split(demo_dir):
     with pytest.raises(DataError, match="--split"):
         load_cauldron(demo_dir)
-    with pytest.raises(DataError, match="no split 'dev'"):
-        load_cauldron(demo_dir, split="dev")
+    with pytest.raises(DataError, match=r"no split 'holdout'; it holds \['train', 'validation', 'test'\]"):
+        load_cauldron(demo_dir, split="holdout")
     assert len(load_cauldron(demo_dir, split="test")) > 0
+    # the names `datasets` uses for the same split mean it here too
+    assert len(load_cauldron(demo_dir, split="dev")) == len(load_cauldron(demo_dir, split="validation"))
 
 
 @pytest.mark.parametrize(
