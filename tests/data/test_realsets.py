@@ -17,8 +17,6 @@ from picovlm.cli import main
 from picovlm.data.cauldron import load_cauldron_splits, validate_schema
 from picovlm.data.realsets import (
     FASHION_FILES,
-    FASHION_MNIST_DIR,
-    FASHION_MNIST_INSTALL,
     FASHION_QUESTION,
     FASHION_SOURCE,
     ITEMS,
@@ -44,10 +42,7 @@ from picovlm.errors import DataError, PicovlmError
 from picovlm.eval.evaluate import detect_extract_fields
 from picovlm.eval.metrics import field_accuracy
 
-needs_package = pytest.mark.skipif(
-    not (FASHION_MNIST_DIR / FASHION_FILES["train"][0]).is_file(),
-    reason=f"Fashion-MNIST is not installed: `{FASHION_MNIST_INSTALL}`",
-)
+needs_package = pytest.mark.usefixtures("fashion_mnist")  # fails where Debian's package is missing
 
 
 def write_idx(path, array: np.ndarray) -> None:

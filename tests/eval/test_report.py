@@ -77,20 +77,12 @@ def test_items_worst_first(two_results):
     assert page.index('alt="image 3"') < page.index('alt="image 0"')
 
 
-def find_chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 @pytest.mark.integration
-@pytest.mark.skipif(
-    find_chromium() is None,
-    reason="headless Chromium is not installed (Debian: apt-get install -y chromium)",
-)
-def test_html_report_renders_in_headless_chromium(tmp_path, two_results):
+def test_html_report_renders_in_headless_chromium(chromium, tmp_path, two_results):
     paths = write_report(two_results, tmp_path / "out")
     screenshot = tmp_path / "report.png"
     command = [
-        find_chromium(),
+        chromium,
         "--headless",
         "--no-sandbox",
         "--disable-gpu",

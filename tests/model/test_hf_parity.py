@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+import transformers  # a dev extra: the parity tests fail, never skip, without it
 
 from picovlm.errors import PicovlmError
 from picovlm.model.hf import (
@@ -24,8 +25,6 @@ from picovlm.model.hf import (
 )
 from picovlm.model.vision import ViT
 from picovlm.model.vlm import VisionLanguageModel, positions_from_mask
-
-transformers = pytest.importorskip("transformers")
 
 SIGLIP = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32,
