@@ -2,6 +2,10 @@
 
 Counts come from the real modules (built on the `meta` device, so even nanovlm-222m costs no memory),
 so they can never drift from the architecture. Tied weights count once.
+
+`trained_vocab_size` says which vocabulary `picovlm train` gives a config: the presets carry SmolLM2's
+49,152 rows (the blog's Table 1), but the trainer sizes the embedding to the tokenizer it trains on the
+data (`train.tokenizer_vocab_size`, 1,024 by default), so `picovlm params` reports that model.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from picovlm.config import VLMConfig
+from picovlm.config import TrainConfig, VLMConfig
 
 
 @dataclass
@@ -53,8 +57,37 @@ def param_report(cfg: VLMConfig) -> ParamReport:
     )
 
 
-def format_report(name: str, report: ParamReport) -> str:
-    """A plain-text table for the terminal."""
+def trained_vocab_size(model_cfg: VLMConfig, train_cfg: TrainConfig) -> tuple[int, str]:
+    """(vocabulary, where it comes from) of the model `picovlm train` builds from these configs.
+
+    The same rules as the trainer's `prepare_tokenizer`: a given `train.tokenizer` raises lm_vocab_size
+    to its size if needed; otherwise the trainer trains a BPE of at most `train.tokenizer_vocab_size`
+    tokens on the training texts and sizes the embedding to it (fewer tokens when the texts have fewer
+    merges to learn: 413 on the demo scenes). With `train.data_dir` that BPE is trained here too, so the
+    figure is exact; without it, the cap is the figure.
+    """
+    if train_cfg.tokenizer:
+        from picovlm.data.tokenizer import load_tokenizer
+
+        n = len(load_tokenizer(train_cfg.tokenizer))
+        return max(n, model_cfg.lm_vocab_size), f"train.tokenizer {train_cfg.tokenizer} ({n:,} tokens)"
+    cap = train_cfg.tokenizer_vocab_size
+    if not train_cfg.data_dir:
+        return (
+            cap,
+            f"the trainer's BPE, at most train.tokenizer_vocab_size={cap:,} (fewer on texts with fewer merges)",
+        )
+    from picovlm.data.cauldron import load_cauldron
+    from picovlm.data.tokenizer import train_tokenizer
+    from picovlm.train.loop import training_texts
+
+    texts = training_texts(load_cauldron(train_cfg.data_dir, split=train_cfg.train_split))
+    n = len(train_tokenizer(texts, cap))
+    return n, f"the trainer's BPE on {train_cfg.data_dir} split {train_cfg.train_split!r} (cap {cap:,})"
+
+
+def format_report(name: str, report: ParamReport, vocabulary: str | None = None) -> str:
+    """A plain-text table for the terminal; `vocabulary` is a line saying where the vocabulary comes from."""
     rows = [
         ("ViT", report.vit),
         ("projector", report.projector),
@@ -63,7 +96,8 @@ def format_report(name: str, report: ParamReport) -> str:
         ("  non-embedding", report.lm_non_embedding),
         ("total", report.total),
     ]
-    lines = [f"{name}", f"{'tower':<16}{'parameters':>14}{'share':>8}"]
+    lines = [f"{name}"] + ([f"vocabulary: {vocabulary}"] if vocabulary else [])
+    lines.append(f"{'tower':<16}{'parameters':>14}{'share':>8}")
     for label, n in rows:
         lines.append(f"{label:<16}{n:>14,}{n / report.total:>8.1%}")
     lines.append("")
