@@ -76,3 +76,60 @@ def smollm2_gguf() -> Path:
         if importlib.util.find_spec(package) is None:
             _missing(f"the {package} package", "`pip install -e '.[hf]'`")
     return path
+
+
+# --- Datasets in the layouts users have ----------------------------------------------------------------
+
+# How a dataset's splits sit on disk, as `datasets` and the Hub write them (picovlm.data.cauldron.find_splits).
+SPLIT_LAYOUTS = (
+    "hub",  # push_to_hub's shards in the folder: train-00000-of-00002.parquet, ..., plus README.md
+    "hub-data",  # the same under data/, as a Hub download holds them
+    "split-files",  # train.parquet, validation.parquet, test.parquet
+    "split-folders",  # train/0000.parquet, validation/0000.parquet, ... (the Hub's parquet conversion)
+    "disk-folders",  # train/, validation/, test/, each a save_to_disk Dataset
+    "aliases",  # training.parquet, dev.parquet, testing.parquet: the names `datasets` reads as the splits
+    "dataset-dict",  # save_to_disk of a DatasetDict
+)
+ALIAS_FILES = {"train": "training", "validation": "dev", "test": "testing"}
+
+
+def write_split_layout(splits: dict, root: Path, layout: str) -> Path:
+    """Write {split name: Dataset} under root in one of SPLIT_LAYOUTS; return root. The train split is
+    written as two shards where the layout shards, so a split spans several files."""
+    from datasets import DatasetDict
+
+    if layout == "dataset-dict":
+        DatasetDict(splits).save_to_disk(str(root))
+        return root
+    root.mkdir(parents=True)
+    for name, split in splits.items():
+        if layout in ("hub", "hub-data"):
+            folder = root / "data" if layout == "hub-data" else root
+            folder.mkdir(exist_ok=True)
+            shards = 2 if name == "train" else 1
+            for index in range(shards):
+                part = split.shard(shards, index, contiguous=True)
+                part.to_parquet(str(folder / f"{name}-{index:05d}-of-{shards:05d}.parquet"))
+        elif layout == "split-files":
+            split.to_parquet(str(root / f"{name}.parquet"))
+        elif layout == "aliases":
+            split.to_parquet(str(root / f"{ALIAS_FILES[name]}.parquet"))
+        elif layout == "split-folders":
+            (root / name).mkdir()
+            split.to_parquet(str(root / name / "0000.parquet"))
+        elif layout == "disk-folders":
+            split.save_to_disk(str(root / name))
+        else:
+            raise ValueError(f"unknown layout {layout!r}")
+    if layout.startswith("hub"):  # what a Hub download holds beside the data: none of it is a split
+        (root / "README.md").write_text("---\nconfigs:\n- config_name: default\n---\n# a dataset card\n")
+        (root / ".gitattributes").write_text("*.parquet filter=lfs diff=lfs merge=lfs -text\n")
+        (root / ".cache" / "huggingface").mkdir(parents=True)  # and a stale download, never read
+        (root / ".cache" / "huggingface" / "stale.parquet").write_bytes(b"not a parquet file")
+    return root
+
+
+@pytest.fixture(scope="session")
+def split_layout_writer():
+    """write_split_layout(splits, root, layout): {name: Dataset} written in one of SPLIT_LAYOUTS."""
+    return write_split_layout

@@ -217,7 +217,13 @@ def find_splits(source: str | Path) -> dict[str, tuple[str, list[Path]]]:
         if len(builders) > 1:
             raise DataError(f"{source}: mixes {' and '.join(sorted(builders))} files; keep one format")
         return {UNSPLIT: (builders.pop(), unnamed)}
-    return splits
+    return _in_split_order(splits)
+
+
+def _in_split_order(splits: dict) -> dict:
+    """train, validation, test first (the order errors and reports list them in), then others by name."""
+    rank = {name: index for index, name in enumerate(dict.fromkeys(SPLIT_ALIASES.values()))}
+    return dict(sorted(splits.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
 
 
 def _add_split_part(splits: dict, name: str, how: str, part: Path, source) -> None:
