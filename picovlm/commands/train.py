@@ -88,6 +88,10 @@ def run_train(args: argparse.Namespace) -> int:
     if result.best_step is not None:
         best += f" | best/ = step {result.best_step} ({result.best_metric} {result.best_score:.4f})"
     print(f"run folder     {result.run_dir}")
+    print(
+        f"data           {train_cfg.data_dir}: {result.train_rows} rows of split {train_cfg.train_split!r}, "
+        f"{result.val_rows} of {train_cfg.val_split!r}"
+    )
     print(f"steps          {result.steps}/{result.total_steps} (stopped by {result.stop_reason})")
     print(f"train loss     {result.last_loss:.4f}" if result.last_loss is not None else "train loss     -")
     print(f"best val loss  {best}")

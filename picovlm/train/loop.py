@@ -63,6 +63,10 @@ class RunResult:
     peak_cuda_mb: float | None
     skipped_rows: int
     params: dict[str, int] = field(default_factory=dict)
+    # the rows the run trained and validated on (validation after val_max_items; 0 without a split):
+    # what says a folder of several splits was read split by split
+    train_rows: int = 0
+    val_rows: int = 0
     notes: list[str] = field(default_factory=list)
     gen_verdict: str | None = None  # the last in-training answer check's verdict (gen_eval_interval)
     best_metric: str = "val_loss"
@@ -592,7 +596,7 @@ def train(
         tokens_per_s=state["tokens"] / state["step_time_s"] if state["step_time_s"] else None,
         tokens_per_s_wall=state["tokens"] / wall_total if wall_total else None, wall_time_s=wall_total,
         peak_rss_mb=rss, peak_cuda_mb=cuda_mb, skipped_rows=state["skipped_rows"], params=report.to_dict(),
-        notes=notes, gen_verdict=gen_verdict,
+        notes=notes, gen_verdict=gen_verdict, train_rows=len(train_ds), val_rows=len(val_ds) if val_ds else 0,
     )  # fmt: skip
     if dist_.main:
         _save_model(model, run_dir / "model")
