@@ -184,6 +184,12 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{m['token_f1']:.3f} · ROUGE-L {m['rouge_l']:.3f} · BLEU {m['bleu']:.1f} · chrF {m['chrf']:.1f}"
             + (f" · field acc. {m['field_accuracy']:.3f}" if "field_accuracy" in m else "")
         )
+        if m.get("leakage_shared_image_rows") or m.get("leakage_shared_answer_rows"):
+            print(
+                f"  overlap with {args.train_split!r}: {m['leakage_shared_image_rows']} of {m['leakage_compared_rows']} rows "
+                f"share a picture ({m['leakage_shared_image_share']:.1%}), {m['leakage_shared_answer_rows']} "
+                f"an identical answer ({m['leakage_shared_answer_share']:.1%})"
+            )
         for name, baseline in result["baselines"].items():
             fields = baseline["metrics"].get("field_accuracy")
             facts = f" · field acc. {fields:.3f}" if fields is not None else ""

@@ -71,6 +71,7 @@ class SplitOverlap:
     def metrics(self) -> dict[str, float]:
         """The numbers eval adds to its metrics."""
         return {
+            "leakage_compared_rows": self.rows,
             "leakage_shared_image_rows": self.shared_image_rows,
             "leakage_shared_image_share": round(self.shared_image_share, 4),
             "leakage_shared_answer_rows": self.shared_answer_rows,

@@ -410,14 +410,18 @@ THRESHOLDS = {
     "copied_share": 0.5,
     # ...and this much more than the references (on a set whose answers repeat, copying is right).
     "copied_excess": 0.3,
+    # seen in training: more than this share of the scored rows share a picture with the training split
+    # (picovlm.data.leakage.LEAKAGE_THRESHOLD, the share above which training refuses to start).
+    "leaked_image_share": 0.01,
 }
 
 
 def collapse_verdict(metrics: dict[str, Any], thresholds: dict[str, float] | None = None) -> tuple[str, str]:
     """(status, sentence) in plain words from a metrics dict; missing metrics are simply not judged.
 
-    status is the most serious finding: "collapsed", "ignores-image", "recalls-training",
-    "below-baseline", "overfitting", or "healthy" (or "unknown" when there is nothing to judge). The sentence lists every finding.
+    status is the most serious finding: "collapsed", "ignores-image", "seen-in-training",
+    "recalls-training", "below-baseline", "overfitting", or "healthy" (or "unknown" when there is
+    nothing to judge). The sentence lists every finding.
     """
     t = {**THRESHOLDS, **(thresholds or {})}
     findings: list[tuple[str, str]] = []
@@ -452,6 +456,22 @@ def collapse_verdict(metrics: dict[str, Any], thresholds: dict[str, float] | Non
                 "ignores-image",
                 f"ignores the image: only {m['answers_changed_share']:.0%} of answers change when the "
                 "image is swapped",
+            )
+        )
+    # Rows whose picture the model trained on measure memory: every score below is inflated (a lookup
+    # finds the very picture), so this outranks what the scores say. Identical answers alone are only
+    # reported (leakage_shared_answer_share): in a set of facts the same sentence fits many pictures.
+    leaked = m.get("leakage_shared_image_share")
+    if leaked is not None and leaked > t["leaked_image_share"]:
+        answers = m.get("leakage_shared_answer_rows")
+        findings.append(
+            (
+                "seen-in-training",
+                f"seen in training: {m.get('leakage_shared_image_rows', 0)} of "
+                f"{m.get('leakage_compared_rows', '?')} scored rows ({leaked:.0%}) share a picture with the "
+                "training split"
+                + (f", {answers} an identical answer" if answers is not None else "")
+                + ": these scores measure memory; re-split with `picovlm data split`",
             )
         )
     # A model that answers unseen images with training answers word for word is a retrieval system:

@@ -52,6 +52,7 @@ VERDICT_COLOURS = {
     "healthy": "#1b7f3b",
     "collapsed": "#b00020",
     "ignores-image": "#b00020",
+    "seen-in-training": "#b00020",
     "recalls-training": "#b35c00",
     "below-baseline": "#b35c00",
     "overfitting": "#b35c00",

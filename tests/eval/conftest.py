@@ -39,14 +39,20 @@ def draw_square(colour: str, rng: random.Random, size: int = 32) -> Image.Image:
     return image
 
 
-def make_rows(n: int, seed: int) -> list[dict]:
+def make_rows(n: int, seed: int, avoid: list[dict] = ()) -> list[dict]:
+    """n rows cycling through the colours; no picture is one of `avoid`'s (test rows drawn again where
+    they would repeat a training picture: eval counts such rows as seen in training)."""
     rng = random.Random(seed)
+    taken = {row["images"][0].tobytes() for row in avoid}
     rows = []
     for i in range(n):
         colour = list(COLOURS)[i % len(COLOURS)]
+        image = draw_square(colour, rng)
+        while image.tobytes() in taken:
+            image = draw_square(colour, rng)
         rows.append(
             {
-                "images": [draw_square(colour, rng)],
+                "images": [image],
                 "texts": [{"user": QUESTION, "assistant": answer_for(colour), "source": "squares"}],
             }
         )
@@ -55,7 +61,7 @@ def make_rows(n: int, seed: int) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def squares_dir(tmp_path_factory):
-    """A saved cauldron DatasetDict with train (120 rows) and test (24 rows)."""
+    """A saved cauldron DatasetDict with train (120 rows) and test (24 rows, no training picture among them)."""
     from datasets import Dataset, DatasetDict
 
     from picovlm.data.cauldron import cauldron_features, save_cauldron
@@ -67,7 +73,8 @@ def squares_dir(tmp_path_factory):
         )
 
     out = tmp_path_factory.mktemp("data") / "squares"
-    save_cauldron(DatasetDict(train=to_dataset(make_rows(120, 0)), test=to_dataset(make_rows(24, 1))), out)
+    train = make_rows(120, 0)
+    save_cauldron(DatasetDict(train=to_dataset(train), test=to_dataset(make_rows(24, 1, avoid=train))), out)
     return out
 
 

@@ -69,6 +69,12 @@ def test_eval_cli_writes_reports_and_prints_verdicts(tiny_models, squares_dir, t
     assert done.returncode == 0, done.stderr
     assert "collapsed: collapsed: 100% of test images got the same answer" in done.stdout
     assert "baseline nearest-pixels: token F1" in done.stdout
+    # six colours: every test answer is a training answer, about new pictures (named, not blamed)
+    assert (
+        "overlap with 'train': 0 of 24 rows share a picture (0.0%), 24 an identical answer (100.0%)"
+        in done.stdout
+    )
+    assert "seen in training" not in done.stdout
     for name in ("metrics.json", "predictions.jsonl", "report.md", "report.html"):
         assert (out / name).is_file()
     document = json.loads((out / "metrics.json").read_text())

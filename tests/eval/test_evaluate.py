@@ -174,3 +174,40 @@ def test_demo_set_gets_field_accuracy_automatically(tmp_path):
     assert metrics["field_accuracy"] == 0.0
     assert 0.0 < metrics["field_majority_accuracy"] < 1.0
     assert "field_accuracy/objects.colour" in metrics
+
+
+def test_eval_reports_test_rows_seen_in_training_and_its_verdict_names_them(tmp_path, square_rows):
+    """A test split that holds training pictures scores memory: eval counts them and its verdict says so;
+    a clean split whose answers repeat the training answers (six colours) is not blamed."""
+    from datasets import DatasetDict
+
+    from picovlm.config import preset
+    from picovlm.data.cauldron import rows_to_dataset
+    from picovlm.data.tokenizer import train_tokenizer
+    from picovlm.model.vlm import VisionLanguageModel
+
+    def dataset(rows):
+        return rows_to_dataset(rows, columns=("images", "texts"))
+
+    train_rows = square_rows(24, 0)
+    splits = {
+        "train": dataset(train_rows),
+        "test": dataset(train_rows[:6] + square_rows(2, 7)),  # 6 training pictures, 2 new
+        "fresh": dataset(square_rows(8, 1)),
+    }
+    DatasetDict(splits).save_to_disk(str(tmp_path / "d"))
+    tokenizer = train_tokenizer([t["assistant"] for r in train_rows for t in r["texts"]] * 3, vocab_size=300)
+    model = VisionLanguageModel(preset("tiny"), tokenizer)
+    options = dict(max_new_tokens=4, swap_items=4, thumbnails=False)
+
+    leaky = evaluate(model, tmp_path / "d", split="test", **options)["metrics"]
+    assert leaky["leakage_compared_rows"] == 8 and leaky["leakage_shared_image_rows"] == 6
+    assert leaky["leakage_shared_image_share"] == 0.75 and leaky["leakage_shared_answer_rows"] == 8
+    assert (
+        "seen in training: 6 of 8 scored rows (75%) share a picture with the training split"
+        in leaky["verdict"]
+    )
+
+    fresh = evaluate(model, tmp_path / "d", split="fresh", **options)["metrics"]
+    assert fresh["leakage_shared_image_rows"] == 0 and fresh["leakage_shared_answer_share"] == 1.0
+    assert "seen in training" not in fresh["verdict"]

@@ -267,3 +267,28 @@ def test_verdict_names_retrieval_when_answers_are_training_answers():
     answers, train = ["a cat.", "a dog.", "a new thing."], ["A cat.", "A dog."]
     m = M.generation_metrics(answers, ["a lion.", "a wolf.", "a fox."], train_answers=train)
     assert m["copied_from_train_share"] == 2 / 3 and M.collapse_verdict(m)[0] == "recalls-training"
+
+
+def test_verdict_names_test_rows_seen_in_training():
+    from picovlm.data.leakage import LEAKAGE_THRESHOLD
+
+    assert M.THRESHOLDS["leaked_image_share"] == LEAKAGE_THRESHOLD  # eval names what training refuses
+    healthy = {
+        "image_gap_shuffled": 0.4,
+        "answers_changed_share": 0.9,
+        "token_f1": 0.9,
+        "baseline_token_f1": 1.0,
+    }
+    leaked = {"leakage_compared_rows": 40, "leakage_shared_image_rows": 30, "leakage_shared_image_share": 0.75,
+              "leakage_shared_answer_rows": 28}  # fmt: skip
+    status, sentence = M.collapse_verdict({**healthy, **leaked})
+    assert status == "seen-in-training"  # before "below baseline": the lookup found the very pictures
+    assert sentence.startswith(
+        "seen in training: 30 of 40 scored rows (75%) share a picture with the training split, 28 an "
+        "identical answer: these scores measure memory; re-split with `picovlm data split`"
+    )
+    assert "below baseline" in sentence
+    # at the threshold (what training lets through) and with shared answers alone: not named
+    for share, rows in ((0.01, 1), (0.0, 0)):
+        quiet = {**leaked, "leakage_shared_image_rows": rows, "leakage_shared_image_share": share}
+        assert "seen in training" not in M.collapse_verdict({**healthy, **quiet, "baseline_token_f1": 0.5})[1]
