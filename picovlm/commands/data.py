@@ -68,48 +68,125 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from picovlm.data.cauldron import load_cauldron
-    from picovlm.data.check import check_dataset, fix_dataset
+def _chosen_splits(args: argparse.Namespace, **load) -> dict:
+    """{split: Dataset} to report on: the --split asked for, else every split of the folder (a folder of
+    several splits is reported split by split, never as one pile of rows)."""
+    from pathlib import Path
 
-    dataset = load_cauldron(args.data, split=args.split, allow_non_string_text=True)
-    progress = _tqdm_progress("checking")
-    try:
-        report = check_dataset(
-            dataset, source=str(args.data), max_answer_tokens=args.max_answer_tokens,
-            tokenizer=_load_tokenizer(args.tokenizer), max_pixels=args.max_pixels,
-            near_duplicate_threshold=args.near_duplicate_threshold, num_proc=args.num_proc, progress=progress,
-        )  # fmt: skip
-    finally:
-        progress.close()
-    print(f"{report.rows} rows, {report.images} images")
-    for kind, entries in report.issues.items():
-        rows = ", ".join(str(e["row"]) for e in entries[:10]) + (" ..." if len(entries) > 10 else "")
-        print(f"  {kind:24s} {len(entries):7d}  {rows}")
+    from picovlm.data.cauldron import load_cauldron, split_names
+
+    if args.split or not Path(args.data).exists():
+        return {args.split or "train": load_cauldron(args.data, split=args.split, **load)}
+    names = split_names(args.data)
+    if len(names) <= 1:  # none: load_cauldron says what a dataset folder holds
+        return {names[0] if names else "train": load_cauldron(args.data, **load)}
+    return {name: load_cauldron(args.data, split=name, **load) for name in names}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from picovlm.data.check import check_dataset, fix_dataset
+    from picovlm.utils import atomic_path
+
+    splits = _chosen_splits(args, allow_non_string_text=True)
+    several = len(splits) > 1
+    if args.fix and several and Path(args.fix).exists() and not args.overwrite:
+        raise DataError(f"{args.fix} already exists: choose another --fix folder or pass --overwrite")
+    reports = {}
+    for name, dataset in splits.items():
+        progress = _tqdm_progress(f"checking {name}" if several else "checking")
+        try:
+            reports[name] = check_dataset(
+                dataset, source=f"{args.data} (split {name!r})" if several else str(args.data),
+                max_answer_tokens=args.max_answer_tokens, tokenizer=_load_tokenizer(args.tokenizer),
+                max_pixels=args.max_pixels, near_duplicate_threshold=args.near_duplicate_threshold,
+                num_proc=args.num_proc, progress=progress,
+            )  # fmt: skip
+        finally:
+            progress.close()
+    for name, report in reports.items():
+        indent = "  " if several else ""
+        heading = f"split {name!r}: " if several else ""
+        print(f"{heading}{report.rows} rows, {report.images} images")
+        for kind, entries in report.issues.items():
+            rows = ", ".join(str(e["row"]) for e in entries[:10]) + (" ..." if len(entries) > 10 else "")
+            print(f"{indent}  {kind:24s} {len(entries):7d}  {rows}")
+    overlaps = _print_leakage(splits) if several else []
     if args.report:
-        for path in report.write(args.report):
-            print(f"report: {path}")
-    if args.fix:
-        summary = fix_dataset(dataset, report, args.fix, overwrite=args.overwrite)
-        print(f"fixed copy: {args.fix} ({summary['rows_out']} of {summary['rows_in']} rows kept, "
-              f"{summary['converted_rows']} rows with images converted to RGB); report inside it")  # fmt: skip
+        for name, report in reports.items():
+            for path in report.write(Path(args.report) / name if several else args.report):
+                print(f"report: {path}")
+        if overlaps:
+            from dataclasses import asdict
+
+            from picovlm.utils import atomic_write_text
+
+            leakage = [{**asdict(o), "leaks": o.leaks} for o in overlaps]
+            atomic_write_text(Path(args.report) / "leakage.json", json.dumps(leakage, indent=2))
+            print(f"report: {Path(args.report) / 'leakage.json'}")
+    if args.fix and not several:
+        name = next(iter(splits))
+        _print_fixed(args.fix, fix_dataset(splits[name], reports[name], args.fix, overwrite=args.overwrite))
+    elif args.fix:  # one cleaned folder per split: the layout reads back as the same splits
+        with atomic_path(args.fix) as out:
+            summaries = {name: fix_dataset(splits[name], reports[name], out / name) for name in splits}
+        for name, summary in summaries.items():
+            _print_fixed(f"{args.fix}/{name}", summary)
     return 0
 
 
+def _print_fixed(out, summary: dict) -> None:
+    print(f"fixed copy: {out} ({summary['rows_out']} of {summary['rows_in']} rows kept, "
+          f"{summary['converted_rows']} rows with images converted to RGB); report inside it")  # fmt: skip
+
+
+def _print_leakage(splits: dict) -> list:
+    """Print how much of every other split also sits in the training split; return the overlaps."""
+    from picovlm.data.cauldron import match_split
+    from picovlm.data.leakage import LEAKAGE_THRESHOLD, splits_overlap
+
+    try:
+        train_split = match_split("train", splits, "")
+    except DataError:
+        return []  # no training split to leak into
+    overlaps = splits_overlap(splits, train_split)
+    print(f"leakage: rows of each split whose picture or answer is also in {train_split!r}")
+    for overlap in overlaps:
+        verdict = (
+            f"  LEAK: above {LEAKAGE_THRESHOLD:.0%}, `picovlm train` refuses it; re-split with `picovlm data split`"
+            if overlap.leaks
+            else ""
+        )
+        print(f"  {overlap.sentence()}{verdict}")
+    return overlaps
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
-    from picovlm.data.cauldron import load_cauldron
+    from pathlib import Path
+
     from picovlm.data.stats import dataset_stats, format_stats, plot_histograms
 
-    dataset = load_cauldron(args.data, split=args.split)
-    stats = dataset_stats(dataset, tokenizer=_load_tokenizer(args.tokenizer))
-    print(format_stats(stats))
+    splits = _chosen_splits(args)
+    tokenizer = _load_tokenizer(args.tokenizer)
+    stats = {name: dataset_stats(dataset, tokenizer=tokenizer) for name, dataset in splits.items()}
+    several = len(stats) > 1
+    for name, split_stats in stats.items():
+        if several:
+            print(f"== split {name!r} ==")
+        print(format_stats(split_stats))
     if args.json:
         from picovlm.utils import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps(stats, indent=2))
+        # one split: its statistics; several: {"splits": {name: statistics}}
+        document = {"splits": stats} if several else next(iter(stats.values()))
+        atomic_write_text(args.json, json.dumps(document, indent=2))
         print(f"json: {args.json}")
     if args.plot:
-        print(f"histogram: {plot_histograms(stats, args.plot)}")
+        for name, split_stats in stats.items():
+            plot = Path(args.plot)
+            path = plot.with_name(f"{plot.stem}-{name}{plot.suffix}") if several else plot
+            print(f"histogram: {plot_histograms(split_stats, path)}")
     return 0
 
 
@@ -203,7 +280,11 @@ def add_parser(subparsers) -> None:
         description="Read every row and report problems by kind with row ids. The input is never modified.",
     )  # fmt: skip
     p.add_argument("data", help="dataset folder or parquet path")
-    p.add_argument("--split", help="split to check when the folder holds several")
+    p.add_argument(
+        "--split",
+        help="check only this split (default: every split of the folder, each on its own, and "
+        "the held-out splits' overlap with train)",
+    )
     p.add_argument(
         "--max-answer-tokens", type=int, help="flag answers longer than this (the model's lm_max_length)"
     )
@@ -215,18 +296,32 @@ def add_parser(subparsers) -> None:
         "--near-duplicate-threshold", type=float, default=0.8, help="word 3-gram Jaccard (default 0.8)"
     )
     p.add_argument("--num-proc", type=int, default=1, help="processes for image decoding (default 1)")
-    p.add_argument("--report", help="folder for check-report.json and check-report.md")
-    p.add_argument("--fix", metavar="OUT", help="write a cleaned copy (and the report) to this folder")
+    p.add_argument(
+        "--report",
+        help="folder for check-report.json and check-report.md (several splits: one folder "
+        "each, and leakage.json)",
+    )
+    p.add_argument(
+        "--fix",
+        metavar="OUT",
+        help="write a cleaned copy (and the report) to this folder (several splits: OUT/<split>/ each)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the --fix folder if it exists")
     p.set_defaults(func=cmd_check)
 
     p = verbs.add_parser("stats", help="rows, images, answer lengths, vocabulary, sources, redundancy",
                          description="Describe a dataset; optionally save JSON and a histogram PNG.")  # fmt: skip
     p.add_argument("data", help="dataset folder or parquet path")
-    p.add_argument("--split", help="split to describe when the folder holds several")
+    p.add_argument(
+        "--split", help="describe only this split (default: every split of the folder, each on its own)"
+    )
     p.add_argument("--tokenizer", help="tokenizer for answer lengths in tokens")
-    p.add_argument("--json", help="write the statistics to this JSON file")
-    p.add_argument("--plot", help="write the answer-length histogram to this PNG file")
+    p.add_argument(
+        "--json", help='write the statistics to this JSON file (several splits: {"splits": {name: ...}})'
+    )
+    p.add_argument(
+        "--plot", help="write the answer-length histogram to this PNG file (several splits: FILE-<split>.png)"
+    )
     p.set_defaults(func=cmd_stats)
 
     p = verbs.add_parser(

@@ -132,3 +132,50 @@ def test_every_verb_has_help(verb, capsys):
         main(["data", verb, "--help"])
     assert exit_info.value.code == 0
     assert "usage: picovlm data " + verb in capsys.readouterr().out
+
+
+def test_check_and_stats_report_each_split_of_a_hub_folder(tmp_path, demo_dir, split_layout_writer, capsys):
+    from datasets import concatenate_datasets
+
+    splits = {name: load_cauldron(demo_dir, split=name) for name in ("train", "validation", "test")}
+    splits["test"] = concatenate_datasets([splits["test"], splits["train"].select(range(3))])  # 3 copies
+    data = split_layout_writer(splits, tmp_path / "hub", "hub-data")
+    sizes = {name: len(split) for name, split in splits.items()}
+    capsys.readouterr()
+
+    assert (
+        main(["data", "check", str(data), "--report", str(tmp_path / "r"), "--fix", str(tmp_path / "fixed")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    for name, n in sizes.items():
+        assert f"split {name!r}: {n} rows, {n} images" in out
+        report = json.loads((tmp_path / "r" / name / "check-report.json").read_text())
+        assert report["rows"] == n and report["source"] == f"{data} (split {name!r})"
+        assert len(load_cauldron(tmp_path / "fixed", split=name)) == n  # the cleaned copy keeps its splits
+    test_line = next(line for line in out.splitlines() if line.startswith("  test:"))
+    assert test_line.startswith(f"  test: 3 of {sizes['test']} rows") and "LEAK" in test_line
+    assert "picovlm data split" in test_line
+    validation_line = next(line for line in out.splitlines() if line.startswith("  validation:"))
+    assert (
+        validation_line.startswith(f"  validation: 0 of {sizes['validation']} rows")
+        and "LEAK" not in validation_line
+    )
+    leakage = {o["split"]: o for o in json.loads((tmp_path / "r" / "leakage.json").read_text())}
+    assert leakage["test"]["shared_image_rows"] == 3 and leakage["test"]["leaks"]
+    assert not leakage["validation"]["leaks"]
+
+    stats_json, plot = tmp_path / "s.json", tmp_path / "h.png"
+    assert main(["data", "stats", str(data), "--json", str(stats_json), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("==")] == [
+        "== split 'train' ==",
+        "== split 'validation' ==",
+        "== split 'test' ==",
+    ]
+    per_split = json.loads(stats_json.read_text())["splits"]
+    assert {name: s["rows"] for name, s in per_split.items()} == sizes
+    assert all((tmp_path / f"h-{name}.png").stat().st_size > 1000 for name in sizes)
+    # one split asked for: as before, that split's statistics alone
+    assert main(["data", "stats", str(data), "--split", "val", "--json", str(stats_json)]) == 0
+    assert json.loads(stats_json.read_text())["rows"] == sizes["validation"]
