@@ -28,7 +28,7 @@ def test_a_hub_layout_folder_trains_on_its_train_split_only(
     )  # data/train-00000-of-00002.parquet ...
     n_train, n_val = len(demo_splits["train"]), len(demo_splits["validation"])
     run = tmp_path / "run"
-    args = tiny_args(data, run, max_steps=2, eval_interval=2, checkpoint_interval=2)
+    args = tiny_args(data, run, max_steps=2, eval_interval=2, checkpoint_interval=2, gen_eval_interval=0)
     assert main(["train", "--preset", "tiny", *args]) == 0
     out = capsys.readouterr().out
     assert f"{n_train} rows of split 'train', {n_val} of 'validation'" in out
@@ -74,7 +74,9 @@ def test_training_refuses_held_out_rows_that_share_pictures_unless_allowed(
     data = split_layout_writer({**demo_splits, "validation": validation}, tmp_path / "leaky", "split-files")
     n_val = len(validation)
 
-    model_cfg, train_cfg = tiny_configs(data, tmp_path / "refused", max_steps=2, eval_interval=2)
+    model_cfg, train_cfg = tiny_configs(
+        data, tmp_path / "refused", max_steps=2, eval_interval=2, gen_eval_interval=0
+    )
     with pytest.raises(DataError) as refused:
         train(model_cfg, train_cfg)
     message = str(refused.value)
@@ -86,7 +88,7 @@ def test_training_refuses_held_out_rows_that_share_pictures_unless_allowed(
     assert not (tmp_path / "refused" / "metrics.jsonl").exists()  # refused before the first step
 
     model_cfg, train_cfg = tiny_configs(
-        data, tmp_path / "allowed", max_steps=2, eval_interval=2, allow_leakage=True
+        data, tmp_path / "allowed", max_steps=2, eval_interval=2, gen_eval_interval=0, allow_leakage=True
     )
     result = train(model_cfg, train_cfg)
     assert result.steps == 2 and result.val_rows == n_val
