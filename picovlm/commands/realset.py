@@ -8,11 +8,15 @@ import time
 
 def cmd_realset(args: argparse.Namespace) -> int:
     from picovlm.data.realsets import PAIR_SOURCE, REAL_SETS
+    from picovlm.data.realsets_games import GAME_SETS, saved_summary
 
     write, _ = REAL_SETS[args.name]
     start = time.perf_counter()
     out = write(args.out, n=args.n, seed=args.seed, image_size=args.image_size, mirror=args.mirror,
                 split=not args.no_split, source_dir=args.source_dir, overwrite=args.overwrite)  # fmt: skip
+    if args.name in GAME_SETS:  # --n is an upper bound there: say what was written
+        print(f"wrote {args.name} to {out}: {saved_summary(out)} in {time.perf_counter() - start:.1f} s")
+        return 0
     rows = args.n * (2 if args.mirror else 1)
     pictures = "pictures of two photos" if args.name == PAIR_SOURCE else "photos"
     layout = "" if args.no_split else " (train/validation/test, grouped by source photo)"

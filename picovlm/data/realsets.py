@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from picovlm.data.realsets_games import GAME_SETS
 from picovlm.errors import DataError, PicovlmError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -433,6 +434,7 @@ def write_fashion_pairs(out_dir: str | Path, n: int = 3000, **options) -> Path:
 REAL_SETS = {
     FASHION_SOURCE: (write_fashion, FASHION_MNIST_INSTALL),
     PAIR_SOURCE: (write_fashion_pairs, FASHION_MNIST_INSTALL),
+    **GAME_SETS,  # wesnoth, freeciv-flags (picovlm/data/realsets_games.py)
 }
 # The answer parser of each set, by the `source` its rows carry (for field accuracy in evaluation).
 FIELD_PARSERS = {FASHION_SOURCE: extract_fields, PAIR_SOURCE: extract_pair_fields}
