@@ -352,7 +352,9 @@ def _race_names(data_dir: Path) -> dict[str, str]:
     """race id -> display name, from units.cfg next to units/ ("lizard" -> "Saurian")."""
     units_cfg = data_dir / "units.cfg"
     if not units_cfg.is_file():
-        raise DataError(f"{units_cfg}: missing; the Wesnoth data is incomplete: reinstall ({WESNOTH_INSTALL})")
+        raise DataError(
+            f"{units_cfg}: missing; the Wesnoth data is incomplete: reinstall ({WESNOTH_INSTALL})"
+        )
     root = parse_wml(units_cfg.read_text(encoding="utf-8"))
     names = {}
     for race in root.find_all("race"):
@@ -542,7 +544,9 @@ def _save(rows: list[dict], out_dir, seed: int, split: bool, overwrite: bool) ->
     from picovlm.data.split import split_dataset
 
     dataset = rows_to_dataset(rows)
-    return save_cauldron(split_dataset(dataset, seed=seed) if split else dataset, out_dir, overwrite=overwrite)
+    return save_cauldron(
+        split_dataset(dataset, seed=seed) if split else dataset, out_dir, overwrite=overwrite
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -555,7 +559,12 @@ FREECIV_DIR = Path("/usr/share/games/freeciv")  # nation/*.ruleset and flags/*.p
 FREECIV_QUESTION = "Describe this flag."
 FREECIV_FIELDS = ("era", "region", "city style")
 # The game's four pictures of a flag: file suffix -> how much of the canvas (width) it may take
-FLAG_RENDERINGS = {"": (0.55, 0.75), "-large": (0.75, 0.92), "-shield": (0.4, 0.55), "-shield-large": (0.5, 0.7)}
+FLAG_RENDERINGS = {
+    "": (0.55, 0.75),
+    "-large": (0.75, 0.92),
+    "-shield": (0.4, 0.55),
+    "-shield-large": (0.5, 0.7),
+}
 ERAS = ("Ancient", "Medieval", "Early Modern", "Modern")  # the ruleset's era groups, in time order
 REGIONS = ("African", "American", "Asian", "European", "Oceanian", "Imaginary")
 FREECIV_OPENINGS = [
