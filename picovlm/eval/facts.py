@@ -50,8 +50,9 @@ class ValueMatcher:
 
     For each fact it keeps the values seen in the rows (longest first, so "face with tears of joy" is
     found before "face") and the words just before and after a value in the reference answers ("level"
-    before "2", "strokes" after "12"). In an answer a fact's value is the first known value that sits in
-    such a context, else the first known value at all; None when no known value occurs.
+    before "2", "strokes" after "12"), learnt from the answers that state the value once. In an answer
+    a fact's value is the first known value that sits in such a context, else the first known value at
+    all; None when no known value occurs.
     """
 
     def __init__(self, rows: Iterable[tuple[dict[str, Any], str]]):
@@ -67,7 +68,10 @@ class ValueMatcher:
                 if not value_words:
                     continue
                 values.setdefault(name, set()).add(" ".join(value_words))
-                for start in _occurrences(words, value_words):
+                starts = _occurrences(words, value_words)
+                # an answer that has the value twice ("a European nation ... in European style") does
+                # not tell which place is this fact's: only answers that state it once teach a context
+                for start in starts if len(starts) == 1 else ():
                     if start > 0:
                         before.setdefault(name, Counter())[words[start - 1]] += 1
                     end = start + len(value_words)
