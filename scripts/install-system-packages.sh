@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Debian packages the tests and the guide use: Chromium (browser tests of the HTML report and the serving
-# page), Fashion-MNIST (the real-image dataset) and curl (the guide's serve block). Tests that need one
-# FAIL where it is missing, so this script fails loudly (exit 1) when it cannot install them: a green CI
-# has run every test.
+# page), Fashion-MNIST and the Wesnoth and Freeciv game data (the real-image datasets) and curl (the
+# guide's serve block). Tests that need one FAIL where it is missing, so this script fails loudly (exit 1)
+# when it cannot install them: a green CI has run every test. (wesnoth-1.16-data is Debian 12's name;
+# other releases name the package after their Wesnoth version, e.g. wesnoth-1.18-data.)
 set -euo pipefail
 # One line per package: the check that it is already there, then the Debian package that provides it.
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+compgen -G "/usr/share/games/wesnoth/*/data/core/units" >/dev/null || need+=(wesnoth-1.16-data)
+[ -d /usr/share/games/freeciv/nation ] || need+=(freeciv-data)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -1,5 +1,6 @@
 """Shared test setup: offline, single-threaded torch, small helpers every area can use, and the real
-dependencies some tests need (Chromium, Fashion-MNIST, MiniLM, the SmolLM2 GGUF model)."""
+dependencies some tests need (Chromium, Fashion-MNIST, Wesnoth and Freeciv data, MiniLM, the SmolLM2
+GGUF model)."""
 
 import os
 
@@ -52,6 +53,27 @@ def fashion_mnist() -> Path:
     if not all(f.is_file() for f in files):
         _missing(f"Fashion-MNIST ({FASHION_MNIST_DIR})", f"`{FASHION_MNIST_INSTALL}` (Debian/Ubuntu)")
     return FASHION_MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def wesnoth_data() -> Path:
+    """data/core of Debian's Battle for Wesnoth data package (unit configs and sprites)."""
+    from picovlm.data.realsets_games import WESNOTH_INSTALL, WESNOTH_ROOT
+
+    found = sorted(WESNOTH_ROOT.glob("*/data/core/units"))
+    if not found:
+        _missing(f"Battle for Wesnoth data ({WESNOTH_ROOT})", f"`{WESNOTH_INSTALL}` (Debian/Ubuntu)")
+    return found[-1].parent
+
+
+@pytest.fixture(scope="session")
+def freeciv_data() -> Path:
+    """Debian's Freeciv data folder (nation rulesets and flags)."""
+    from picovlm.data.realsets_games import FREECIV_DIR, FREECIV_INSTALL
+
+    if not (FREECIV_DIR / "nation").is_dir() or not (FREECIV_DIR / "flags").is_dir():
+        _missing(f"Freeciv data ({FREECIV_DIR})", f"`{FREECIV_INSTALL}` (Debian/Ubuntu)")
+    return FREECIV_DIR
 
 
 @pytest.fixture(scope="session")
