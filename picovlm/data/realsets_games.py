@@ -32,6 +32,7 @@ import json
 import random
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,7 +270,7 @@ WESNOTH_INSTALL = f"apt-get install {WESNOTH_PACKAGE}"
 WESNOTH_ROOT = Path("/usr/share/games/wesnoth")  # <version>/data/core inside
 WESNOTH_QUESTION = "Describe this unit."
 WESNOTH_FIELDS = ("race", "alignment", "level", "movement type")
-IMAGES_PER_UNIT = 18  # sprite files per unit at most: 272 units give 3,045 (many have only 1-3)
+IMAGES_PER_UNIT = 18  # sprite files per unit at most: 271 units give ~3,000 (many have only 1-3)
 MIN_SPRITE_SHARE = 0.4  # a frame with fewer opaque pixels than this share of the base image is dropped
 SPRITE_MARGIN = 0.08  # white border around the cropped sprite, as a share of the picture
 
@@ -365,29 +366,29 @@ def _race_names(data_dir: Path) -> dict[str, str]:
 
 def load_wesnoth_units(source_dir: str | Path | None = None) -> list[WesnothUnit]:
     """Every listed unit type of Wesnoth's core data that has a description and a base sprite, sorted by
-    id. Hidden units (hide_help, do_not_list) are left out. A sprite file that several units use
-    (shared frames) stays only with the unit whose base image it is, or is dropped."""
+    id. Hidden units (hide_help, do_not_list) are left out, and so are units that share their base image
+    (one picture, two answers: the Great Troll is drawn as the Troll Warrior). A sprite file that several
+    units name (shared frames) is dropped from all of them, unless it is one's base image."""
     data_dir = wesnoth_data_dir(source_dir)
     images_dir = data_dir / "images"
     races = _race_names(data_dir)
     units: list[WesnothUnit] = []
     for cfg in sorted((data_dir / "units").rglob("*.cfg")):
         text = expand_local_macros(cfg.read_text(encoding="utf-8"))
-        for node in parse_wml(text).find_all("unit_type"):
-            unit = _unit_from_node(node, text, cfg, races, images_dir)
-            if unit is not None:
-                units.append(unit)
-    users: dict[str, set[str]] = {}
-    for unit in units:
-        for image in unit.images:
-            users.setdefault(image, set()).add(unit.id)
+        try:
+            nodes = parse_wml(text).find_all("unit_type")
+        except ValueError as err:  # an unclosed [tag or "string
+            raise DataError(f"{cfg}: not readable as WML ({err}); reinstall ({WESNOTH_INSTALL})") from err
+        units += [u for u in (_unit_from_node(node, text, cfg, races, images_dir) for node in nodes) if u]
+    base_count = Counter(unit.images[0] for unit in units)
+    units = [unit for unit in units if base_count[unit.images[0]] == 1]
     bases = {unit.images[0]: unit.id for unit in units}
+    users = Counter(image for unit in units for image in unit.images)
     for unit in units:
         unit.images = [
             image for image in unit.images
-            if (bases[image] == unit.id if image in bases else len(users[image]) == 1)
+            if (bases[image] == unit.id if image in bases else users[image] == 1)
         ]  # fmt: skip
-    units = [unit for unit in units if unit.images and bases.get(unit.images[0]) == unit.id]
     ids = [unit.id for unit in units]
     if len(set(ids)) != len(ids):
         raise DataError(f"{data_dir}: unit ids repeat: {sorted({i for i in ids if ids.count(i) > 1})}")
@@ -489,9 +490,10 @@ def make_wesnoth_rows(
     rng = random.Random(f"picovlm-wesnoth/{seed}")
     rng.shuffle(units)
     rows: list[dict] = []
+    limit = n * (2 if mirror else 1)  # --mirror doubles the rows, as for Fashion-MNIST
     seen: set[str] = set()  # pixel hashes: a frame saved twice under two names is one picture
     for unit in units:
-        if len(rows) >= n:
+        if len(rows) >= limit:
             break
         base, base_opaque = sprite_picture(data_dir / "images" / unit.images[0], palette)
         others = unit.images[1:]
@@ -506,7 +508,7 @@ def make_wesnoth_rows(
         answer_rng = random.Random(f"picovlm-wesnoth-answer/{seed}/{unit.id}")
         for path, picture in pictures:
             for mirrored in [False, True] if mirror else [False]:
-                if len(rows) >= n * (2 if mirror else 1):
+                if len(rows) >= limit:
                     break
                 shown = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else picture
                 digest = _pixel_hash(shown)
@@ -689,7 +691,13 @@ def load_freeciv_nations(source_dir: str | Path | None = None) -> list[FreecivNa
     root = freeciv_dir(source_dir)
     nations, flag_owner = [], {}
     for path in sorted((root / "nation").glob("*.ruleset")):
-        for section, entries in parse_ruleset(path.read_text(encoding="utf-8")).items():
+        try:
+            sections = parse_ruleset(path.read_text(encoding="utf-8"))
+        except ValueError as err:  # an unclosed [section
+            raise DataError(
+                f"{path}: not readable as a ruleset ({err}); reinstall ({FREECIV_INSTALL})"
+            ) from err
+        for section, entries in sections.items():
             if not section.startswith("nation_"):
                 continue
             nation = _nation_from_entries(section[len("nation_") :], entries, path, root)
@@ -809,7 +817,7 @@ GAME_SETS = {
 
 
 def saved_summary(out_dir: str | Path) -> str:
-    """'3,000 rows from 272 groups (train 2,400 / validation 300 / test 300)' for a saved set."""
+    """'3,000 rows from 267 groups (train 2,401 / validation 300 / test 299)' for a saved set."""
     from picovlm.data.cauldron import load_cauldron_splits
 
     splits = load_cauldron_splits(out_dir)
