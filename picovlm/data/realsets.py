@@ -348,12 +348,10 @@ def write_fashion(
 ) -> Path:
     """Build the set and save it to out_dir: a DatasetDict (train/validation/test, grouped so mirrored
     copies stay together) when split, else a single Dataset. Returns out_dir."""
-    from picovlm.data.cauldron import save_cauldron
-    from picovlm.data.split import split_dataset
+    from picovlm.data.split import save_rows
 
-    dataset = make_fashion_dataset(n, seed, image_size, mirror, source_dir, pairs)
-    to_save = split_dataset(dataset, seed=seed) if split else dataset
-    return save_cauldron(to_save, out_dir, overwrite=overwrite)
+    rows = make_fashion_rows(n, seed, image_size, mirror, source_dir, pairs)
+    return save_rows(rows, out_dir, seed=seed, split=split, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------------
