@@ -175,27 +175,31 @@ def emoji_answer(emoji: Emoji, template: int = 0) -> str:
 
 def make_emoji_rows(n: int | None = None, seed: int = 0, image_size: int = 112) -> list[dict]:
     """One row per emoji the font draws (n: a sample of that many, fixed by the seed; None: all), in
-    emoji-test.txt's order."""
+    emoji-test.txt's order. An emoji the font draws as several pictures, or not at all, is left out."""
     font = GlyphFont(EMOJI_FONT, EMOJI_CANVAS)
-    drawn = []
-    for emoji in load_emoji():
-        picture = font.draw(emoji.text)
+    emoji_list = load_emoji()
+    order = list(range(len(emoji_list)))
+    if n is not None:  # a sample: draw in the seed's order until n are drawn
+        random.Random(f"picovlm-emoji/{seed}").shuffle(order)
+    drawn = {}
+    for index in order:
+        picture = font.draw(emoji_list[index].text)
         if picture is not None:
-            drawn.append((emoji, picture))
-    if n is not None:
-        if n > len(drawn):
-            raise PicovlmError(
-                f"asked for {n} emoji, but the font draws {len(drawn)}: use --n {len(drawn)} or less"
-            )
-        keep = set(random.Random(f"picovlm-emoji/{seed}").sample(range(len(drawn)), n))
-        drawn = [item for k, item in enumerate(drawn) if k in keep]
+            drawn[index] = png_bytes(picture, image_size)  # PNG bytes, not 3,600 pictures in memory
+            if len(drawn) == n:
+                break
+    if n is not None and len(drawn) < n:
+        raise PicovlmError(
+            f"asked for {n} emoji, but the font draws {len(drawn)}: use --n {len(drawn)} or less"
+        )
     rng = random.Random(f"picovlm-emoji-templates/{seed}")
     rows = []
-    for emoji, picture in drawn:
+    for index, png in sorted(drawn.items()):  # in emoji-test.txt's order
+        emoji = emoji_list[index]
         code = "-".join(f"{ord(ch):04x}" for ch in emoji.text)
         base = "-".join(f"{ord(ch):04x}" for ch in base_emoji(emoji.text))
         rows.append({
-            "images": [{"bytes": png_bytes(picture, image_size), "path": f"emoji-{code}.png"}],
+            "images": [{"bytes": png, "path": f"emoji-{code}.png"}],
             "texts": [{"user": EMOJI_QUESTION, "assistant": emoji_answer(emoji, rng.randrange(len(TEMPLATES))),
                        "source": EMOJI_SOURCE}],
             "fields": json.dumps(emoji_fields(emoji), sort_keys=True),

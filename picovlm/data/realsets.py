@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from picovlm.data.cjk import CJK_INSTALL, CJK_SOURCE, write_cjk
+from picovlm.data.emoji import EMOJI_INSTALL, EMOJI_SOURCE, write_emoji
 from picovlm.errors import DataError, PicovlmError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -427,10 +429,14 @@ def write_fashion_pairs(out_dir: str | Path, n: int = 3000, **options) -> Path:
     return write_fashion(out_dir, n, pairs=True, **options)
 
 
-# The real-image sets this module builds, by the name the CLI takes: name -> (writer, install line).
+# The real-image sets, by the name the CLI takes: name -> (writer, install line). Every writer takes
+# (out_dir, n, seed, image_size, split, overwrite); the glyph sets (picovlm/data/emoji.py, cjk.py) read
+# their answers' facts with the generic ValueMatcher, so they need no entry in FIELD_PARSERS.
 REAL_SETS = {
     FASHION_SOURCE: (write_fashion, FASHION_MNIST_INSTALL),
     PAIR_SOURCE: (write_fashion_pairs, FASHION_MNIST_INSTALL),
+    EMOJI_SOURCE: (write_emoji, EMOJI_INSTALL),
+    CJK_SOURCE: (write_cjk, CJK_INSTALL),
 }
 # The answer parser of each set, by the `source` its rows carry (for field accuracy in evaluation).
 FIELD_PARSERS = {FASHION_SOURCE: extract_fields, PAIR_SOURCE: extract_pair_fields}
