@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Debian packages the tests and the guide use: Chromium (browser tests of the HTML report and the serving
-# page), Fashion-MNIST (the real-image dataset) and curl (the guide's serve block). Tests that need one
-# FAIL where it is missing, so this script fails loudly (exit 1) when it cannot install them: a green CI
-# has run every test.
+# page), Fashion-MNIST, the emoji and CJK fonts and Unicode data (the real-image datasets) and curl (the
+# guide's serve block). Tests that need one FAIL where it is missing, so this script fails loudly (exit 1)
+# when it cannot install them: a green CI has run every test.
 set -euo pipefail
 # One line per package: the check that it is already there, then the Debian package that provides it.
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# the emoji and CJK real sets (picovlm/data/emoji.py, cjk.py): fonts, Unicode's and CLDR's data, and the
+# library Pillow's bundled text shaping loads to join emoji sequences into one glyph
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
+[ -f /usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
+[ -f /usr/share/unicode/Unihan_Readings.txt.bz2 ] || need+=(unicode-data)
+[ -f /usr/share/unicode/cldr/common/annotations/en.xml ] || need+=(unicode-cldr-core)
+ldconfig -p 2>/dev/null | grep 'libfribidi\.so\.0' >/dev/null || need+=(libfribidi0)  # no -q: pipefail
 [ ${#need[@]} -eq 0 ] && exit 0
 
 fail() {

@@ -57,6 +57,14 @@ CJK_FONTS = (  # index 2 of the Noto collections is the Simplified Chinese face 
         CJK_SIZE,
     ),
 )
+# Every file the set is made from (the tests' `cjk_sources` fixture checks them).
+CJK_FILES = (
+    *(font.path for font in CJK_FONTS),
+    UNICODE_DIR / "Unihan_Readings.txt.bz2",
+    UNICODE_DIR / "Unihan_IRGSources.txt.bz2",
+    UNICODE_DIR / "UnicodeData.txt",
+    UNICODE_DIR / "CJKRadicals.txt",
+)
 CJK_QUESTION = "Describe the image."
 MAX_DEFINITION_WORDS = 8  # meanings past this are left out from the end
 

@@ -47,6 +47,13 @@ EMOJI_FONT = FontFile(
 EMOJI_CANVAS = 144  # a glyph is 136 x 128 pixels at size 109: a few pixels of white around it
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
 CLDR_ANNOTATIONS = Path("/usr/share/unicode/cldr/common")  # annotations/en.xml, annotationsDerived/en.xml
+# Every file the set is made from (the tests' `emoji_sources` fixture checks them).
+EMOJI_FILES = (
+    EMOJI_FONT.path,
+    EMOJI_TEST,
+    CLDR_ANNOTATIONS / "annotations" / "en.xml",
+    CLDR_ANNOTATIONS / "annotationsDerived" / "en.xml",
+)
 EMOJI_QUESTION = "Describe the image."
 MAX_WORDS = 47  # keywords are left out from the end past this
 MAX_KEYWORDS = 8

@@ -55,9 +55,10 @@ class GlyphFont:
         if not features.check("raqm"):
             # without text shaping a sequence (an emoji with a skin tone, a flag) comes out as its parts
             raise PicovlmError(
-                "Pillow was built without libraqm, so it cannot join emoji sequences into one glyph: install "
-                "Pillow's wheel from PyPI (`pip install --force-reinstall pillow`), which bundles it, or "
-                "`apt-get install libraqm0` for a Pillow built from source"
+                "Pillow cannot shape text here (no libraqm, or no libfribidi for it), so it cannot join an "
+                "emoji sequence into one glyph: `apt-get install libfribidi0` (Pillow's PyPI wheel bundles "
+                "libraqm and loads libfribidi from the system), or `apt-get install libraqm0` for a Pillow "
+                "built from source"
             )
         try:
             self.font = ImageFont.truetype(
