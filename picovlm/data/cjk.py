@@ -28,6 +28,7 @@ split and a test character is one the model never saw in any typeface.
 from __future__ import annotations
 
 import bz2
+import functools
 import json
 import random
 import re
@@ -158,7 +159,8 @@ def first_sense(definition: str) -> str:
     return ", ".join(meanings)
 
 
-def load_characters(unicode_dir: Path = UNICODE_DIR) -> list[Character]:
+@functools.lru_cache(maxsize=2)  # parsing Unihan takes seconds; a process builds several sets from it
+def load_characters(unicode_dir: Path = UNICODE_DIR) -> tuple[Character, ...]:
     """Every character with a kHanyuPinlu frequency and all the facts an answer states, most frequent
     first (ties by code point)."""
     readings = read_unihan(
@@ -180,7 +182,7 @@ def load_characters(unicode_dir: Path = UNICODE_DIR) -> list[Character]:
             shape["kTotalStrokes"].split()[0], sum(int(c) for c in re.findall(r"\((\d+)\)", facts["kHanyuPinlu"])),
         ))  # fmt: skip
     found.sort(key=lambda c: (-c.frequency, c.char))
-    return found
+    return tuple(found)
 
 
 def character_fields(character: Character) -> dict:
@@ -196,6 +198,10 @@ def make_cjk_rows(n: int = 1000, seed: int = 0, image_size: int = 112) -> list[d
     character by character in frequency order."""
     fonts = [GlyphFont(spec, CJK_CANVAS) for spec in CJK_FONTS]
     characters = load_characters()
+    if n > len(characters):
+        raise PicovlmError(
+            f"asked for {n} characters, but Unihan has facts for {len(characters)}: use --n {len(characters)} or less"
+        )
     rng = random.Random(f"picovlm-cjk-templates/{seed}")
     rows: list[dict] = []
     taken = 0
