@@ -11,7 +11,7 @@ Three Debian packages, none written by this project:
   * keywords: CLDR's English annotations (unicode-cldr-core, common/annotations/en.xml, and
     common/annotationsDerived/en.xml for the skin-tone and gender variants).
 
-One row per emoji that the font draws as one picture and CLDR has keywords for, for example
+One row per emoji that the font draws as one picture of its own and CLDR has keywords for, for example
 
     "This is the emoji 'grinning face with big eyes', in the group smileys and emotion, subgroup
      face-smiling. Keywords: face, mouth, open, smile."
@@ -25,6 +25,7 @@ split: a test emoji is never a recoloured training one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -182,19 +183,28 @@ def emoji_answer(emoji: Emoji, template: int = 0) -> str:
 
 def make_emoji_rows(n: int | None = None, seed: int = 0, image_size: int = 112) -> list[dict]:
     """One row per emoji the font draws (n: a sample of that many, fixed by the seed; None: all), in
-    emoji-test.txt's order. An emoji the font draws as several pictures, or not at all, is left out."""
+    emoji-test.txt's order. An emoji the font draws as several pictures, or not at all, or exactly as an
+    emoji kept before it, is left out."""
     font = GlyphFont(EMOJI_FONT, EMOJI_CANVAS)
     emoji_list = load_emoji()
     order = list(range(len(emoji_list)))
     if n is not None:  # a sample: draw in the seed's order until n are drawn
         random.Random(f"picovlm-emoji/{seed}").shuffle(order)
-    drawn = {}
+    drawn: dict[int, bytes] = {}
+    seen: set[bytes] = set()
     for index in order:
         picture = font.draw(emoji_list[index].text)
-        if picture is not None:
-            drawn[index] = png_bytes(picture, image_size)  # PNG bytes, not 3,600 pictures in memory
-            if len(drawn) == n:
-                break
+        if picture is None:
+            continue
+        # One picture, one answer: the font draws a few emoji exactly alike (a snowboarder's skin tones,
+        # a territory's flag as its country's), and only the first of them is kept.
+        digest = hashlib.sha1(picture.tobytes()).digest()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        drawn[index] = png_bytes(picture, image_size)  # PNG bytes, not 3,600 pictures in memory
+        if len(drawn) == n:
+            break
     if n is not None and len(drawn) < n:
         raise PicovlmError(
             f"asked for {n} emoji, but the font draws {len(drawn)}: use --n {len(drawn)} or less"
