@@ -82,7 +82,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, templates and split (default 0)")
     p.add_argument(
         "--image-size", type=int, default=None,
-        help="side of the stored PNGs in pixels (default 112); fashion-mnist: 0 keeps the native 28",
+        help="side of the stored PNGs in pixels (default 112); 0 keeps the size they are made at: 28 for "
+        "fashion-mnist, 112 for fashion-mnist-pairs and cjk, 144 for emoji",
     )  # fmt: skip
     p.add_argument(
         "--mirror", action="store_true",
