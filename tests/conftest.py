@@ -1,6 +1,6 @@
 """Shared test setup: offline, single-threaded torch, small helpers every area can use, and the real
-dependencies some tests need (Chromium, Fashion-MNIST, Wesnoth and Freeciv data, MiniLM, the SmolLM2
-GGUF model)."""
+dependencies some tests need (Chromium, Fashion-MNIST, the emoji and CJK fonts and Unicode data, the
+Wesnoth and Freeciv data, MiniLM, the SmolLM2 GGUF model)."""
 
 import os
 
@@ -53,6 +53,28 @@ def fashion_mnist() -> Path:
     if not all(f.is_file() for f in files):
         _missing(f"Fashion-MNIST ({FASHION_MNIST_DIR})", f"`{FASHION_MNIST_INSTALL}` (Debian/Ubuntu)")
     return FASHION_MNIST_DIR
+
+
+def _missing_files(what: str, files, install: str) -> None:
+    absent = [str(path) for path in files if not Path(path).is_file()]
+    if absent:
+        _missing(f"{what} ({', '.join(absent)})", f"`{install}` (Debian/Ubuntu)")
+
+
+@pytest.fixture(scope="session")
+def emoji_sources() -> None:
+    """Noto Color Emoji, Unicode's emoji-test.txt and CLDR's English annotations (`realset emoji`)."""
+    from picovlm.data.emoji import EMOJI_FILES, EMOJI_INSTALL
+
+    _missing_files("the emoji set's font and Unicode/CLDR data", EMOJI_FILES, EMOJI_INSTALL)
+
+
+@pytest.fixture(scope="session")
+def cjk_sources() -> None:
+    """The three CJK typefaces and Unicode's Unihan and radical data (`realset cjk`)."""
+    from picovlm.data.cjk import CJK_FILES, CJK_INSTALL
+
+    _missing_files("the CJK set's fonts and Unihan data", CJK_FILES, CJK_INSTALL)
 
 
 @pytest.fixture(scope="session")

@@ -3,25 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
+
+# Options only some writers take: flag -> the writer's keyword.
+_SET_OPTIONS = {"--mirror": "mirror", "--source-dir": "source_dir"}
+
+
+def _takes(write, keyword: str) -> bool:
+    parameters = inspect.signature(write).parameters.values()
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def default_n(write) -> str:
+    """A writer's default --n as the help says it ("3000", or "all" where it takes every item)."""
+    default = inspect.signature(write).parameters["n"].default
+    return "all" if default is None else str(default)
 
 
 def cmd_realset(args: argparse.Namespace) -> int:
-    from picovlm.data.realsets import PAIR_SOURCE, REAL_SETS
-    from picovlm.data.realsets_games import GAME_SETS, saved_summary
+    from picovlm.data.cauldron import load_cauldron_splits
+    from picovlm.data.realsets import REAL_SETS
+    from picovlm.errors import PicovlmError
 
     write, _ = REAL_SETS[args.name]
+    options = {"seed": args.seed, "split": not args.no_split, "overwrite": args.overwrite}
+    if args.n is not None:
+        options["n"] = args.n
+    if args.image_size is not None:
+        options["image_size"] = args.image_size
+    for flag, keyword in _SET_OPTIONS.items():
+        value = getattr(args, keyword)
+        if value in (None, False):
+            continue
+        if not _takes(write, keyword):
+            raise PicovlmError(f"{flag} does not apply to `picovlm realset {args.name}`: leave it out")
+        options[keyword] = value
     start = time.perf_counter()
-    out = write(args.out, n=args.n, seed=args.seed, image_size=args.image_size, mirror=args.mirror,
-                split=not args.no_split, source_dir=args.source_dir, overwrite=args.overwrite)  # fmt: skip
-    if args.name in GAME_SETS:  # --n is an upper bound there: say what was written
-        print(f"wrote {args.name} to {out}: {saved_summary(out)} in {time.perf_counter() - start:.1f} s")
-        return 0
-    rows = args.n * (2 if args.mirror else 1)
-    pictures = "pictures of two photos" if args.name == PAIR_SOURCE else "photos"
-    layout = "" if args.no_split else " (train/validation/test, grouped by source photo)"
-    print(f"wrote {rows} rows from {args.n} {args.name} {pictures} to {out}{layout} "
-          f"in {time.perf_counter() - start:.1f} s")  # fmt: skip
+    out = write(args.out, **options)
+    seconds = time.perf_counter() - start
+    # count what was written, not what was asked for: a set may give several rows per item
+    splits = load_cauldron_splits(out)
+    counts = {name: len(split) for name, split in splits.items()}
+    groups = {g for split in splits.values() if "group" in split.column_names for g in split["group"]}
+    layout = "" if args.no_split else " (" + " / ".join(f"{name} {n:,}" for name, n in counts.items()) + ")"
+    print(f"wrote {sum(counts.values()):,} rows of {args.name} ({len(groups):,} groups) to {out}{layout} "
+          f"in {seconds:.1f} s")  # fmt: skip
     return 0
 
 
@@ -32,13 +59,18 @@ def add_parser(subparsers) -> None:
     for name, (_, install) in REAL_SETS.items():
         by_install.setdefault(install, []).append(name)
     installs = "; ".join(f"{', '.join(names)}: `{install}`" for install, names in by_install.items())
+    defaults = ", ".join(f"{name} {default_n(write)}" for name, (write, _) in REAL_SETS.items())
     p = subparsers.add_parser(
         "realset",
-        help="build a dataset of real photos available offline (Fashion-MNIST from a Debian package)",
-        description="Build a cauldron-schema dataset from real images that install with a package "
-        "manager, one fixed question and a 33-50 word factual answer per picture: one photo "
-        "(fashion-mnist) or two side by side (fashion-mnist-pairs). Sources: "
-        f"{installs}. The facts are stored in a `fields` column; see docs/datasets-real.md.",
+        help="build a dataset of real pictures available offline (Debian packages: Fashion-MNIST, "
+        "emoji, CJK characters)",
+        description="Build a cauldron-schema dataset from real pictures and reference text that install "
+        "with a package manager, one fixed question and a 10-50 word factual answer per picture: "
+        "Fashion-MNIST photos, one (fashion-mnist) or two side by side (fashion-mnist-pairs); Noto Color "
+        "Emoji with Unicode's groups and CLDR's keywords (emoji); common Chinese characters in three "
+        f"typefaces with their Unihan meaning, reading, radical and strokes (cjk). Sources: {installs}. "
+        "The facts are stored in a `fields` column and splits are grouped by the underlying item; see "
+        "docs/datasets-real.md.",
     )
     p.add_argument("name", choices=sorted(REAL_SETS), help="which real-image set to build")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
@@ -46,24 +78,27 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--n",
         type=int,
-        default=3000,
-        help="number of pictures (one or two class-balanced photos each; default 3000)",
+        default=None,
+        help="number of items: photos, pictures of two photos, emoji, or characters (3 rows each: one per "
+        f"typeface); default per set: {defaults}",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, templates and split (default 0)")
     p.add_argument(
-        "--image-size", type=int, default=112,
-        help="side of the stored PNGs in pixels; 0 keeps the native 28, or 112 for pairs (default 112)",
+        "--image-size", type=int, default=None,
+        help="side of the stored PNGs in pixels (default 112); 0 keeps the size they are made at: 28 for "
+        "fashion-mnist, 112 for fashion-mnist-pairs and cjk, 144 for emoji",
     )  # fmt: skip
     p.add_argument(
         "--mirror", action="store_true",
-        help="also add a left-right mirrored copy of each picture, in the same group (2 x --n rows; "
-        "a mirrored pair swaps its sides)",
+        help="fashion-mnist sets: also add a left-right mirrored copy of each picture, in the same group "
+        "(2 x --n rows; a mirrored pair swaps its sides)",
     )  # fmt: skip
     p.add_argument(
         "--no-split", action="store_true", help="save one Dataset instead of train/validation/test"
     )
     p.add_argument(
         "--source-dir",
-        help="folder with the dataset's *-ubyte.gz files (default: where the Debian package puts them)",
+        help="fashion-mnist sets: folder with the dataset's *-ubyte.gz files (default: where the Debian "
+        "package puts them)",
     )
     p.set_defaults(func=cmd_realset)

@@ -28,6 +28,9 @@ A single photo's facts repeat across photos (111 fact combinations in 300 test p
 only give distinct answers to distinct photos where the photos differ in a stated fact. A pair's facts
 repeat far less (96 % of 300 test pictures have their own), and a nearest-image lookup can no longer
 find a training picture that matches both halves: the model has to read each half.
+
+Two more real sets draw one glyph per picture and live in their own modules: `emoji` (emoji.py) and
+`cjk` (cjk.py). REAL_SETS at the end of this module registers all four for `picovlm realset`.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from picovlm.data.cjk import CJK_INSTALL, CJK_SOURCE, write_cjk
+from picovlm.data.emoji import EMOJI_INSTALL, EMOJI_SOURCE, write_emoji
 from picovlm.data.realsets_games import GAME_SETS
 from picovlm.errors import DataError, PicovlmError
 
@@ -349,12 +354,10 @@ def write_fashion(
 ) -> Path:
     """Build the set and save it to out_dir: a DatasetDict (train/validation/test, grouped so mirrored
     copies stay together) when split, else a single Dataset. Returns out_dir."""
-    from picovlm.data.cauldron import save_cauldron
-    from picovlm.data.split import split_dataset
+    from picovlm.data.split import save_rows
 
-    dataset = make_fashion_dataset(n, seed, image_size, mirror, source_dir, pairs)
-    to_save = split_dataset(dataset, seed=seed) if split else dataset
-    return save_cauldron(to_save, out_dir, overwrite=overwrite)
+    rows = make_fashion_rows(n, seed, image_size, mirror, source_dir, pairs)
+    return save_rows(rows, out_dir, seed=seed, split=split, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -430,10 +433,14 @@ def write_fashion_pairs(out_dir: str | Path, n: int = 3000, **options) -> Path:
     return write_fashion(out_dir, n, pairs=True, **options)
 
 
-# The real-image sets this module builds, by the name the CLI takes: name -> (writer, install line).
+# The real-image sets, by the name the CLI takes: name -> (writer, install line). Every writer takes
+# (out_dir, n, seed, image_size, split, overwrite); the glyph sets (picovlm/data/emoji.py, cjk.py) read
+# their answers' facts with the generic ValueMatcher, so they need no entry in FIELD_PARSERS.
 REAL_SETS = {
     FASHION_SOURCE: (write_fashion, FASHION_MNIST_INSTALL),
     PAIR_SOURCE: (write_fashion_pairs, FASHION_MNIST_INSTALL),
+    EMOJI_SOURCE: (write_emoji, EMOJI_INSTALL),
+    CJK_SOURCE: (write_cjk, CJK_INSTALL),
     **GAME_SETS,  # wesnoth, freeciv-flags (picovlm/data/realsets_games.py)
 }
 # The answer parser of each set, by the `source` its rows carry (for field accuracy in evaluation).

@@ -814,13 +814,3 @@ GAME_SETS = {
     WESNOTH_SOURCE: (write_wesnoth, WESNOTH_INSTALL),
     FREECIV_SOURCE: (write_freeciv_flags, FREECIV_INSTALL),
 }
-
-
-def saved_summary(out_dir: str | Path) -> str:
-    """'3,000 rows from 267 groups (train 2,401 / validation 300 / test 299)' for a saved set."""
-    from picovlm.data.cauldron import load_cauldron_splits
-
-    splits = load_cauldron_splits(out_dir)
-    groups = {g for split in splits.values() for g in split["group"]} if splits else set()
-    sizes = " / ".join(f"{name} {len(split):,}" for name, split in splits.items())
-    return f"{sum(len(s) for s in splits.values()):,} rows from {len(groups):,} groups ({sizes})"

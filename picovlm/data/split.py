@@ -124,6 +124,20 @@ def split_dataset(
     return DatasetDict({name: dataset.select(rows) for name, rows in zip(SPLIT_NAMES, split_rows)})
 
 
+def save_rows(rows: list[dict], out_dir, seed: int = 0, split: bool = True, overwrite: bool = False):
+    """Generated rows (dicts with images, texts, fields, group) saved to out_dir atomically: a grouped
+    train/validation/test DatasetDict when split, else one Dataset. What every `picovlm realset` writer
+    ends with; returns out_dir."""
+    from picovlm.data.cauldron import rows_to_dataset, save_cauldron
+
+    if not rows:
+        raise DataError(f"no rows to write to {out_dir}: the source gave none (see the message above)")
+    dataset = rows_to_dataset(rows)
+    return save_cauldron(
+        split_dataset(dataset, seed=seed) if split else dataset, out_dir, overwrite=overwrite
+    )
+
+
 def find_leaks(splits: dict) -> dict[str, int]:
     """Count image hashes and group ids that occur in more than one split (0 and 0 for a clean split)."""
     seen: dict[str, set[str]] = defaultdict(set)

@@ -376,5 +376,5 @@ def test_realset_cli_builds_both(tmp_path, capsys):
     assert main(["realset", "wesnoth", "--out", str(tmp_path / "w"), "--n", "40"]) == 0
     assert main(["realset", "freeciv-flags", "--out", str(tmp_path / "f"), "--n", "40"]) == 0
     out = capsys.readouterr().out
-    assert "wrote wesnoth to" in out and "40 rows from" in out
-    assert "wrote freeciv-flags to" in out and "40 rows from 10 groups" in out
+    assert "rows of wesnoth (" in out and " to " in out
+    assert "wrote 40 rows of freeciv-flags (10 groups)" in out
