@@ -541,7 +541,7 @@ def vlm_from_pretrained_towers(
     if (lm_dir / "tokenizer.json").is_file():
         from picovlm.data.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(lm_dir)
+        tokenizer = load_tokenizer(lm_dir).add_image_wrap_tokens()  # a new model: Idefics3's image layout
     depth = {k: v for k, v in (("vit_n_blocks", vit_n_blocks), ("lm_n_blocks", lm_n_blocks)) if v is not None}
     cfg = config_from_hf(vision, lm, revision, **depth, **overrides)
     if tokenizer is not None and len(tokenizer) > cfg.lm_vocab_size and "lm_vocab_size" not in overrides:

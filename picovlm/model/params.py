@@ -69,7 +69,7 @@ def trained_vocab_size(model_cfg: VLMConfig, train_cfg: TrainConfig) -> tuple[in
     if train_cfg.tokenizer:
         from picovlm.data.tokenizer import load_tokenizer
 
-        n = len(load_tokenizer(train_cfg.tokenizer))
+        n = len(load_tokenizer(train_cfg.tokenizer).add_image_wrap_tokens())  # as prepare_tokenizer
         return max(n, model_cfg.lm_vocab_size), f"train.tokenizer {train_cfg.tokenizer} ({n:,} tokens)"
     cap = train_cfg.tokenizer_vocab_size
     if not train_cfg.data_dir:
