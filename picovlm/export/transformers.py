@@ -225,7 +225,6 @@ def check_with_transformers(model, out: Path, tolerance: float = 1e-4) -> dict[s
         return "not checked: transformers is not installed (pip install transformers)"
     import numpy as np
     from PIL import Image
-
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     hf_model = AutoModelForImageTextToText.from_pretrained(out).eval()
@@ -246,8 +245,12 @@ def check_with_transformers(model, out: Path, tolerance: float = 1e-4) -> dict[s
         got = hf_model(**theirs).logits
     logits = float((ref - got).abs().max() / max(1.0, float(ref.abs().max())))
     answer_ours = model.generate(**ours, max_new_tokens=16)[0].tolist()
-    answer_theirs = hf_model.generate(**theirs, max_new_tokens=16, do_sample=False)[0, ours["input_ids"].shape[1] :]
-    same = _until_eos(answer_ours, model.cfg.eos_token_id) == _until_eos(answer_theirs.tolist(), model.cfg.eos_token_id)
+    answer_theirs = hf_model.generate(**theirs, max_new_tokens=16, do_sample=False)[
+        0, ours["input_ids"].shape[1] :
+    ]
+    same = _until_eos(answer_ours, model.cfg.eos_token_id) == _until_eos(
+        answer_theirs.tolist(), model.cfg.eos_token_id
+    )
     figures = {"transformers": transformers.__version__, "pixels_max_diff": pixels, "logits_max_diff": logits,
                "same_greedy_tokens": same}  # fmt: skip
     if not (pixels <= tolerance and logits <= tolerance and same):

@@ -94,7 +94,6 @@ def test_labels_mask_everything_but_the_answer_and_its_end_token(tokenizer):
 def test_a_tokenizer_without_the_image_wrapper_keeps_the_bare_layout_of_older_models(tokenizer, tmp_path):
     """Models trained before the Idefics3 wrapper have tokenizers without it: they load unchanged (no
     token added, so the vocabulary still fits the model) and their prompts keep the bare image run."""
-    from tokenizers import Tokenizer
 
     assert tokenizer.wraps_images  # every tokenizer picovlm trains now has the wrapper
     data = json.loads(tokenizer.tokenizer.to_str())
@@ -104,7 +103,9 @@ def test_a_tokenizer_without_the_image_wrapper_keeps_the_bare_layout_of_older_mo
     (tmp_path / "tokenizer.json").write_text(json.dumps(data))
     old = load_tokenizer(tmp_path)
     assert not old.wraps_images and len(old) == len(tokenizer) - 2
-    prompt = Processor(old, image_size=32, image_token_length=4, max_length=128).encode_prompt("Hi", n_images=2)
+    prompt = Processor(old, image_size=32, image_token_length=4, max_length=128).encode_prompt(
+        "Hi", n_images=2
+    )
     assert old.decode(prompt, skip_special_tokens=False) == (
         f"{IM_START}user\n{IMAGE * 8}Hi{IM_END}\n{IM_START}assistant\n"
     )
