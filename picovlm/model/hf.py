@@ -15,6 +15,10 @@ back to Hugging Face layout, and the parity tests all read the same map, so they
         model.layers.{i}.self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj -> same names under blocks.{i}
         model.norm, lm_head               -> norm, lm_head (absent from tied checkpoints)
 
+    Idefics3 (out only: the whole VLM, as SmolVLM in transformers; picovlm/export/transformers.py)
+        the SigLIP names under `model.`, the Llama names with `model.` -> `model.text_model.`,
+        projector.proj                    -> model.connector.modality_projection.proj
+
 Checkpoints nest these names under a prefix (`vision_model.`, `vision_tower.vision_model.`,
 `model.text_model.`, ...): it is found from where the patch or token embedding sits.
 
