@@ -165,7 +165,9 @@ def idefics3_tokenizer_json(tokenizer) -> dict[str, Any]:
 
 
 def tokenizer_config(tokenizer, cfg) -> dict[str, Any]:
-    from picovlm.data.tokenizer import EOT, FAKE_IMAGE, GLOBAL_IMAGE, IM_END, IM_START, PAD
+    """The other special tokens need no listing: tokenizer.json marks them special (skipped when decoding)
+    and Idefics3Processor finds <image>, <fake_token_around_image> and <global-img> by name."""
+    from picovlm.data.tokenizer import IM_END, PAD
 
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -173,8 +175,6 @@ def tokenizer_config(tokenizer, cfg) -> dict[str, Any]:
         "eos_token": IM_END,
         "pad_token": PAD,
         "unk_token": None,
-        # Idefics3Processor reads these two by name; <end_of_utterance> it adds itself (never in our prompts)
-        "extra_special_tokens": [IM_START, EOT, IDEFICS3_IMAGE, FAKE_IMAGE, GLOBAL_IMAGE],
         "model_max_length": cfg.lm_max_position_embeddings,
         "padding_side": "left",  # generation pads on the left, as VLM.prepare_prompts does
         "clean_up_tokenization_spaces": False,

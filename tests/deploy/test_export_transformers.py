@@ -175,3 +175,62 @@ def test_a_retrieving_model_exports_with_its_index_and_answers_alike_from_the_bu
     expected = model.generate(**model.prepare_prompts(images, [QUESTION] * 2), max_new_tokens=24).tolist()
     got = hf_generate(hf_model, processor, images, prompts, max_new_tokens=24)
     assert [until_eos(g, eos) for g in got] == [until_eos(e, eos) for e in expected]
+
+
+@pytest.mark.parametrize(
+    "image_size,factor", [(56, 1), (64, 2)]
+)  # picovlm-small's 7x7 grid unshuffled; 8x8 by 2
+def test_other_grids_and_shuffle_factors_export_exactly(tmp_path, image_size, factor):
+    """Random weights, so this checks the mapping, not the training: the export's own check compares
+    prompt ids, pixels, logits and a greedy answer with picovlm's and raises on any difference."""
+    from picovlm.config import preset
+    from picovlm.data.tokenizer import train_tokenizer
+    from picovlm.export.transformers import export_transformers
+    from picovlm.model.vlm import VLM
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(["a red circle at the top left", QUESTION] * 20, vocab_size=300)
+    cfg = preset("tiny", lm_vocab_size=len(tokenizer), vit_img_size=image_size, mp_pixel_shuffle_factor=factor,
+                 lm_max_length=128)  # fmt: skip
+    VLM(cfg, tokenizer=tokenizer).save_pretrained(tmp_path / "model")
+    report = export_transformers(tmp_path / "model", tmp_path / "out")
+    assert report["checked"]["logits_max_diff"] < 1e-5 and report["checked"]["same_greedy_tokens"]
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["scale_factor"] == factor
+    processor_config = json.loads((tmp_path / "out" / "processor_config.json").read_text())
+    assert processor_config["image_seq_len"] == (image_size // 8 // factor) ** 2
+
+
+@pytest.mark.parametrize("grid", [4, 7, 14, 19, 25, 32])
+def test_the_position_mirror_matches_transformers_and_odd_grids_are_refused(grid, tmp_path):
+    """export's mirror of Idefics3's patch-position arithmetic equals what transformers computes (read
+    back through an embedding whose row i holds i), and a grid it gets wrong is refused."""
+    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+    from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionEmbeddings
+
+    from picovlm.export.transformers import idefics3_position_buckets
+
+    embeddings = Idefics3VisionEmbeddings(
+        Idefics3VisionConfig(hidden_size=1, image_size=grid * 2, patch_size=2)
+    )
+    with torch.no_grad():
+        embeddings.patch_embedding.weight.zero_()
+        embeddings.patch_embedding.bias.zero_()
+        embeddings.position_embedding.weight.copy_(torch.arange(grid * grid, dtype=torch.float32)[:, None])
+        mask = torch.ones(1, grid, grid, dtype=torch.bool)
+        positions = embeddings(torch.zeros(1, 3, grid * 2, grid * 2), mask)[0, :, 0].long().view(grid, grid)
+    rows = positions[:, 0] // grid
+    assert rows.tolist() == idefics3_position_buckets(grid)
+    assert (rows.tolist() == list(range(grid))) == (grid not in (19, 25))
+    if grid == 19:
+        from picovlm.config import preset
+        from picovlm.data.tokenizer import train_tokenizer
+        from picovlm.export.transformers import export_transformers
+        from picovlm.model.vlm import VLM
+
+        tokenizer = train_tokenizer([QUESTION] * 20, vocab_size=300)
+        cfg = preset("tiny", lm_vocab_size=len(tokenizer), vit_img_size=19 * 8, mp_pixel_shuffle_factor=1,
+                     lm_max_length=512)  # fmt: skip
+        VLM(cfg, tokenizer=tokenizer).save_pretrained(tmp_path / "model")
+        with pytest.raises(PicovlmError, match="19x19 patch grid"):
+            export_transformers(tmp_path / "model", tmp_path / "out")
