@@ -213,7 +213,7 @@ def main() -> None:
         model_dir, exports = prepare(name, work)
         cfg = preset(name)
         manifest = json.loads((exports["onnx fp32"] / "manifest.json").read_text())
-        prompt_len = cfg.mp_image_token_length + 12  # image tokens + the chat template around the question
+        prompt_len = cfg.mp_image_token_length + 15  # image tokens, their 3-token wrapper, the chat template
         f = work_flops(cfg, prompt_len)
         floor = {
             "ttft": (f["vision"] + f["prefill"]) / flops,

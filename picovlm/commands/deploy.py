@@ -1,4 +1,5 @@
-"""`picovlm export` and `picovlm serve`: ONNX export (+ int8) and the HTTP server over the torch-free runtime."""
+"""`picovlm export` and `picovlm serve`: ONNX export (+ int8) or a transformers folder, and the HTTP server
+over the torch-free runtime."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from picovlm.errors import PicovlmError
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
-        help="export a model to ONNX (vision, decoder step with KV cache) for the torch-free runtime",
+        help="export a model to ONNX for the torch-free runtime, or as a transformers (Idefics3) folder",
         description="Export a save_pretrained folder to ONNX: vision tower + projector, a decoder step with the "
         "KV cache as explicit inputs/outputs, the embedding matrix (.npy), tokenizer.json and manifest.json. "
         "Each graph is checked against the torch model (max abs difference, relative to the output scale "
         "above 1, printed; the export fails over the tolerance). --quantize int8 applies onnxruntime dynamic quantisation and, with --eval-items N, "
-        "reports token F1 / exact match of fp32 vs int8 answers on N demo scenes.",
+        "reports token F1 / exact match of fp32 vs int8 answers on N demo scenes. "
+        "--format transformers writes instead a folder that transformers' AutoModelForImageTextToText and "
+        "AutoProcessor load (Idefics3, SmolVLM's architecture), checked against picovlm when transformers is installed.",
     )
     p.add_argument(
         "--model",
@@ -29,6 +32,13 @@ def add_parser(subparsers) -> None:
         help="folder written by save_pretrained (config.json, model.safetensors, tokenizer.json)",
     )
     p.add_argument("--out", required=True, help="output folder (written atomically; replaced if it exists)")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "transformers"],
+        default="onnx",
+        help="onnx (default): graphs for picovlm's runtime and server; transformers: an Idefics3 folder for "
+        "transformers and what builds on it",
+    )
     p.add_argument(
         "--quantize", choices=["int8"], help="int8 weights for every MatMul (dynamic quantisation)"
     )
@@ -111,6 +121,10 @@ def run_export(args: argparse.Namespace) -> int:
 
     from picovlm.export.onnx import export_model
 
+    if args.format == "transformers" and args.quantize:
+        raise PicovlmError(
+            "--quantize applies to --format onnx only; a transformers folder holds fp32 weights."
+        )
     bar = tqdm(total=None, unit="step", file=sys.stderr)
 
     def progress(done: int, total: int | None, message: str) -> None:
@@ -118,6 +132,23 @@ def run_export(args: argparse.Namespace) -> int:
         bar.n = done
         bar.set_description(message)
         bar.refresh()
+
+    if args.format == "transformers":
+        from picovlm.export.transformers import export_transformers
+
+        report = export_transformers(args.model, args.out, progress=progress)
+        bar.close()
+        checked = report["checked"]
+        if isinstance(checked, dict):
+            print(f"checked with transformers {checked['transformers']}: same prompt ids, pixels max diff "
+                  f"{checked['pixels_max_diff']:.3g}, logits max diff {checked['logits_max_diff']:.3g}, "
+                  f"same greedy tokens {checked['same_greedy_tokens']}")  # fmt: skip
+        else:
+            print(checked)
+        sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in report["file_sizes"].items() if v > 100_000)
+        print(f"wrote {args.out} in {report['seconds']} s ({sizes}): load it with "
+              f"AutoModelForImageTextToText / AutoProcessor.from_pretrained({args.out!r})")  # fmt: skip
+        return 0
 
     manifest = export_model(
         args.model, args.out, quantize=args.quantize, tolerance=args.tolerance,

@@ -8,6 +8,14 @@ where L = mp_image_token_length placeholders per image (49 for 224 px, patch 16,
 model swaps each run of placeholders for that image's projected patch features. All images of a row
 go at the start of its first user turn. Later turns repeat the user/assistant pattern.
 
+When the tokenizer has Idefics3's wrapper tokens (every tokenizer made for a new model does), each
+image's run is wrapped as transformers' Idefics3Processor writes it, so an exported model reads the
+very same token ids there:
+
+    <fake_token_around_image><global-img><|image|> x L<fake_token_around_image>
+
+Tokenizers of models trained before the wrapper lack those tokens and keep the bare run.
+
 Labels are -100 (ignored by the loss) everywhere except the assistant's answer tokens and the
 <|im_end|> that closes each answer: the model learns to answer and to stop, not to echo the question.
 
@@ -79,6 +87,10 @@ class Processor:
         self._user = [tokenizer.im_start_id, *tokenizer.encode("user\n")]
         self._assistant = [tokenizer.im_start_id, *tokenizer.encode("assistant\n")]
         self._newline = tokenizer.encode("\n")
+        run = [tokenizer.image_token_id] * image_token_length
+        if tokenizer.wraps_images:
+            run = [tokenizer.fake_image_id, tokenizer.global_image_id, *run, tokenizer.fake_image_id]
+        self._image_tokens = run  # one image's tokens in the prompt
 
     @classmethod
     def from_config(cls, tokenizer: TextTokenizer, cfg) -> Processor:
@@ -90,7 +102,7 @@ class Processor:
         return np.stack([preprocess_image(im, self.image_size) for im in images])
 
     def _user_turn(self, question: str, n_images: int) -> list[int]:
-        images = [self.image_token_id] * (self.image_token_length * n_images)
+        images = self._image_tokens * n_images
         return [
             *self._user,
             *images,

@@ -10,6 +10,12 @@ Every picovlm tokenizer has these special tokens (added when a loaded tokenizer 
     <|pad|>                   padding; never attended to, never supervised
     <|endoftext|>             document separator (kept for compatibility; the answer ends with <|im_end|>)
 
+Tokenizers made for a new model (trained here, or a given one the trainer adopts) also get the two
+tokens that wrap each image in Idefics3's (SmolVLM's) prompt layout, so the model can be exported to
+transformers and answer the same there (picovlm/export/transformers.py):
+    <fake_token_around_image>, <global-img>
+They are never added on load: a model trained before them keeps its vocabulary and its prompt layout.
+
 This module imports `tokenizers` only, never torch: the deployment runtime uses it.
 """
 
@@ -25,6 +31,10 @@ from picovlm.errors import PicovlmError
 
 IM_START, IM_END, IMAGE, PAD, EOT = "<|im_start|>", "<|im_end|>", "<|image|>", "<|pad|>", "<|endoftext|>"
 SPECIAL_TOKENS = [EOT, IM_START, IM_END, IMAGE, PAD]
+# Idefics3's wrapper: <fake_token_around_image><global-img><|image|> x L<fake_token_around_image> per image.
+# transformers' Idefics3Processor always writes it; a tokenizer that has both tokens gets this layout.
+FAKE_IMAGE, GLOBAL_IMAGE = "<fake_token_around_image>", "<global-img>"
+IMAGE_WRAP_TOKENS = [FAKE_IMAGE, GLOBAL_IMAGE]
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -41,7 +51,26 @@ class TextTokenizer:
         self.image_token_id = tokenizer.token_to_id(IMAGE)
         self.pad_token_id = tokenizer.token_to_id(PAD)
         self.eot_id = tokenizer.token_to_id(EOT)
-        self.special_ids = {tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+        self._set_wrap_ids()
+
+    def _set_wrap_ids(self) -> None:
+        self.fake_image_id = self.tokenizer.token_to_id(FAKE_IMAGE)
+        self.global_image_id = self.tokenizer.token_to_id(GLOBAL_IMAGE)
+        present = [t for t in SPECIAL_TOKENS + IMAGE_WRAP_TOKENS if self.tokenizer.token_to_id(t) is not None]
+        self.special_ids = {self.tokenizer.token_to_id(t) for t in present}
+
+    @property
+    def wraps_images(self) -> bool:
+        """True when prompts wrap each image's placeholders as Idefics3 does (see IMAGE_WRAP_TOKENS)."""
+        return self.fake_image_id is not None and self.global_image_id is not None
+
+    def add_image_wrap_tokens(self) -> TextTokenizer:
+        """Give a tokenizer for a new model the image-wrapper tokens (a no-op when it has them)."""
+        missing = [t for t in IMAGE_WRAP_TOKENS if self.tokenizer.token_to_id(t) is None]
+        if missing:
+            self.tokenizer.add_special_tokens(missing)
+            self._set_wrap_ids()
+        return self
 
     def __len__(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
@@ -69,7 +98,8 @@ class TextTokenizer:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> TextTokenizer:
     """A byte-level BPE trained on `texts`: any string encodes (no unknown token), decodes back exactly."""
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
+    special_tokens = SPECIAL_TOKENS + IMAGE_WRAP_TOKENS
+    if vocab_size < 256 + len(special_tokens):
         raise PicovlmError(f"vocab_size={vocab_size} is too small for byte-level BPE: use at least 300.")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -77,7 +107,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

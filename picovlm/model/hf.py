@@ -15,6 +15,10 @@ back to Hugging Face layout, and the parity tests all read the same map, so they
         model.layers.{i}.self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj -> same names under blocks.{i}
         model.norm, lm_head               -> norm, lm_head (absent from tied checkpoints)
 
+    Idefics3 (out only: the whole VLM, as SmolVLM in transformers; picovlm/export/transformers.py)
+        the SigLIP names under `model.`, the Llama names with `model.` -> `model.text_model.`,
+        projector.proj                    -> model.connector.modality_projection.proj
+
 Checkpoints nest these names under a prefix (`vision_model.`, `vision_tower.vision_model.`,
 `model.text_model.`, ...): it is found from where the patch or token embedding sits.
 
@@ -541,7 +545,7 @@ def vlm_from_pretrained_towers(
     if (lm_dir / "tokenizer.json").is_file():
         from picovlm.data.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(lm_dir)
+        tokenizer = load_tokenizer(lm_dir).add_image_wrap_tokens()  # a new model: Idefics3's image layout
     depth = {k: v for k, v in (("vit_n_blocks", vit_n_blocks), ("lm_n_blocks", lm_n_blocks)) if v is not None}
     cfg = config_from_hf(vision, lm, revision, **depth, **overrides)
     if tokenizer is not None and len(tokenizer) > cfg.lm_vocab_size and "lm_vocab_size" not in overrides:
@@ -633,3 +637,44 @@ def save_hf(exported: tuple[dict[str, Any], dict[str, torch.Tensor]], directory:
     os.replace(tmp, directory / "model.safetensors")
     atomic_write_text(directory / "config.json", json.dumps(config, indent=2))
     return directory
+
+
+# Idefics3 (SmolVLM's architecture in transformers): the SigLIP map under `model.`, the Llama map with its
+# `model.` moved to `model.text_model.`, and the projector's one matrix. Idefics3's connector shuffles
+# pixels exactly as projector.py does (each f x f block's patches, row-major, side by side in the
+# channels), so the matrix carries over unchanged.
+IDEFICS3_VISION_PREFIX = "model."  # + "vision_model.embeddings...", as vision_to_hf names them
+IDEFICS3_TEXT_PREFIX = "model.text_model."  # replaces the "model." of language_to_hf's names
+IDEFICS3_PROJECTOR_KEYS = {"proj.weight": "model.connector.modality_projection.proj.weight"}
+
+
+def vlm_to_idefics3(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A whole VLM as a transformers Idefics3ForConditionalGeneration: (config.json dict, state dict).
+
+    The image token id, pad and end tokens come from the model's config (set by its tokenizer)."""
+    cfg: VLMConfig = model.cfg
+    vision_config, vision_state = vision_to_hf(model)
+    text_config, text_state = language_to_hf(model)
+    state = {IDEFICS3_VISION_PREFIX + k: v for k, v in vision_state.items()}
+    for name, tensor in text_state.items():
+        state[IDEFICS3_TEXT_PREFIX + name[len("model.") :] if name.startswith("model.") else name] = tensor
+    projector = model.projector.state_dict()
+    for ours, theirs in IDEFICS3_PROJECTOR_KEYS.items():
+        state[theirs] = projector[ours].detach().cpu().contiguous()
+    for config in (vision_config, text_config):
+        config.pop("architectures")
+    vision_config.pop("vision_use_head")
+    vision_config["model_type"] = "idefics3_vision"
+    config = {
+        "architectures": ["Idefics3ForConditionalGeneration"],
+        "model_type": "idefics3",
+        "vision_config": vision_config,
+        "text_config": text_config,
+        "scale_factor": cfg.mp_pixel_shuffle_factor,
+        "image_token_id": cfg.image_token_id,
+        "pad_token_id": cfg.pad_token_id,
+        "tie_word_embeddings": cfg.lm_tie_weights,
+        "use_cache": True,
+        "dtype": "float32",
+    }
+    return config, state

@@ -63,13 +63,13 @@ def trained_vocab_size(model_cfg: VLMConfig, train_cfg: TrainConfig) -> tuple[in
     The same rules as the trainer's `prepare_tokenizer`: a given `train.tokenizer` raises lm_vocab_size
     to its size if needed; otherwise the trainer trains a BPE of at most `train.tokenizer_vocab_size`
     tokens on the training texts and sizes the embedding to it (fewer tokens when the texts have fewer
-    merges to learn: 413 on the demo scenes). With `train.data_dir` that BPE is trained here too, so the
+    merges to learn: 415 on the demo scenes). With `train.data_dir` that BPE is trained here too, so the
     figure is exact; without it, the cap is the figure.
     """
     if train_cfg.tokenizer:
         from picovlm.data.tokenizer import load_tokenizer
 
-        n = len(load_tokenizer(train_cfg.tokenizer))
+        n = len(load_tokenizer(train_cfg.tokenizer).add_image_wrap_tokens())  # as prepare_tokenizer
         return max(n, model_cfg.lm_vocab_size), f"train.tokenizer {train_cfg.tokenizer} ({n:,} tokens)"
     cap = train_cfg.tokenizer_vocab_size
     if not train_cfg.data_dir:

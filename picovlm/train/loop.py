@@ -186,7 +186,7 @@ def prepare_tokenizer(
         started = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
         return replace(model_cfg, lm_vocab_size=started["lm_vocab_size"]), tokenizer
     elif train_cfg.tokenizer:
-        tokenizer = load_tokenizer(train_cfg.tokenizer)
+        tokenizer = load_tokenizer(train_cfg.tokenizer).add_image_wrap_tokens()  # a new model's layout
     else:
         if dist_.main:  # one rank trains and saves; the others read the very same file
             train_tokenizer(training_texts(train_ds), train_cfg.tokenizer_vocab_size).save(run_dir)

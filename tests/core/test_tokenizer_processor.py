@@ -1,11 +1,15 @@
 """Tokenizers and the chat template: special tokens, round trips, and labels token by token."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from picovlm.data.processor import IGNORE_INDEX, Processor, preprocess_image, to_rgb
 from picovlm.data.tokenizer import (
+    FAKE_IMAGE,
+    GLOBAL_IMAGE,
     IM_END,
     IM_START,
     IMAGE,
@@ -73,7 +77,7 @@ def test_labels_mask_everything_but_the_answer_and_its_end_token(tokenizer):
     pieces = [tok.id_to_token(i) for i in ids]
     # Reconstruct the template and check each position's label.
     expected_text = (
-        f"{IM_START}user\n{IMAGE * 4}Describe the image.{IM_END}\n{IM_START}assistant\none large green triangle{IM_END}\n"
+        f"{IM_START}user\n{FAKE_IMAGE}{GLOBAL_IMAGE}{IMAGE * 4}{FAKE_IMAGE}Describe the image.{IM_END}\n{IM_START}assistant\none large green triangle{IM_END}\n"
         f"{IM_START}user\nAnd?{IM_END}\n{IM_START}assistant\n42 digits{IM_END}\n"
     )
     assert tokenizer.decode(ids, skip_special_tokens=False) == expected_text
@@ -85,6 +89,32 @@ def test_labels_mask_everything_but_the_answer_and_its_end_token(tokenizer):
     assert all(label in (IGNORE_INDEX, i) for i, label in zip(ids, labels))
     assert pieces.count(IMAGE) == 4 and PAD not in pieces
     assert ex["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_a_tokenizer_without_the_image_wrapper_keeps_the_bare_layout_of_older_models(tokenizer, tmp_path):
+    """Models trained before the Idefics3 wrapper have tokenizers without it: they load unchanged (no
+    token added, so the vocabulary still fits the model) and their prompts keep the bare image run."""
+
+    assert tokenizer.wraps_images  # every tokenizer picovlm trains now has the wrapper
+    data = json.loads(tokenizer.tokenizer.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in (FAKE_IMAGE, GLOBAL_IMAGE)]
+    for token in (FAKE_IMAGE, GLOBAL_IMAGE):
+        del data["model"]["vocab"][token]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    old = load_tokenizer(tmp_path)
+    assert not old.wraps_images and len(old) == len(tokenizer) - 2
+    prompt = Processor(old, image_size=32, image_token_length=4, max_length=128).encode_prompt(
+        "Hi", n_images=2
+    )
+    assert old.decode(prompt, skip_special_tokens=False) == (
+        f"{IM_START}user\n{IMAGE * 8}Hi{IM_END}\n{IM_START}assistant\n"
+    )
+    new = Processor(tokenizer, image_size=32, image_token_length=4, max_length=128).encode_prompt("Hi", 2)
+    wrapped = f"{FAKE_IMAGE}{GLOBAL_IMAGE}{IMAGE * 4}{FAKE_IMAGE}"
+    assert tokenizer.decode(new, skip_special_tokens=False) == (
+        f"{IM_START}user\n{wrapped * 2}Hi{IM_END}\n{IM_START}assistant\n"
+    )
+    assert old.add_image_wrap_tokens().wraps_images and len(old) == len(tokenizer)  # a new model's tokenizer
 
 
 def test_prompt_matches_the_training_template_up_to_the_answer(tokenizer):
