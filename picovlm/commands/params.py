@@ -58,13 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg, train_cfg = load_config(args.preset, args.config, args.overrides)
     if vocabulary_given(args.config, args.overrides):
-        vocabulary = (
-            f"{cfg.lm_vocab_size:,} tokens, model.lm_vocab_size as given"
-            + (
-                ""
-                if train_cfg.tokenizer
-                else " (`picovlm train` sizes it to the BPE it trains: leave it out to see that model)"
-            )
+        vocabulary = f"{cfg.lm_vocab_size:,} tokens, model.lm_vocab_size as given" + (
+            ""
+            if train_cfg.tokenizer
+            else " (`picovlm train` sizes it to the BPE it trains: leave it out to see that model)"
         )
     else:
         size, source = trained_vocab_size(cfg, train_cfg)

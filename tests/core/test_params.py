@@ -86,9 +86,9 @@ def test_params_reports_the_model_the_default_recipe_trains(capsys):
 
 
 def test_params_with_data_counts_the_bpe_the_trainer_would_train(tmp_path, capsys):
+    from picovlm.data.cauldron import load_cauldron
     from picovlm.data.demo import write_demo
     from picovlm.data.tokenizer import train_tokenizer
-    from picovlm.data.cauldron import load_cauldron
     from picovlm.train.loop import training_texts
 
     write_demo(tmp_path / "demo", n=80, seed=0, image_size=32)
