@@ -98,12 +98,27 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def run_exports(trained_run, tmp_path_factory) -> dict[str, Path]:
-    """The trained run's model exported in fp32 and in int8; the int8 export compares itself with fp32
-    on 32 rows of the run's validation split, found through the run folder."""
+    """The trained run's model exported in fp32, and in int8 by `picovlm export --quantize int8` (its
+    printed report under "int8_printed"), which compares int8 with fp32 on 32 rows of the run's
+    validation split, found through the run folder."""
+    import contextlib
+    import io
+
+    from picovlm.cli import main
     from picovlm.export.onnx import export_model
 
     run_dir, _ = trained_run
     out = tmp_path_factory.mktemp("run-exports")
     export_model(run_dir / "model", out / "fp32")
-    export_model(run_dir / "model", out / "int8", quantize="int8", eval_items=32)
-    return {"model": run_dir / "model", "fp32": out / "fp32", "int8": out / "int8"}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(
+            ["export", "--model", str(run_dir / "model"), "--out", str(out / "int8"), "--quantize", "int8"]
+        )
+    assert code == 0, printed.getvalue()
+    return {
+        "model": run_dir / "model",
+        "fp32": out / "fp32",
+        "int8": out / "int8",
+        "int8_printed": printed.getvalue(),
+    }
