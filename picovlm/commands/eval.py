@@ -74,10 +74,18 @@ def add_parser(subparsers) -> None:
         "answers per image, most repeated answers, copies of training answers, train-test loss gap); and "
         "image reliance (loss with true vs shuffled vs blank images, answers that change with the image). "
         "Writes metrics.json, predictions.jsonl, report.md and a self-contained report.html to --out, and "
-        "prints each model's verdict in plain words.",
+        "prints each model's verdict in plain words. An exported folder (picovlm export, fp32 or int8) is "
+        "answered and scored through the torch-free runtime that `picovlm serve` runs, with the same "
+        "metrics, so a deployed model can be compared with the torch model it came from (there --threads sets "
+        "onnxruntime's threads, default 1, and --device does not apply).",
     )
     p.add_argument(
-        "--model", required=True, nargs="+", metavar="DIR", help="model folder(s); several = side by side"
+        "--model",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="model folder(s) from `picovlm train`, or exported folders from `picovlm export` (fp32 or int8, "
+        "answered by the torch-free runtime); several = side by side",
     )
     p.add_argument(
         "--data", required=True, help="dataset folder (e.g. from `picovlm demo` or `picovlm data import`)"
@@ -173,6 +181,7 @@ def run_eval(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         swap_items=args.swap_items,
         device=args.device,
+        threads=args.threads,
         **_generation_options(args),
     )
     paths = write_report(results, args.out, title=args.title)

@@ -25,26 +25,54 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "params",
         help="parameter count per tower (ViT, projector, LM) and memory for fp32/bf16/int8",
-        description="Print parameters per tower for a preset or config: ViT, projector, LM (embedding and "
-        "non-embedding), total, and the memory the weights need in fp32, bf16 and int8.",
+        description="Print parameters per tower for the model `picovlm train` builds from a preset or config: "
+        "ViT, projector, LM (embedding and non-embedding), total, and the memory the weights need in fp32, "
+        "bf16 and int8. The vocabulary is the trainer's: a BPE of at most train.tokenizer_vocab_size tokens "
+        "(1,024 by default; trained on train.data_dir when given, so the figure is exact), or the size of "
+        "train.tokenizer. Setting the vocabulary yourself reports it as given: model.lm_vocab_size=49152 "
+        "gives the presets' published sizes (SmolLM2's vocabulary; the blog's Table 1).",
     )
     add_config_arguments(p)
     p.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object (keys vit, projector, lm, lm_embedding, total)",
+        help="print one JSON object (keys vit, projector, lm, lm_embedding, lm_non_embedding, total, "
+        "lm_vocab_size, vocabulary)",
     )
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from picovlm.config import load_config
-    from picovlm.model.params import format_report, param_report
+def vocabulary_given(config_path: str | None, overrides: list[str] | None) -> bool:
+    """Whether the user set the vocabulary (an override or the config file's model section): then it is
+    reported as given, e.g. a run's own config.yaml, or 49,152 for the published sizes."""
+    from picovlm.config import parse_overrides, read_config_file
 
-    cfg, _ = load_config(args.preset, args.config, args.overrides)
+    if "lm_vocab_size" in parse_overrides(overrides or [])["model"]:
+        return True
+    return bool(config_path) and "lm_vocab_size" in (read_config_file(config_path).get("model") or {})
+
+
+def run(args: argparse.Namespace) -> int:
+    from picovlm.config import load_config, replace
+    from picovlm.model.params import format_report, param_report, trained_vocab_size
+
+    cfg, train_cfg = load_config(args.preset, args.config, args.overrides)
+    if vocabulary_given(args.config, args.overrides):
+        vocabulary = f"{cfg.lm_vocab_size:,} tokens, model.lm_vocab_size as given" + (
+            ""
+            if train_cfg.tokenizer
+            else " (`picovlm train` sizes it to the BPE it trains: leave it out to see that model)"
+        )
+    else:
+        size, source = trained_vocab_size(cfg, train_cfg)
+        vocabulary = (
+            f"{size:,} tokens, what `picovlm train` gives this model: {source}; "
+            f"model.lm_vocab_size=49152 for the published sizes (the blog's Table 1)"
+        )
+        cfg = replace(cfg, lm_vocab_size=size)
     report = param_report(cfg)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps({**report.to_dict(), "lm_vocab_size": cfg.lm_vocab_size, "vocabulary": vocabulary}))
     else:
-        print(format_report(args.preset or args.config or "config", report))
+        print(format_report(args.preset or args.config or "config", report, vocabulary))
     return 0

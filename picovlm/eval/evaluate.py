@@ -14,6 +14,10 @@ What it measures, in order:
      training image (32x32 pixels; and, given a model, its mean-pooled vision features), scored alike;
   5. the verdict in plain words (`collapse_verdict`).
 
+A folder written by `picovlm export` (fp32 or int8) is evaluated through the torch-free runtime
+(`picovlm.eval.exported`): its answers and losses are those of the deployed graphs; scoring, verdict
+and report are this module's, as for a torch model.
+
 `quick_eval(model, rows)` runs 1, 3 and 5 on a handful of rows in memory: the trainer's periodic check.
 Only the first turn of each row is evaluated (question, reference answer).
 """
@@ -104,6 +108,10 @@ def answer_loss(
 ) -> float:
     """Mean cross-entropy per answer token (nats), row i shown the images of row image_source[i]."""
     from picovlm.data.collate import pad_collate
+    from picovlm.eval.exported import ExportedModel
+
+    if isinstance(model, ExportedModel):  # the deployed graphs, through the runtime
+        return model.answer_loss(items, image_source, blank)
 
     processor = model.processor
     device = next(model.parameters()).device
@@ -176,7 +184,13 @@ def vision_features(
 
     center=True removes the mean over these rows (the direction every image shares) and makes each
     vector unit-length; with center=False the raw pooled features come back, for centring over a larger set.
+    An exported folder has no separate ViT graph: its features are the vision graph's (ViT + projector).
     """
+    from picovlm.eval.exported import ExportedModel
+
+    if isinstance(model, ExportedModel):
+        vectors = model.vision_features(items)
+        return _unit(vectors - vectors.mean(axis=0, keepdims=True)) if center else vectors
     device = next(model.parameters()).device
     model.eval()
     chunks = []
@@ -398,6 +412,24 @@ def detect_extract_fields(*datasets) -> M.ExtractFields | None:
     return fact_parser_for(*datasets)
 
 
+def load_model(path: str | Path, device: str = "cpu", threads: int | None = None):
+    """A folder from `picovlm export` (manifest.json) as an ExportedModel, else a torch model
+    (save_pretrained folder or Hub id)."""
+    from picovlm.eval.exported import ExportedModel, is_exported_dir
+
+    if is_exported_dir(path):
+        return ExportedModel.load(path, threads=threads or 1)
+    directory = Path(path)
+    if directory.is_dir() and not (directory / "config.json").is_file():
+        raise PicovlmError(
+            f"{directory} is not a model folder: it has neither config.json (a folder written by `picovlm "
+            f"train` or save_pretrained) nor manifest.json (a folder written by `picovlm export`)."
+        )
+    from picovlm.model.vlm import VisionLanguageModel
+
+    return VisionLanguageModel.from_pretrained(path, device=device)
+
+
 def evaluate(
     model_dir_or_model,
     data_dir: str | Path,
@@ -417,9 +449,12 @@ def evaluate(
     name: str | None = None,
     thumbnails: bool = True,
     device: str = "cpu",
+    threads: int | None = None,
     progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
-    """Evaluate one model (a folder written by save_pretrained, or a model object) on data_dir/split.
+    """Evaluate one model (a folder written by save_pretrained or by `picovlm export`, or a model object)
+    on data_dir/split. An exported folder is answered and scored through the torch-free runtime
+    (`picovlm.eval.exported`; `threads`: its onnxruntime threads, default 1); all else is shared.
 
     Returns {"name", "model", "data", "split", "metrics", "items", "baselines", "thumbnails"}, the input
     of `picovlm.eval.report.write_report`. baseline="nearest" adds the nearest-neighbour lookup.
@@ -431,14 +466,15 @@ def evaluate(
     if baseline not in (None, "nearest"):
         raise PicovlmError(f"unknown baseline {baseline!r}: the only baseline is 'nearest'")
     if isinstance(model_dir_or_model, (str, Path)):
-        from picovlm.model.vlm import VisionLanguageModel
-
         model_path = str(model_dir_or_model)
-        model = VisionLanguageModel.from_pretrained(model_dir_or_model, device=device)
+        model = load_model(model_dir_or_model, device=device, threads=threads)
         name = name or Path(model_dir_or_model).name
     else:
         model, model_path = model_dir_or_model, None
         name = name or "model"
+    backend = getattr(model, "backend", "torch")
+    if backend != "torch" and backend not in name:  # side by side with torch models, say which is which
+        name = f"{name} ({backend})"
     if model.processor is None:
         raise PicovlmError(f"{model_path or 'the model'} has no tokenizer: save it with its tokenizer.json")
     generation = dict(
@@ -505,6 +541,7 @@ def evaluate(
     result = {
         "name": name,
         "model": model_path,
+        "backend": backend,
         "data": str(data_dir),
         "split": split,
         "metrics": add_verdict(metrics),

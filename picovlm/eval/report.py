@@ -2,7 +2,7 @@
 
 Input is a list of results as returned by `picovlm.eval.evaluate.evaluate` (one per model), each
 
-    {"name": str, "model": str, "data": str, "split": str,
+    {"name": str, "model": str, "backend": "torch" | "onnx fp32" | "onnx int8", "data": str, "split": str,
      "metrics": {flat metrics, incl. "verdict_status" and "verdict"},
      "items": [{"image_key", "question", "reference", "answer", "token_f1", ...}],
      "baselines": {"nearest-pixels": {"metrics": {...}, "items": [...]}, ...},   # optional
@@ -226,6 +226,7 @@ def metrics_document(results: list[dict]) -> dict[str, Any]:
             {
                 "name": r["name"],
                 "model": r.get("model"),
+                "backend": r.get("backend", "torch"),
                 "data": r.get("data"),
                 "split": r.get("split"),
                 "metrics": r["metrics"],

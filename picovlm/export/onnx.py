@@ -232,17 +232,26 @@ def export_model(
     quantize: str | None = None,
     tolerance: float = FP32_TOLERANCE,
     eval_items: int = 0,
+    eval_data: str | os.PathLike | None = None,
+    eval_split: str | None = None,
     progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
     """Export a save_pretrained folder to `out_dir` (written atomically); return the manifest.
 
-    quantize="int8" writes int8 graphs; `eval_items` > 0 then also answers that many demo scenes with
-    the fp32 and the int8 graphs and records token F1 and exact match of both in the manifest.
+    quantize="int8" writes int8 graphs; `eval_items` > 0 then also answers that many rows of the
+    model's own validation data with the fp32 and the int8 graphs and records how they agree
+    (`picovlm.export.quality`). The data is `eval_data`/`eval_split`, else the run folder's
+    train.data_dir and train.val_split; none found is an error, raised before any export work.
     """
     from picovlm.model.vlm import VisionLanguageModel
 
     if quantize not in (None, "int8"):
         raise PicovlmError(f"--quantize {quantize!r} is not supported: use int8, or leave it out for fp32.")
+    eval_on = None
+    if quantize and eval_items > 0:
+        from picovlm.export.quality import find_eval_data
+
+        eval_on = find_eval_data(model_dir, eval_data, eval_split)
     model = VisionLanguageModel.from_pretrained(model_dir).float().eval()
     if model.tokenizer is None:
         raise PicovlmError(
@@ -250,7 +259,7 @@ def export_model(
         )
     cfg = model.cfg
     in_names, out_names = decoder_io_names(cfg.lm_n_blocks)
-    steps = 4 + (quantize is not None) + (eval_items > 0)
+    steps = 4 + (quantize is not None) + (eval_on is not None)
     started = time.perf_counter()
 
     with atomic_path(out_dir) as out, tempfile.TemporaryDirectory(prefix="picovlm-export-") as scratch:
@@ -303,12 +312,15 @@ def export_model(
                 "vision": check_vision(model, out / VISION_FILE),
                 **{f"decoder_{k}": v for k, v in check_decoder(model, out / DECODER_FILE).items()},
             }
-            if eval_items > 0:
-                progress(5, steps, f"answering {eval_items} demo scenes with fp32 and int8 graphs")
-                from picovlm.export.quality import compare_on_demo
+            if eval_on is not None:
+                data_dir, split, _ = eval_on
+                progress(
+                    5, steps, f"answering {eval_items} rows of {data_dir} {split} with fp32 and int8 graphs"
+                )
+                from picovlm.export.quality import compare_on_data
 
                 atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2))
-                manifest["quantization"]["eval"] = compare_on_demo(fp32, out, eval_items)
+                manifest["quantization"]["eval"] = compare_on_data(fp32, out, data_dir, split, eval_items)
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)
         manifest["file_sizes"] = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
         atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from picovlm.data.processor import Processor
+from picovlm.data.processor import IGNORE_INDEX, Processor
 from picovlm.data.tokenizer import load_tokenizer
 from picovlm.errors import PicovlmError
 from picovlm.retrieval import RetrievalIndex
@@ -75,7 +75,17 @@ class GenerationOptions:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    repetition_penalty: float | None = None  # e.g. 1.2: seen tokens (prompt and answer) less likely
     stop_at_eos: bool = True  # False only for benchmarks that need exactly max_new_tokens tokens
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: list[int], penalty: float) -> np.ndarray:
+    """The torch model's rule: seen tokens' positive logits divided by `penalty`, negative ones multiplied."""
+    logits = logits.copy()
+    ids = np.unique(np.asarray(seen, np.int64))
+    scores = logits[ids]
+    logits[ids] = np.where(scores > 0, scores / penalty, scores * penalty)
+    return logits
 
 
 def sample_next_token(logits: np.ndarray, options: GenerationOptions, rng: np.random.Generator) -> int:
@@ -166,21 +176,60 @@ class Runtime:
     # --- Prompt -------------------------------------------------------------------------------------
 
     def image_embeddings(self, images: list[Image.Image]) -> np.ndarray:
-        """(n, L, D) image embeddings."""
+        """(n, L, D) image embeddings: the vision tower and the projector."""
         pixels = self.processor.image_pixels(images)
         return self.vision.run(None, {"pixel_values": pixels})[0]
 
-    def prompt_embeddings(self, images: list[Image.Image], question: str) -> tuple[list[int], np.ndarray]:
+    def prompt_embeddings(
+        self, images: list[Image.Image], question: str, blank_images: bool = False
+    ) -> tuple[list[int], np.ndarray]:
         """Prompt ids and their embeddings (1, T, D), image embeddings in place of the <|image|> tokens."""
+        ids = self.processor.encode_prompt(self.model_question(question, images), len(images))
+        return ids, self._embed(ids, images, blank_images)
+
+    def model_question(self, question: str, images: list[Image.Image]) -> str:
+        """The question as the model reads it: with retrieval, followed by its neighbours' answers."""
         if self.retrieval is not None and images:
             (question,) = self.retrieval.prompts([question], images[:1])
-        ids = self.processor.encode_prompt(question, len(images))
+        return question
+
+    def _embed(self, ids: list[int], images: list[Image.Image], blank_images: bool = False) -> np.ndarray:
+        """(1, T, D) embeddings of `ids`; blank_images: pixels 0 (mid-grey after normalisation)."""
         embeds = np.asarray(self.embed_tokens[np.asarray(ids)], dtype=np.float32)[None]  # (1, T, D)
         if images:
-            image_embeds = self.image_embeddings(images)  # (n, L, D)
+            pixels = self.processor.image_pixels(images)
+            if blank_images:
+                pixels = np.zeros_like(pixels)
+            image_embeds = self.vision.run(None, {"pixel_values": pixels})[0]  # (n, L, D)
             slots = np.asarray(ids) == self.image_token_id
             embeds[0, slots] = image_embeds.reshape(-1, image_embeds.shape[-1])
-        return ids, embeds
+        return embeds
+
+    def answer_nll(self, images, question: str, answer: str, blank_images: bool = False) -> tuple[float, int]:
+        """(summed negative log-likelihood in nats, token count) of `answer` and its end token after the
+        prompt, teacher-forced: the tokens the trainer's loss counts. Evaluation's loss for an exported
+        folder. blank_images: the pictures replaced by mid-grey (retrieval still sees the real ones)."""
+        images = [open_image(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
+        ids, labels = self.processor.encode_turns(
+            [(self.model_question(question, images), answer)], len(images)
+        )
+        supervised = [t for t, label in enumerate(labels) if label != IGNORE_INDEX]
+        first, last = supervised[0], supervised[-1]  # one turn: the answer tokens are contiguous
+        empty = np.zeros((1, self.n_kv_heads, 0, self.head_dim), np.float32)
+        logits, cache = self._step(
+            self._embed(ids[:first], images, blank_images),
+            np.arange(first, dtype=np.int64)[None],
+            [empty] * (2 * self.n_layers),
+        )
+        nll = 0.0
+        for t in range(first, last + 1):
+            logits = logits.astype(np.float64)
+            top = logits.max()
+            nll += float(top + np.log(np.exp(logits - top).sum()) - logits[labels[t]])
+            if t < last:
+                token_embed = np.asarray(self.embed_tokens[[ids[t]]], dtype=np.float32)[None]  # (1, 1, D)
+                logits, cache = self._step(token_embed, np.array([[t]], np.int64), cache)
+        return nll, last - first + 1
 
     # --- Generation ---------------------------------------------------------------------------------
 
@@ -207,10 +256,14 @@ class Runtime:
         rng = np.random.default_rng(options.seed)
         empty = np.zeros((1, self.n_kv_heads, 0, self.head_dim), np.float32)
         logits, cache = self._step(embeds, np.arange(T, dtype=np.int64)[None], [empty] * (2 * self.n_layers))
+        seen = list(ids)  # for the repetition penalty: the prompt and the answer so far, as in torch
         for step in range(max_new):
+            if options.repetition_penalty:
+                logits = apply_repetition_penalty(logits, seen, options.repetition_penalty)
             token = sample_next_token(logits, options, rng)
             if options.stop_at_eos and token == self.eos_token_id:
                 return
+            seen.append(token)
             yield token
             if step == max_new - 1:
                 return

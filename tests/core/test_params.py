@@ -53,7 +53,7 @@ def test_report_counts_equal_a_real_model():
 
 
 def test_params_cli_prints_json(capsys):
-    assert main(["params", "--preset", "super-small-11", "--json"]) == 0
+    assert main(["params", "--preset", "super-small-11", "model.lm_vocab_size=49152", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["lm"] == 10_850_760 and figures["vit"] == 4_289_280
     assert figures["total"] == figures["vit"] + figures["projector"] + figures["lm"]
@@ -61,3 +61,45 @@ def test_params_cli_prints_json(capsys):
     assert "ViT" in capsys.readouterr().out
     assert main(["params", "--preset", "super-small-11", "model.lm_n_heads=5"]) == 1
     assert "lm_n_heads" in capsys.readouterr().err
+
+
+def test_params_reports_the_model_the_default_recipe_trains(capsys):
+    """picovlm-small trains with the recipe's 1,024-token BPE, not the preset's 49,152 rows (issue 15)."""
+    assert main(["params", "--preset", "picovlm-small", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    hidden = preset("picovlm-small").lm_hidden_dim
+    assert figures["lm_vocab_size"] == 1024 and figures["lm_embedding"] == 1024 * hidden
+    assert figures["lm"] == 455_112 and figures["total"] == 2_921_544
+    assert "tokenizer_vocab_size" in figures["vocabulary"] and "lm_vocab_size=49152" in figures["vocabulary"]
+    assert main(["params", "--preset", "picovlm-small"]) == 0
+    text = capsys.readouterr().out
+    assert "vocabulary: 1,024 tokens, what `picovlm train` gives this model" in text
+    assert "total                2,921,544" in text
+    # the published size stays one override away, and says it is as given
+    assert main(["params", "--preset", "picovlm-small", "model.lm_vocab_size=49152", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["lm_embedding"] == 10_616_832 and figures["lm"] == 10_850_760
+    assert "as given" in figures["vocabulary"]
+    # the recipe's cap is a train field: changing it changes the report
+    assert main(["params", "--preset", "picovlm-small", "train.tokenizer_vocab_size=2048", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lm_embedding"] == 2048 * hidden
+
+
+def test_params_with_data_counts_the_bpe_the_trainer_would_train(tmp_path, capsys):
+    from picovlm.data.cauldron import load_cauldron
+    from picovlm.data.demo import write_demo
+    from picovlm.data.tokenizer import train_tokenizer
+    from picovlm.train.loop import training_texts
+
+    write_demo(tmp_path / "demo", n=80, seed=0, image_size=32)
+    expected = len(train_tokenizer(training_texts(load_cauldron(tmp_path / "demo", split="train")), 1024))
+    assert expected < 1024  # the demo texts have fewer merges to learn than the cap
+    assert main(["params", "--preset", "picovlm-small", f"train.data_dir={tmp_path / 'demo'}", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["lm_vocab_size"] == expected
+    assert figures["lm_embedding"] == expected * preset("picovlm-small").lm_hidden_dim
+    # a run's own config.yaml states its vocabulary: reported as given
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  lm_vocab_size: 413\n")
+    assert main(["params", "--preset", "picovlm-small", "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lm_vocab_size"] == 413

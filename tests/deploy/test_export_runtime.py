@@ -100,20 +100,35 @@ def test_sampling_is_seeded_and_respects_top_k(exported_dir):
     assert picks == {1}
 
 
-def test_int8_export_is_smaller_and_reports_its_effect(trained_model_dir, tmp_path):
+def test_int8_export_is_smaller_and_close_to_torch(trained_model_dir, exported_dir, tmp_path):
+    """Its answers' agreement with fp32 is measured on a model's own data: tests/deploy/test_exported_quality.py."""
     from picovlm.export.onnx import export_model
     from picovlm.runtime import Runtime
 
-    manifest = export_model(trained_model_dir, tmp_path / "int8", quantize="int8", eval_items=3)
-    fp32 = json.loads((tmp_path / "int8" / "manifest.json").read_text())
-    assert fp32["quantization"]["weights"] == "int8"
-    evaluation = manifest["quantization"]["eval"]
-    assert evaluation["items"] == 3 and 0 <= evaluation["int8"]["token_f1"] <= 1
-    assert evaluation["fp32"]["token_f1"] > 0.2  # the trained model's answers overlap the references
-    assert all(diff < 0.5 for diff in manifest["parity"]["int8_vs_torch"].values())
+    manifest = export_model(trained_model_dir, tmp_path / "int8", quantize="int8")
+    assert manifest["quantization"]["weights"] == "int8" and "eval" not in manifest["quantization"]
+    assert manifest["file_sizes"]["decoder.onnx"] < (exported_dir / "decoder.onnx").stat().st_size
+    # int8 rounding moves outputs by a few thousandths of their scale (5e-3 seen), not by half of it
+    assert all(diff < 0.05 for diff in manifest["parity"]["int8_vs_torch"].values()), manifest["parity"]
     runtime = Runtime.load(tmp_path / "int8")
     assert runtime.quantization == "int8"
     assert runtime.answer(demo_image(0), "Describe the image.", max_new_tokens=8)
+
+
+def test_repetition_penalty_matches_the_torch_model(trained_model_dir, exported_dir):
+    from picovlm.model.vlm import VLM
+    from picovlm.runtime import Runtime
+
+    model = VLM.from_pretrained(trained_model_dir)
+    runtime = Runtime.load(exported_dir)
+    for index in range(2):
+        image = demo_image(index)
+        plain = runtime.answer(image, "Describe the image.", max_new_tokens=40)
+        penalised = runtime.answer(image, "Describe the image.", max_new_tokens=40, repetition_penalty=1.5)
+        assert penalised == model.answer(
+            image, "Describe the image.", max_new_tokens=40, repetition_penalty=1.5
+        )
+        assert penalised != plain  # the penalty did change the answer
 
 
 def test_importing_the_runtime_loads_neither_torch_nor_transformers(exported_dir):

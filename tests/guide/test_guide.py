@@ -112,3 +112,4 @@ def test_guide_runs_as_written(tmp_path):
         assert (work / path).exists(), path
     assert '"answer"' in done.stdout  # the served model answered the curl request
     assert "collapsed" in log or "healthy" in log or "below baseline" in log  # eval printed a verdict
+    assert "int8 vs fp32 on" in log and "data/final split 'validation'" in log  # on the run's own data

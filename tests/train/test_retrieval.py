@@ -99,3 +99,21 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
     images = [row["images"][0] for row in load_cauldron(demo_dir, split="test").select(range(4))]
     torch_answers = model.answer(images, max_new_tokens=24)
     assert [runtime.answer(image, max_new_tokens=24) for image in images] == torch_answers
+    # `picovlm eval` of the exported folder retrieves as the server does: the torch model's figures
+    from picovlm.eval.evaluate import evaluate
+
+    options = dict(split="test", swap_items=4, max_new_tokens=24, thumbnails=False)
+    torch_result = evaluate(model_dir, demo_dir, **options)
+    onnx_result = evaluate(tmp_path / "exported", demo_dir, **options)
+    assert onnx_result["backend"] == "onnx fp32" and torch_result["backend"] == "torch"
+    assert [i["answer"] for i in onnx_result["items"]] == [i["answer"] for i in torch_result["items"]]
+    for key in ("loss", "loss_shuffled_images", "loss_blank_images", "train_loss"):
+        assert onnx_result["metrics"][key] == pytest.approx(torch_result["metrics"][key], abs=1e-3), key
+    # the neighbours made the difference: the torch model without them scores another loss
+    from picovlm.eval.evaluate import answer_loss, items_from_rows
+
+    items = items_from_rows(load_cauldron(demo_dir, split="test"))
+    model.cfg.retrieval_k = 0
+    without = answer_loss(model, items) - onnx_result["metrics"]["loss"]
+    with_them = torch_result["metrics"]["loss"] - onnx_result["metrics"]["loss"]
+    assert abs(with_them) * 10 < abs(without)
