@@ -66,7 +66,7 @@ def exported_dir(trained_model_dir, tmp_path_factory) -> Path:
     return out
 
 
-RUN_STEPS = 500
+RUN_STEPS = 700
 
 
 @pytest.fixture(scope="session")
