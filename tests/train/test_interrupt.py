@@ -132,3 +132,40 @@ def test_a_signalled_cli_run_saves_its_step_says_how_to_resume_and_resumes_exact
     assert records[-1]["loss"] == pytest.approx(straight_run[-1]["loss"], rel=1e-4)
     assert records[-1]["val_loss"] == pytest.approx(straight_run[-1]["val_loss"], rel=1e-4)
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == STEPS
+
+
+@pytest.mark.slow  # ~40 s: a sweep process and its run, twice
+def test_ctrl_c_on_a_sweep_reaches_its_run_once_and_the_same_command_finishes_it(demo_dir, tmp_path):
+    import yaml
+
+    sweep_file, out = tmp_path / "sweep.yaml", tmp_path / "out"
+    train_values = dict(v.split("=", 1) for v in _args(demo_dir, "unused"))
+    train_values = {k.removeprefix("train."): yaml.safe_load(v) for k, v in train_values.items()}
+    del train_values["out_dir"]
+    sweep_file.write_text(
+        yaml.safe_dump({"preset": "tiny", "train": train_values, "runs": [{"name": "only"}]})
+    )
+    cmd = [sys.executable, "-m", "picovlm", "sweep", str(sweep_file), "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    log, deadline = out / "configs" / "only.log", time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        text = log.read_bytes() if log.exists() else b""
+        if max([int(n) for n in re.findall(rb"(\d+)/%d" % STEPS, text)] or [0]) >= 20:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the sweep ended before the signal: {proc.stderr.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the sweep's whole group
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr.decode()[-2000:]
+    assert "during sweep run only" in stderr.decode() and "run the same command again" in stderr.decode()
+    run = out / "only"
+    saved = load_checkpoint(run)["step"]
+    assert 20 <= saved == max(r["step"] for r in read_metrics(run)) < STEPS  # saved after its step, once
+    assert "interrupted by SIGINT after step" in log.read_text()  # one signal, not two: not "twice"
+
+    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed  only" in again.stdout
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, STEPS + 1))
