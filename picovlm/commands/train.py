@@ -16,7 +16,9 @@ def add_parser(subparsers) -> None:
         description="Train a VLM from a preset (default picovlm-small, the recipe of docs/recipes.md) and/or a "
         "config file plus FIELD=VALUE overrides. The run folder "
         "(train.out_dir) gets config.yaml, tokenizer.json, metrics.jsonl, plots/, checkpoint.pt, best/ and "
-        "model/. Several processes: `torchrun --nproc_per_node N -m picovlm train ...`. "
+        "model/. Ctrl-C or SIGTERM finishes the step, saves it to checkpoint.pt, prints the command that resumes "
+        "the run (picovlm train --config RUN/config.yaml --resume) and exits 130 / 143. "
+        "Several processes: `torchrun --nproc_per_node N -m picovlm train ...`. "
         "Example: picovlm train --preset super-small-11 data_dir=data/demo max_steps=200",
     )
     add_config_arguments(p)
