@@ -65,13 +65,10 @@ def run_demo(
     samples: int = 4,
     overwrite: bool = False,
     threads: int = 0,
-    max_steps: int | None = None,
 ) -> DemoResult:
     """Build the demo data, train for `minutes`, evaluate, export to int8 ONNX, answer `samples`
     held-out images through the runtime; everything goes under out_dir. Returns paths and figures.
-    threads: torch's CPU threads for training and evaluation (0: one per core). max_steps: stop
-    there if the clock has not stopped the run first (a test's run then does not depend on how busy
-    the machine is, as long as `minutes` is generous)."""
+    threads: torch's CPU threads for training and evaluation (0: one per core)."""
     from picovlm.config import DEFAULT_PRESET, TrainConfig
     from picovlm.config import preset as preset_config
     from picovlm.data.cauldron import load_cauldron
@@ -115,7 +112,6 @@ def run_demo(
         data_dir=str(paths["data"]),
         out_dir=str(paths["run"]),
         max_minutes=minutes,
-        max_steps=max_steps,
         seed=seed,
         threads=threads,
     )
