@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or a run stopped by a signal (train/interrupt.py): 130, 143
+        print(str(err) or "interrupted", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
     except PicovlmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

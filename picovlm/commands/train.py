@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from picovlm.commands.params import add_config_arguments
 
@@ -15,7 +16,9 @@ def add_parser(subparsers) -> None:
         description="Train a VLM from a preset (default picovlm-small, the recipe of docs/recipes.md) and/or a "
         "config file plus FIELD=VALUE overrides. The run folder "
         "(train.out_dir) gets config.yaml, tokenizer.json, metrics.jsonl, plots/, checkpoint.pt, best/ and "
-        "model/. Several processes: `torchrun --nproc_per_node N -m picovlm train ...`. "
+        "model/. Ctrl-C or SIGTERM finishes the step, saves it to checkpoint.pt, prints the command that resumes "
+        "the run (picovlm train --config RUN/config.yaml --resume) and exits 130 / 143. "
+        "Several processes: `torchrun --nproc_per_node N -m picovlm train ...`. "
         "Example: picovlm train --preset super-small-11 data_dir=data/demo max_steps=200",
     )
     add_config_arguments(p)
@@ -67,6 +70,7 @@ def run_train(args: argparse.Namespace) -> int:
     import os
 
     from picovlm.config import load_config
+    from picovlm.train.interrupt import TrainingInterrupted
     from picovlm.train.loop import train
 
     model_cfg, train_cfg = load_config(args.preset, args.config, args.overrides)
@@ -74,6 +78,12 @@ def run_train(args: argparse.Namespace) -> int:
     bar = _Bar() if main_rank else None
     try:
         result = train(model_cfg, train_cfg, progress=bar, resume=args.resume)
+    except TrainingInterrupted as stopped:
+        if bar is not None:
+            bar.close()
+        if main_rank:
+            print(interrupted_message(stopped, train_cfg.out_dir), file=sys.stderr)
+        return stopped.exit_code
     finally:
         if bar is not None:
             bar.close()
@@ -105,6 +115,38 @@ def run_train(args: argparse.Namespace) -> int:
     if result.skipped_rows:
         print(f"skipped rows   {result.skipped_rows} (could not be decoded or encoded)")
     return 0
+
+
+def resume_command(run_dir) -> str:
+    """The command that continues the run in run_dir: its own config.yaml holds every setting the run
+    started with (overrides and the trained tokenizer's vocabulary included), so it does not depend on
+    the original command line or on a config file that may have changed since."""
+    import os
+    import shlex
+    from pathlib import Path
+
+    config = shlex.quote(str(Path(run_dir) / "config.yaml"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # started under torchrun: resume with as many processes per node
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", str(world))
+        return f"torchrun --nproc_per_node {per_node} -m picovlm train --config {config} --resume"
+    return f"picovlm train --config {config} --resume"
+
+
+def interrupted_message(stopped, out_dir) -> str:
+    """What `picovlm train` prints when a signal stopped it: what was saved and how to go on."""
+    from pathlib import Path
+
+    from picovlm.train.checkpoint import CHECKPOINT_FILE, has_checkpoint
+
+    run_dir = Path(stopped.run_dir or out_dir)
+    if stopped.step is not None:
+        saved = f"{stopped}: saved {run_dir / CHECKPOINT_FILE}"
+    else:
+        saved = str(stopped)
+    if has_checkpoint(run_dir):
+        return f"{saved}\nresume with: {resume_command(run_dir)}"
+    return f"{saved}; nothing to resume yet: run the same command again to start over"
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:

@@ -174,6 +174,13 @@ class ResumableSampler(torch.utils.data.Sampler):
 
 def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # workers decode images; BLAS threads would only fight the trainer
+    # Ctrl-C reaches the whole process group and schedulers often signal it too: the trainer decides
+    # when to stop (after its step, with a checkpoint, picovlm/train/interrupt.py), and a worker that
+    # died first would fail that step. Workers end with the trainer, as they always do.
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def make_dataloader(

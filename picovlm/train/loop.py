@@ -3,6 +3,7 @@
     data (cauldron splits) -> tokenizer (trained on the training texts, or loaded) -> model
     -> memory check -> AdamW + warmup/cosine -> [resume] -> steps:
          accumulate micro-batches -> clip -> step -> log -> eval / early stop -> checkpoint
+         (SIGINT / SIGTERM: the step finishes, checkpoint, TrainingInterrupted; train/interrupt.py)
     -> model/ (final), best/ (best train.best_metric: lowest val loss by default), plots, summary.json
 
 Devices: a CPU (fp32), one CUDA GPU (bf16 autocast over fp32 master weights), or several processes
@@ -26,6 +27,7 @@ import math
 import os
 import random
 import resource
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ import torch.distributed as dist
 from picovlm.config import TrainConfig, VLMConfig, replace, save_config
 from picovlm.errors import ConfigError, DataError
 from picovlm.train import checkpoint as ckpt
+from picovlm.train.interrupt import StopOnSignal, TrainingInterrupted
 from picovlm.train.optim import build_optimizer, lr_factor, set_learning_rates
 from picovlm.train.tracking import Tracker, plot_run
 from picovlm.utils import ProgressFn, atomic_write_text, no_progress
@@ -291,7 +294,20 @@ def train(
 
     progress(step, total_steps, message) is called after every optimizer step (the CLI draws a bar);
     an exception raised from it stops training like a crash would (the last checkpoint survives).
+    SIGINT or SIGTERM (from the main thread) lets the step in progress finish, writes checkpoint.pt
+    and raises TrainingInterrupted (picovlm/train/interrupt.py); `resume=True` continues from there.
     """
+    with StopOnSignal() as stop:
+        return _train(model_cfg, train_cfg, progress, resume, stop)
+
+
+def _train(
+    model_cfg: VLMConfig,
+    train_cfg: TrainConfig,
+    progress: ProgressFn | None,
+    resume: bool,
+    stop: StopOnSignal,
+) -> RunResult:
     from picovlm.data.leakage import check_training_leakage
     from picovlm.data.pipeline import CauldronTorchDataset, make_dataloader
     from picovlm.model.params import param_report
@@ -444,6 +460,7 @@ def train(
     batches = _epoch_batches(loader, epoch, (step % steps_per_epoch) * micro * accum)
     progress(step, total_steps, "training")
     last_step_end = time.perf_counter()
+    stop.deferring = True  # from here a signal ends the run after its step, with a checkpoint
     try:
         while step < total_steps:
             # Fetch the whole optimizer step's micro-batches first: the loss is normalised by their
@@ -508,7 +525,8 @@ def train(
                 out_of_time = elapsed >= train_cfg.max_minutes * 60
 
             # --- Log ---
-            (loss_sum,) = dist_.sum([loss_sum], device)
+            # a signal to any rank stops every rank after this same step (the sum doubles as the vote)
+            loss_sum, signalled = dist_.sum([loss_sum, float(stop.signum is not None)], device)
             last_loss = loss_sum / max(n_supervised, 1)
             step_time = step_end - compute_start
             wall = step_end - last_step_end
@@ -559,7 +577,7 @@ def train(
                 tracker.log(record)
             last_step_end = time.perf_counter()  # eval and checkpoint time is not charged to the next step
             state["wall_time_s"] = prior_wall + time.time() - session_start
-            if step % train_cfg.checkpoint_interval == 0 or is_last or stop_early or out_of_time:
+            if step % train_cfg.checkpoint_interval == 0 or is_last or stop_early or out_of_time or signalled:
                 if dist_.main:
                     ckpt.save_checkpoint(run_dir, {
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -568,6 +586,8 @@ def train(
                         "trainer": state,
                     })  # fmt: skip
                 dist_.barrier()
+            if signalled:
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, step, run_dir)
             val_text = f" | val {val_loss:.3f}" if val_loss is not None else ""
             progress(step, total_steps, f"loss {last_loss:.3f}{val_text} | {n_tokens / wall:,.0f} tok/s")
             if stop_early or out_of_time:
@@ -577,6 +597,11 @@ def train(
     finally:
         if tracker is not None:
             tracker.close()
+    # The last step's checkpoint is on disk: a signal from here on stops at once, and one that came
+    # after the last step's vote still stops the run (a resume only writes model/ and the summary).
+    stop.deferring = False
+    if stop.signum is not None and dist_.world_size == 1:
+        raise TrainingInterrupted(stop.signum, step, run_dir)
 
     if fit_to_clock and total_steps < (train_cfg.max_steps or math.inf):
         if stop_reason != "early_stopping":

@@ -29,8 +29,10 @@ import io
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from picovlm.config import (
     save_config,
 )
 from picovlm.errors import ConfigError, PicovlmError
+from picovlm.train.interrupt import STOP_SIGNALS, TrainingInterrupted
 from picovlm.train.loop import SUMMARY_FILE
 from picovlm.train.tracking import plot_series, points, read_metrics
 from picovlm.utils import ProgressFn, atomic_write_text, no_progress
@@ -142,10 +145,33 @@ def _train_in_subprocess(model_cfg, train_cfg, config_path: Path, resume: bool) 
         *(["--resume"] if resume else []),
     ]
     with open(log_path, "w") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = _run_forwarding_signals(cmd, log)
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # the run saved its step (train/interrupt.py)
+        raise TrainingInterrupted(
+            code - 128,
+            how=f"during sweep run {config_path.stem} (log {log_path}): run the same command again "
+            "to continue the sweep where it stopped",
+        )
     if code != 0:
         tail = "\n".join(log_path.read_text().splitlines()[-15:])
         raise PicovlmError(f"sweep run {config_path.stem} failed (exit {code}); log {log_path}:\n{tail}")
+
+
+def _run_forwarding_signals(cmd: list[str], log) -> int:
+    """Run a training process and pass SIGINT / SIGTERM sent to the sweep on to it, once each.
+
+    The run lives in its own session, so a Ctrl-C in the terminal reaches it only through here: sent
+    to both, it would arrive twice and stop the run at once instead of after its step, and a SIGTERM
+    sent to the sweep alone would leave the run training with nobody waiting for it."""
+    if threading.current_thread() is not threading.main_thread():  # no handlers: the run gets Ctrl-C itself
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    previous = {s: signal.signal(s, lambda signum, _frame: proc.send_signal(signum)) for s in STOP_SIGNALS}
+    try:
+        return proc.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _finished(run_dir: Path) -> bool:

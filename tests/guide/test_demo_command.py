@@ -30,13 +30,23 @@ def test_run_demo_writes_every_artefact_and_the_runtime_answers(tmp_path):
     assert saved == result.answers
     for item in result.answers:
         assert Path(item["image"]).parent == p["samples"] and Path(item["image"]).is_file()
-        assert isinstance(item["answer"], str) and item["reference"]
+        assert item["reference"] and any(c.isalpha() for c in item["answer"]), item  # an answer, not ""
     eval_metrics = json.loads(p["eval_metrics"].read_text())
     model_metrics = eval_metrics["models"][0]["metrics"]
     f = result.figures
     assert f["n_images"] == 12 and 1 <= f["distinct_answers"] <= 12
-    assert 0.0 <= f["token_f1"] <= 1.0 and f["verdict"] and f["baseline_token_f1"] is not None
-    assert model_metrics["token_f1"] == f["token_f1"]
+    assert model_metrics["token_f1"] == f["token_f1"] and model_metrics["verdict"] == f["verdict"]
+    # The lookup is real: the answer of the nearest training image states ~40 % of a scene's facts.
+    assert f["baseline_name"] == "nearest-vision" and f["baseline_field_accuracy"] > 0.2
+    assert f["baseline_token_f1"] > 0.4
+    # What the demo prints is the truth about its model, in both directions. ~12 s of the tiny preset
+    # (~140 steps) is far from a model that beats the lookup (token F1 0.12 vs 0.57, facts 0 % vs 38 %,
+    # collapsed); even 1,000 steps (~1 min here) beat it on one seed of three. The 5-minute demo of the
+    # default preset beats it (README: F1 0.76 vs 0.66, facts 0.65 vs 0.43) and is too long for a test.
+    below = f["field_accuracy"] < f["baseline_field_accuracy"]
+    assert ("below baseline" in f["verdict"]) == below, f
+    if below or f["distinct_answers"] <= 6:
+        assert f["verdict_status"] != "healthy", f
     assert set(result.stage_seconds) == {"data", "train", "eval", "export", "runtime"}
 
 

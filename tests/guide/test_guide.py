@@ -7,6 +7,7 @@ for an LLM that cannot run here)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import socket
@@ -111,5 +112,19 @@ def test_guide_runs_as_written(tmp_path):
                  "exported/mine-int8/manifest.json"]:  # fmt: skip
         assert (work / path).exists(), path
     assert '"answer"' in done.stdout  # the served model answered the curl request
-    assert "collapsed" in log or "healthy" in log or "below baseline" in log  # eval printed a verdict
+    # Step 9's verdicts: printed for both models, and true to their figures. The guide's budget here
+    # (MINUTES=0.1: ~130 steps of the tiny preset) leaves both models collapsed (100 % one answer,
+    # token F1 0.03 vs the lookup's 0.89); a model that is not needs ~1,000+ steps (MINUTES=1: 2,100
+    # steps, 4 distinct answers of 4, F1 0.94 vs 0.89, "recalls training answers"), which would make
+    # this test take ~3 minutes instead of ~1.7. So the verdict is held to the figures, both ways.
+    evaluated = json.loads((work / "reports/eval/metrics.json").read_text())["models"]
+    assert len(evaluated) == 2
+    for entry in evaluated:
+        m = entry["metrics"]
+        assert f"{entry['name']}: {m['verdict']}" in done.stdout
+        one_answer = (
+            m["top_answer_share"] >= 0.5 and m["top_answer_share"] >= m["reference_top_answer_share"] + 0.2
+        )
+        few_answers = m["distinct_answer_share"] < 0.5 * m["reference_distinct_answer_share"]
+        assert (m["verdict_status"] == "collapsed") == (one_answer or few_answers), m
     assert "int8 vs fp32 on" in log and "data/final split 'validation'" in log  # on the run's own data
