@@ -67,6 +67,12 @@ def add_parser(subparsers) -> None:
         help="drop paraphrases shorter than this x original words (0.5)",
     )
     p.add_argument(
+        "--min-content-share",
+        type=float,
+        default=0.5,
+        help="drop paraphrases that keep less than this share of the original's content words (0.5)",
+    )
+    p.add_argument(
         "--max-ratio",
         type=float,
         default=2.0,
@@ -158,6 +164,7 @@ def run_augment(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         min_ratio=args.min_ratio,
         max_ratio=args.max_ratio,
+        min_content_share=args.min_content_share,
         max_similarity=args.max_similarity,
         key_terms=terms,
         keep_originals=not args.only_new,

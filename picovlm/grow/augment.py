@@ -10,6 +10,8 @@ Then filter every reply against its original:
     number       a number (digits or a number word up to twenty) was lost, changed or invented
     name         a proper name (a capitalised word inside a sentence) was lost
     key_term     a key term was lost (user-given terms, and tokens such as "H100", "iPhone", "COVID-19")
+    off_topic    fewer than min_content_share of the original's content words are left (a reply about
+                 something else that happens to keep the numbers: "This picture has three numbers...")
     same_as_original  word-sequence similarity to the original >= max_similarity
     duplicate    word-sequence similarity to an already kept variant >= max_similarity
 
@@ -47,6 +49,7 @@ DROP_REASONS = (
     "number",
     "name",
     "key_term",
+    "off_topic",
     "same_as_original",
     "duplicate",
 )
@@ -64,6 +67,7 @@ class AugmentConfig:
     max_ratio: float = 2.0
     max_similarity: float = 0.9
     key_terms: tuple[str, ...] = ()
+    min_content_share: float = 0.5
     keep_originals: bool = True
     n_examples: int = 5
 
@@ -121,6 +125,25 @@ def key_terms(text: str, user_terms: tuple[str, ...]) -> set[str]:
     return terms | set(_TECH_RE.findall(text))
 
 
+# Function words a paraphrase may change freely; everything else of 3+ letters is content.
+STOP_WORDS = set(
+    "the and but for nor yet with from into onto over under about above below near than then that this "
+    "these those there here its his her hers their theirs our ours your yours you she him they them what "
+    "which who whom whose where when while was were are been being has have had having does did doing "
+    "not can could will would shall should may might must also very just only each both all any some "
+    "one more most other such own same too out off again once".split()
+)
+
+
+def content_stems(text: str) -> set[str]:
+    """The content words of a text as 5-letter stems ("colleagues" and "colleague" agree), numbers and
+    function words left out: what a paraphrase should still talk about."""
+    return {
+        w.lower()[:5] for w in words(text)
+        if len(w) >= 3 and w.isalpha() and w.lower() not in STOP_WORDS and w.lower() not in NUMBER_WORDS
+    }  # fmt: skip
+
+
 def _contains(text: str, term: str) -> bool:
     return re.search(rf"\b{re.escape(term.lower())}\b", text.lower()) is not None
 
@@ -156,6 +179,9 @@ def drop_reason(candidate: str, original: str, kept: list[str], config: AugmentC
         return "name"
     if any(not _contains(candidate, term) for term in key_terms(original, config.key_terms)):
         return "key_term"
+    wanted = content_stems(original)
+    if wanted and len(wanted & content_stems(candidate)) < config.min_content_share * len(wanted):
+        return "off_topic"
     if similarity(candidate, original) >= config.max_similarity:
         return "same_as_original"
     if any(similarity(candidate, other) >= config.max_similarity for other in kept):

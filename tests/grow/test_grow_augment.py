@@ -54,6 +54,23 @@ def test_drop_reason(candidate, reason):
     assert drop_reason(candidate, ORIGINAL, [], AugmentConfig()) == reason
 
 
+SCENE = (
+    "We can see two shapes on a black background. At the bottom center there is a large yellow triangle. "
+    "At the bottom right there is a large pink square."
+)
+
+
+def test_a_reply_about_something_else_is_off_topic_even_when_it_keeps_the_numbers():
+    """SmolLM2 wrote this kind of reply for a demo scene and the number/name/key-term filters kept it."""
+    junk = (
+        "This picture has two numbers, a name, a colour and a place. It cannot have hidden numbers or names."
+    )
+    assert drop_reason(junk, SCENE, [], AugmentConfig()) == "off_topic"
+    rewritten = "Two shapes sit on a black backdrop: a big yellow triangle at the bottom centre and a big pink square at the bottom right."
+    assert drop_reason(rewritten, SCENE, [], AugmentConfig()) is None
+    assert drop_reason(junk, SCENE, [], AugmentConfig(min_content_share=0.0)) is None  # the knob
+
+
 def test_key_terms_and_duplicates():
     config = AugmentConfig(key_terms=("radium",))
     original = "She filmed radium with an iPhone and an H100 cluster of friends in the lab."
