@@ -345,6 +345,8 @@ def _train(
         )
     # the parser of the answers' facts, if the rows come from a built-in set: read once, used by every check
     field_parser = _field_parser(train_ds, val_ds)
+    if train_cfg.best_metric == "auto":
+        train_cfg = replace(train_cfg, best_metric=resolve_best_metric(train_cfg, val_ds))
     _check_best_metric(train_cfg, val_ds, field_parser)
 
     # --- Model ---
@@ -699,6 +701,12 @@ def _field_parser(train_ds, val_ds):
     from picovlm.eval.evaluate import detect_extract_fields
 
     return detect_extract_fields(train_ds, val_ds)
+
+
+def resolve_best_metric(train_cfg: TrainConfig, val_ds) -> str:
+    """What best_metric="auto" means for this run: the answers' token F1 where the answer check runs on
+    a validation split (it predicted the test answers; the val loss did not), else the val loss."""
+    return "gen_token_f1" if val_ds is not None and train_cfg.gen_eval_interval else "val_loss"
 
 
 def _check_best_metric(train_cfg: TrainConfig, val_ds, field_parser) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from picovlm.cli import main
 from picovlm.demo import run_demo
 
@@ -56,3 +58,16 @@ def test_demo_refuses_a_folder_in_use(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--preset", "tiny", "--n", "60"]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "demo" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_the_default_demo_beats_its_lookup(tmp_path):
+    """What `picovlm demo` promises, as a user runs it: the default preset and recipe, 5 minutes of
+    training (~5-6 minutes in all), held-out scenes answered better than by the nearest training
+    image, in words and in facts. Measured here: token F1 0.76 vs 0.66, facts 0.65 vs 0.43 (README)."""
+    result = run_demo(tmp_path / "demo", seed=0)
+    f = result.figures
+    assert f["token_f1"] > f["baseline_token_f1"], f
+    assert f["field_accuracy"] > f["baseline_field_accuracy"], f
+    assert "below baseline" not in f["verdict"] and f["verdict_status"] != "collapsed", f
+    assert all(any(c.isalpha() for c in item["answer"]) for item in result.answers)

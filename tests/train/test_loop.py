@@ -122,7 +122,7 @@ def test_clear_errors_before_training(demo_dir, tmp_path, tiny_configs):
 def test_early_stopping_stops_when_val_loss_stops_improving(demo_dir, tmp_path, tiny_configs):
     # A learning rate of 1 wrecks a model after a few steps: the val loss soon stops improving.
     model_cfg, cfg = tiny_configs(
-        demo_dir, tmp_path / "run", max_steps=40, eval_interval=1, early_stopping_patience=2,
+        demo_dir, tmp_path / "run", max_steps=40, eval_interval=1, early_stopping_patience=2, best_metric="val_loss",
         lr_mp=1.0, lr_vision_backbone=1.0, lr_language_backbone=1.0, warmup_ratio=0.0, max_grad_norm=100.0,
     )  # fmt: skip
     result = train(model_cfg, cfg)
@@ -150,6 +150,21 @@ def test_best_can_follow_an_answer_metric_instead_of_the_val_loss(demo_dir, tmp_
     final = VLM.from_pretrained(tmp_path / "run" / "model").state_dict()
     same = all(torch.equal(best[k], final[k]) for k in final)
     assert same == (result.best_step == 40)  # best/ holds the weights of the chosen step
+
+
+def test_best_metric_auto_follows_the_answers_where_they_are_checked(demo_dir, tmp_path, tiny_configs):
+    """The default: best/ by the answers' token F1 when the answer check runs on a validation split (on
+    real data best/ by val loss was far worse than the final model), else by the val loss."""
+    import yaml
+
+    model_cfg, cfg = tiny_configs(demo_dir, tmp_path / "checked", gen_eval_interval=4, gen_eval_items=4)
+    assert cfg.best_metric == "auto"
+    result = train(model_cfg, cfg)
+    assert result.best_metric == "gen_token_f1" and result.best_step in (4, 8)
+    saved = yaml.safe_load((tmp_path / "checked" / "config.yaml").read_text())["train"]
+    assert saved["best_metric"] == "gen_token_f1"  # a resumed run keeps what this run chose
+    model_cfg, cfg = tiny_configs(demo_dir, tmp_path / "unchecked", gen_eval_interval=0)
+    assert train(model_cfg, cfg).best_metric == "val_loss"
 
 
 def test_an_answer_metric_that_can_never_be_measured_fails_before_training(demo_dir, tmp_path, tiny_configs):
