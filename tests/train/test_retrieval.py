@@ -117,3 +117,17 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
     without = answer_loss(model, items) - onnx_result["metrics"]["loss"]
     with_them = torch_result["metrics"]["loss"] - onnx_result["metrics"]["loss"]
     assert abs(with_them) * 10 < abs(without)
+
+
+def test_the_retrieval_preset_trains_from_the_command_line(demo_dir, tmp_path):
+    """`picovlm train --preset picovlm-small-retrieval` (the recipe docs/recipes.md measured on real
+    data): a run of two steps whose model carries its index and its two LM blocks."""
+    from picovlm.cli import main
+
+    args = ["train", "--preset", "picovlm-small-retrieval", f"train.data_dir={demo_dir}",
+            f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.batch_size=4",
+            "train.gen_eval_interval=0", "train.tokenizer_vocab_size=400", "train.threads=1"]  # fmt: skip
+    assert main(args) == 0
+    model = VLM.from_pretrained(tmp_path / "run" / "model")
+    assert (model.cfg.retrieval_k, model.cfg.lm_n_blocks, model.cfg.vit_patch_size) == (2, 2, 32)
+    assert model.retrieval is not None and model.retrieval.k == 2

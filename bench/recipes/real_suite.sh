@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The real-data suite (issue 14; docs/recipes.md "Real data"): for each set, the default recipe and the
+# retrieval recipe, 10 minutes each, two at a time on one thread each, then `picovlm eval --baseline
+# nearest` of model/ and best/ on the test split; one JSON line per run in real_results.jsonl.
+#   bench/recipes/real_suite.sh DATA_ROOT [SEED] [SETS...]    e.g. bench/recipes/real_suite.sh data 0 emoji cjk
+# DATA_ROOT holds the sets built by `picovlm realset NAME --out DATA_ROOT/NAME`. freeciv-flags is the
+# held-out set: run it only for a final recipe, and report it apart.
+set -euo pipefail
+ROOT=${1:?DATA_ROOT}; SEED=${2:-0}; shift $(( $# >= 2 ? 2 : $# ))
+SETS=${*:-emoji cjk wesnoth}
+HERE=$(cd "$(dirname "$0")" && pwd)
+RUNS=${RUNS:-runs/real}
+RETRIEVAL="model.retrieval_k=2 model.lm_n_blocks=2 model.lm_max_length=512"
+one() {  # one NAME DATA OVERRIDES...
+  local name=$1 data=$2; shift 2
+  local out=$RUNS/$name
+  picovlm train train.data_dir="$data" train.out_dir="$out" train.max_minutes=10 train.threads=1 \
+    train.seed="$SEED" "$@" > "$out.train.log" 2>&1
+  picovlm eval --model "$out/model" "$out/best" --data "$data" --split test --baseline nearest \
+    --out "$out/eval" --threads 1 > "$out.eval.log" 2>&1
+  python "$HERE/real_table.py" --append "$out" --overrides "$*" --seed "$SEED"
+}
+mkdir -p "$RUNS"
+for set in $SETS; do
+  one "$set-default-s$SEED" "$ROOT/$set" &
+  # shellcheck disable=SC2086
+  one "$set-retrieval-s$SEED" "$ROOT/$set" $RETRIEVAL &
+  wait
+done
+python "$HERE/real_table.py"

@@ -1,0 +1,65 @@
+"""The real-data suite's table (docs/recipes.md "Real data"): one row per run of real_suite.sh.
+
+python bench/recipes/real_table.py                       # print the table of real_results.jsonl
+python bench/recipes/real_table.py --append RUN_DIR ...  # add a run (its eval/metrics.json, summary.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("real_results.jsonl")
+KEYS = ("token_f1", "field_accuracy", "distinct_answer_share", "reference_distinct_answer_share",
+        "copied_from_train_share", "image_gap_shuffled", "verdict_status")  # fmt: skip
+
+
+def row_of(run_dir: Path, overrides: str, seed: int) -> dict:
+    models = json.loads((run_dir / "eval" / "metrics.json").read_text())["models"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    final, best = models[0], models[1] if len(models) > 1 else None
+    return {
+        "run": run_dir.name, "data": Path(final["data"]).name, "seed": seed, "overrides": overrides,
+        "steps": summary.get("steps"), "best_step": summary.get("best_step"),
+        "best_metric": summary.get("best_metric"),
+        "final": {k: final["metrics"].get(k) for k in KEYS},
+        "best": {k: best["metrics"].get(k) for k in KEYS} if best else None,
+        "lookups": {name: {k: b["metrics"].get(k) for k in ("token_f1", "field_accuracy")}
+                    for name, b in final["baselines"].items()},
+    }  # fmt: skip
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| set | run | steps | token F1 | facts | best lookup F1 / facts | distinct (refs) | "
+             "verbatim training answers | shuffled gap | best/ F1 / facts | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        f, b = r["final"], r["best"] or {}
+        look_f1 = max(v["token_f1"] for v in r["lookups"].values())
+        look_facts = max((v["field_accuracy"] or 0) for v in r["lookups"].values())
+        lines.append(
+            f"| {r['data']} | {r['run']} | {r['steps']:,} | {f['token_f1']:.3f} | {f['field_accuracy']:.3f} | "
+            f"{look_f1:.3f} / {look_facts:.3f} | {f['distinct_answer_share']:.0%} "
+            f"({f['reference_distinct_answer_share']:.0%}) | {f['copied_from_train_share']:.0%} | "
+            f"{f['image_gap_shuffled']:+.2f} | {b.get('token_f1', 0):.3f} / {b.get('field_accuracy', 0):.3f} | "
+            f"{f['verdict_status']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--append", type=Path, help="a run folder to add to real_results.jsonl")
+    parser.add_argument("--overrides", default="")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.append:
+        with RESULTS.open("a") as out:
+            out.write(json.dumps(row_of(args.append, args.overrides, args.seed)) + "\n")
+        return
+    print(table([json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]))
+
+
+if __name__ == "__main__":
+    main()
