@@ -65,10 +65,12 @@ def run_demo(
     samples: int = 4,
     overwrite: bool = False,
     threads: int = 0,
+    max_steps: int | None = None,
 ) -> DemoResult:
     """Build the demo data, train for `minutes`, evaluate, export to int8 ONNX, answer `samples`
     held-out images through the runtime; everything goes under out_dir. Returns paths and figures.
-    threads: torch's CPU threads for training and evaluation (0: one per core)."""
+    threads: torch's CPU threads for training and evaluation (0: one per core). max_steps: train that
+    many steps instead of for `minutes` (the same model on any machine, however busy)."""
     from picovlm.config import DEFAULT_PRESET, TrainConfig
     from picovlm.config import preset as preset_config
     from picovlm.data.cauldron import load_cauldron
@@ -107,11 +109,13 @@ def run_demo(
 
     # 2. Train: the default recipe, stopped by the clock.
     started = time.perf_counter()
-    progress(0, None, f"[2/5] train: {preset_name} for up to {minutes:g} min on {device} -> {paths['run']}")
+    budget = f"{max_steps} steps" if max_steps else f"up to {minutes:g} min"
+    progress(0, None, f"[2/5] train: {preset_name} for {budget} on {device} -> {paths['run']}")
     train_cfg = TrainConfig(
         data_dir=str(paths["data"]),
         out_dir=str(paths["run"]),
-        max_minutes=minutes,
+        max_minutes=None if max_steps else minutes,
+        max_steps=max_steps,
         seed=seed,
         threads=threads,
     )

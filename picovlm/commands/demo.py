@@ -49,6 +49,12 @@ def add_parser(subparsers) -> None:
         default=0,
         help="torch CPU threads (default 0: one per core; use 1 when other jobs share the CPU)",
     )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="train this many steps instead of --minutes: the same model on a busy machine (~2,000 = 5 idle minutes)",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete --out first if it already holds files")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object at the end")
     p.set_defaults(func=run_demo_command)
@@ -90,7 +96,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         result = run_demo(
             args.out, minutes=args.minutes, seed=args.seed, n=args.n, progress=progress, preset=args.preset,
             eval_items=args.eval_items, max_new_tokens=args.max_new_tokens, samples=args.samples,
-            overwrite=args.overwrite, threads=args.threads,
+            overwrite=args.overwrite, threads=args.threads, max_steps=args.max_steps,
         )  # fmt: skip
     finally:
         progress.close()
