@@ -106,7 +106,9 @@ def test_a_signalled_cli_run_saves_its_step_says_how_to_resume_and_resumes_exact
         os.killpg(proc.pid, signum)
     else:
         os.kill(proc.pid, signum)
-    stdout = proc.communicate(timeout=120)[0].decode()
+    # not communicate(): it would read stderr too, racing the reader thread for the last lines
+    stdout = proc.stdout.read().decode()
+    proc.wait(timeout=120)
     reader.join()
     message = bytes(stderr).decode(errors="replace")
     assert proc.returncode == 128 + signum, message[-2000:]
