@@ -68,7 +68,7 @@ def add_parser(subparsers) -> None:
         "with a package manager, one fixed question and a 10-50 word factual answer per picture: "
         "Fashion-MNIST photos, one (fashion-mnist) or two side by side (fashion-mnist-pairs); Noto Color "
         "Emoji with Unicode's groups and CLDR's keywords (emoji); common Chinese characters in three "
-        f"typefaces with their Unihan meaning, reading, radical and strokes (cjk). Sources: {installs}. "
+        f"typefaces with their Unihan meaning, reading, radical and strokes (cjk); Battle for Wesnoth unit sprites with their race, alignment, level, movement and description (wesnoth); Freeciv nation flags with their region, era, city style and legend (freeciv-flags). Sources: {installs}. "
         "The facts are stored in a `fields` column and splits are grouped by the underlying item; see "
         "docs/datasets-real.md.",
     )
