@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from picovlm.data.split import save_rows
 from picovlm.errors import DataError, PicovlmError
 
 DESIGN_SIZE = 112  # side of the stored picture unless image_size says otherwise
@@ -538,16 +539,8 @@ def write_wesnoth(
     overwrite: bool = False,
 ) -> Path:
     """Build the Wesnoth set and save it to out_dir (train/validation/test grouped by unit when split)."""
-    return _save(make_wesnoth_rows(n, seed, image_size, mirror, source_dir), out_dir, seed, split, overwrite)
-
-
-def _save(rows: list[dict], out_dir, seed: int, split: bool, overwrite: bool) -> Path:
-    from picovlm.data.cauldron import rows_to_dataset, save_cauldron
-    from picovlm.data.split import split_dataset
-
-    dataset = rows_to_dataset(rows)
-    return save_cauldron(
-        split_dataset(dataset, seed=seed) if split else dataset, out_dir, overwrite=overwrite
+    return save_rows(
+        make_wesnoth_rows(n, seed, image_size, mirror, source_dir), out_dir, seed, split, overwrite
     )
 
 
@@ -806,7 +799,9 @@ def write_freeciv_flags(
     overwrite: bool = False,
 ) -> Path:
     """Build the Freeciv flag set and save it to out_dir (train/validation/test grouped by flag)."""
-    return _save(make_freeciv_rows(n, seed, image_size, mirror, source_dir), out_dir, seed, split, overwrite)
+    return save_rows(
+        make_freeciv_rows(n, seed, image_size, mirror, source_dir), out_dir, seed, split, overwrite
+    )
 
 
 # name -> (writer, install line), merged into realsets.REAL_SETS
