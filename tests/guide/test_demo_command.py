@@ -39,8 +39,13 @@ def test_run_demo_writes_every_artefact_and_the_runtime_answers(tmp_path):
     assert f["n_images"] == 12 and 1 <= f["distinct_answers"] <= 12
     assert model_metrics["token_f1"] == f["token_f1"] and model_metrics["verdict"] == f["verdict"]
     # The lookup is real: the answer of the nearest training image states ~40 % of a scene's facts.
-    assert f["baseline_name"] == "nearest-vision" and f["baseline_field_accuracy"] > 0.2
-    assert f["baseline_token_f1"] > 0.4
+    # The demo reports the stronger of the two lookups; which one wins on 12 items varies by machine.
+    baselines = eval_metrics["models"][0]["baselines"]
+    assert set(baselines) == {"nearest-pixels", "nearest-vision"}
+    stronger = max(baselines, key=lambda name: baselines[name]["metrics"]["token_f1"])
+    assert f["baseline_name"] == stronger
+    assert f["baseline_token_f1"] == baselines[stronger]["metrics"]["token_f1"] > 0.4
+    assert f["baseline_field_accuracy"] > 0.2
     # What the demo prints is the truth about its model, in both directions. ~12 s of the tiny preset
     # (~140 steps) is far from a model that beats the lookup (token F1 0.12 vs 0.57, facts 0 % vs 38 %,
     # collapsed); even 1,000 steps (~1 min here) beat it on one seed of three. The 5-minute demo of the
