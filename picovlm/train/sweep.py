@@ -46,7 +46,7 @@ from picovlm.config import (
 )
 from picovlm.errors import ConfigError, PicovlmError
 from picovlm.train.interrupt import STOP_SIGNALS, TrainingInterrupted
-from picovlm.train.loop import SUMMARY_FILE
+from picovlm.train.setup import SUMMARY_FILE
 from picovlm.train.tracking import plot_series, points, read_metrics
 from picovlm.utils import ProgressFn, atomic_write_text, no_progress
 

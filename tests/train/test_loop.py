@@ -239,7 +239,7 @@ def test_threads_sets_torchs_cpu_threads_for_the_run(demo_dir, tmp_path, tiny_co
 
 def test_refitting_the_schedule_fills_the_budget_and_never_restarts_warmup():
     from picovlm.config import TrainConfig
-    from picovlm.train.loop import fit_schedule_to_time
+    from picovlm.train.budget import fit_schedule_to_time
 
     cfg = TrainConfig(max_minutes=10, warmup_ratio=0.05)
     # 5 slow first steps took 10 s (2 s/step): ~280 steps fit, warmup 5% of them.
