@@ -21,8 +21,6 @@ from picovlm.config import TrainConfig
 from picovlm.train.optim import lr_factor
 
 if TYPE_CHECKING:
-    import torch
-
     from picovlm.train.setup import Dist
 
 FIT_SCHEDULE_FROM_STEP = 5  # first fit after this many steps; refits every step from 4x as many later
@@ -66,7 +64,7 @@ class Budget:
         """Wall-clock seconds of the whole run so far, earlier sessions included."""
         return self._prior_wall_s + time.time() - self._session_start
 
-    def after_step(self, step: int, dist_: Dist, device: torch.device) -> bool:
+    def after_step(self, step: int, dist_: Dist) -> bool:
         """Refit the plan to the clock when due, and say whether the time budget is spent (always False
         without max_minutes). `step` is the number of steps done."""
         if not self.fit_to_clock:
@@ -77,7 +75,7 @@ class Budget:
         elapsed = self._prior_wall_s + now - self._session_start
         per_step = self._seconds_per_step(step, now)  # 0: no fit on this step
         if dist_.world_size > 1:
-            elapsed, per_step = (v / dist_.world_size for v in dist_.sum([elapsed, per_step], device))
+            elapsed, per_step = (v / dist_.world_size for v in dist_.sum([elapsed, per_step]))
         if per_step:
             self.total_steps, self.warmup_steps = fit_schedule_to_time(
                 self.cfg, step, elapsed, per_step, self.cfg.max_steps, self.warmup_steps

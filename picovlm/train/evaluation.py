@@ -57,7 +57,7 @@ def resolve_best_metric(train_cfg: TrainConfig, val_ds) -> str:
 
 
 @torch.no_grad()
-def validation_loss(model, loader, device, amp_dtype, dist_: Dist) -> float | None:
+def validation_loss(model, loader, amp_dtype: torch.dtype | None, dist_: Dist) -> float | None:
     """Mean cross-entropy per supervised token over this rank's share of the val set, summed over ranks."""
     was_training = model.training
     model.eval()
@@ -65,12 +65,12 @@ def validation_loss(model, loader, device, amp_dtype, dist_: Dist) -> float | No
     for batch in loader:
         if batch["n_samples"] == 0:
             continue
-        with autocast(device, amp_dtype):
-            out = model(**to_device(batch, device), reduction="sum")
+        with autocast(dist_.device, amp_dtype):
+            out = model(**to_device(batch, dist_.device), reduction="sum")
         total += float(out.loss)
         tokens += out.n_tokens
     model.train(was_training)
-    total, tokens = dist_.sum([total, tokens], device)
+    total, tokens = dist_.sum([total, tokens])
     return total / tokens if tokens else None
 
 
@@ -99,11 +99,10 @@ class EvalHook:
         field_parser,
         run_dir: Path,
         dist_: Dist,
-        device: torch.device,
         amp_dtype: torch.dtype | None,
     ):
         self.model, self.cfg, self.val_loader, self.field_parser = model, train_cfg, val_loader, field_parser
-        self.best_dir, self.dist, self.device, self.amp_dtype = run_dir / "best", dist_, device, amp_dtype
+        self.best_dir, self.dist, self.amp_dtype = run_dir / "best", dist_, amp_dtype
         self.gen_rows = None
         if val_ds is not None and train_cfg.gen_eval_interval and dist_.main:
             self.gen_rows = [val_ds[i] for i in range(min(train_cfg.gen_eval_items, len(val_ds)))]
@@ -136,7 +135,7 @@ class EvalHook:
         return judged and self._keep_best(record.get(cfg.best_metric), state)
 
     def _val_loss(self, state: TrainState, record: dict[str, Any]) -> None:
-        val_loss = validation_loss(self.model, self.val_loader, self.device, self.amp_dtype, self.dist)
+        val_loss = validation_loss(self.model, self.val_loader, self.amp_dtype, self.dist)
         recent = state.train_losses_since_eval
         record["val_loss"] = val_loss
         record["train_val_gap"] = val_loss - sum(recent) / len(recent) if val_loss else None
@@ -155,7 +154,7 @@ class EvalHook:
             or (score < state.best_score if lower_is_better else score > state.best_score)
         )
         if not lower_is_better and self.dist.world_size > 1:
-            (improved_anywhere,) = self.dist.sum([float(improved)], self.device)
+            (improved_anywhere,) = self.dist.sum([float(improved)])
             improved = improved_anywhere > 0
         if improved:
             state.best_score, state.best_step, state.bad_evals = score, state.step, 0

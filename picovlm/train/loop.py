@@ -37,10 +37,11 @@ from picovlm.train.interrupt import StopOnSignal, TrainingInterrupted
 from picovlm.train.optim import build_optimizer
 from picovlm.train.setup import (
     SUMMARY_FILE,
+    Dist,
     autocast_dtype,
     build_model,
     check_memory,
-    load_splits,
+    load_data,
     make_loaders,
     peak_memory_mb,
     prepare_run_dir,
@@ -112,11 +113,11 @@ def _train(
     resume: bool,
     stop: StopOnSignal,
 ) -> RunResult:
-    from picovlm.data.leakage import check_training_leakage
     from picovlm.model.params import param_report
 
     progress = progress or no_progress
-    dist_, device = setup_distributed(train_cfg.device)
+    dist_ = setup_distributed(train_cfg.device)
+    device = dist_.device
     if device.type == "cpu" and train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     run_dir = Path(train_cfg.out_dir)
@@ -126,16 +127,8 @@ def _train(
 
     # --- Data, tokenizer, model, optimizer, schedule ---
     progress(0, None, "loading data")
-    train_ds, val_ds = load_splits(train_cfg)
-    # held-out rows that share a picture with training would make val loss and eval measure memory
-    notes += check_training_leakage(
-        train_cfg.data_dir, train_ds, train_cfg.train_split, train_cfg.allow_leakage
-    )
+    train_ds, val_ds = load_data(train_cfg, notes)
     model_cfg, tokenizer = prepare_tokenizer(model_cfg, train_cfg, train_ds, run_dir, dist_, resume, notes)
-    if val_ds is None:
-        notes.append(
-            f"no {train_cfg.val_split!r} split in {train_cfg.data_dir}: no val loss, no early stopping"
-        )
     train_cfg, field_parser = settle_best_metric(train_cfg, train_ds, val_ds)
     model, train_rows, val_rows = build_model(model_cfg, tokenizer, train_ds, val_ds, progress)
     report = param_report(model.cfg)
@@ -151,15 +144,11 @@ def _train(
             notes.append(note)
         notes.append(f"resumed from step {state.step}")
 
-    tracker = None
-    if dist_.main:
-        save_config(run_dir / "config.yaml", model.cfg, train_cfg)
-        config = {"model": model.cfg.to_dict(), "train": train_cfg.to_dict()}
-        tracker = Tracker(run_dir, train_cfg.report_to, config, resume_step=state.step)
+    tracker = _start_tracking(run_dir, model.cfg, train_cfg, state.step) if dist_.main else None
     amp_dtype = autocast_dtype(train_cfg.precision, device)
-    train_model = wrap_model(model, train_cfg, dist_, device)
+    train_model = wrap_model(model, train_cfg, dist_)
     evaluate = EvalHook(
-        model, train_cfg, train_ds, val_ds, val_loader, field_parser, run_dir, dist_, device, amp_dtype
+        model, train_cfg, train_ds, val_ds, val_loader, field_parser, run_dir, dist_, amp_dtype
     )
     batches = StepBatches(loader, steps_per_epoch, train_cfg.gradient_accumulation_steps, state.step)
 
@@ -177,27 +166,17 @@ def _train(
             data_time = time.perf_counter() - data_start
             lr_factor = budget.lr_factor(state.step)
             figures = train_step(
-                train_model,
-                optimizer,
-                step_batches,
-                lr_factor,
-                train_cfg.max_grad_norm,
-                dist_,
-                device,
-                amp_dtype,
+                train_model, optimizer, step_batches, lr_factor, train_cfg.max_grad_norm, dist_, amp_dtype
             )
             wall = time.perf_counter() - last_step_end  # data loading included
             state.step += 1
-            out_of_time = budget.after_step(state.step, dist_, device)
+            out_of_time = budget.after_step(state.step, dist_)
 
             # --- Log ---
             # a signal to any rank stops every rank after this same step (the sum doubles as the vote)
-            loss_sum, signalled = dist_.sum([figures.loss_sum, float(stop.signum is not None)], device)
+            loss_sum, signalled = dist_.sum([figures.loss_sum, float(stop.signum is not None)])
             last_loss = loss_sum / max(figures.supervised, 1)
-            state.tokens += int(figures.tokens)
-            state.step_time_s += figures.seconds
-            state.skipped_rows += int(figures.skipped_rows)
-            state.train_losses_since_eval.append(last_loss)
+            state.count(last_loss, figures.tokens, figures.seconds, figures.skipped_rows)
             record = step_record(
                 state, figures, last_loss, optimizer, steps_per_epoch, data_time, wall, device
             )
@@ -216,11 +195,8 @@ def _train(
             if signalled:
                 raise TrainingInterrupted(stop.signum or signal.SIGTERM, state.step, run_dir)
             val_text = f" | val {evaluate.val_loss:.3f}" if evaluate.val_loss is not None else ""
-            progress(
-                state.step,
-                budget.total_steps,
-                f"loss {last_loss:.3f}{val_text} | {figures.tokens / wall:,.0f} tok/s",
-            )
+            message = f"loss {last_loss:.3f}{val_text} | {figures.tokens / wall:,.0f} tok/s"
+            progress(state.step, budget.total_steps, message)
             if stopped_early or out_of_time:
                 break
             last_step_end = time.perf_counter()  # evaluation and checkpoint time is not the next step's
@@ -236,39 +212,12 @@ def _train(
         notes.append(budget.fitted_note())
 
     # --- Finish: final model, plots, summary ---
-    rss, cuda_mb = peak_memory_mb(device)
-    result = RunResult(
-        run_dir=run_dir,
-        steps=state.step,
-        total_steps=budget.total_steps,
-        stop_reason=budget.stop_reason(stopped_early, out_of_time),
-        last_loss=last_loss,
-        val_loss=evaluate.val_loss,
-        best_val_loss=state.best_val_loss,
-        best_step=state.best_step,
-        best_metric=train_cfg.best_metric,
-        best_score=state.best_score,
-        tokens_per_s=state.tokens / state.step_time_s if state.step_time_s else None,
-        tokens_per_s_wall=state.tokens / state.wall_time_s if state.wall_time_s else None,
-        wall_time_s=state.wall_time_s,
-        peak_rss_mb=rss,
-        peak_cuda_mb=cuda_mb,
-        skipped_rows=state.skipped_rows,
-        params=report.to_dict(),
-        notes=notes,
-        gen_verdict=evaluate.gen_verdict,
-        train_rows=len(train_ds),
-        val_rows=len(val_ds) if val_ds else 0,
+    stop_reason = budget.stop_reason(stopped_early, out_of_time)
+    result = _run_result(
+        run_dir, state, budget, evaluate, stop_reason, last_loss, train_cfg, notes, device, report.to_dict()
     )
-    if dist_.main:
-        ckpt.save_model(model, run_dir / "model")
-        plot_run(run_dir)
-        atomic_write_text(
-            run_dir / SUMMARY_FILE, json.dumps({**result.to_dict(), "finished": True}, indent=2)
-        )
-    dist_.barrier()
-    if dist_.world_size > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+    result.train_rows, result.val_rows = len(train_ds), len(val_ds) if val_ds else 0
+    _finish(result, model, dist_)
     return result
 
 
@@ -305,3 +254,59 @@ def step_record(
     for group in optimizer.param_groups:
         record[f"lr_{group['name']}"] = group["lr"]
     return record
+
+
+def _finish(result: RunResult, model, dist_: Dist) -> None:
+    """Write model/ (the final weights), the plots and summary.json (which marks the run finished),
+    then leave the process group."""
+    if dist_.main:
+        ckpt.save_model(model, result.run_dir / "model")
+        plot_run(result.run_dir)
+        summary = json.dumps({**result.to_dict(), "finished": True}, indent=2)
+        atomic_write_text(result.run_dir / SUMMARY_FILE, summary)
+    dist_.barrier()
+    if dist_.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _start_tracking(run_dir: Path, model_cfg: VLMConfig, train_cfg: TrainConfig, step: int) -> Tracker:
+    """Write the run's config.yaml (what --resume reads back) and open metrics.jsonl at `step`."""
+    save_config(run_dir / "config.yaml", model_cfg, train_cfg)
+    config = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
+    return Tracker(run_dir, train_cfg.report_to, config, resume_step=step)
+
+
+def _run_result(
+    run_dir: Path,
+    state: TrainState,
+    budget: Budget,
+    evaluate: EvalHook,
+    stop_reason: str,
+    last_loss: float | None,
+    train_cfg: TrainConfig,
+    notes: list[str],
+    device: torch.device,
+    params: dict[str, int],
+) -> RunResult:
+    rss, cuda_mb = peak_memory_mb(device)
+    return RunResult(
+        run_dir=run_dir,
+        steps=state.step,
+        total_steps=budget.total_steps,
+        stop_reason=stop_reason,
+        last_loss=last_loss,
+        val_loss=evaluate.val_loss,
+        best_val_loss=state.best_val_loss,
+        best_step=state.best_step,
+        best_metric=train_cfg.best_metric,
+        best_score=state.best_score,
+        tokens_per_s=state.tokens / state.step_time_s if state.step_time_s else None,
+        tokens_per_s_wall=state.tokens / state.wall_time_s if state.wall_time_s else None,
+        wall_time_s=state.wall_time_s,
+        peak_rss_mb=rss,
+        peak_cuda_mb=cuda_mb,
+        skipped_rows=state.skipped_rows,
+        params=params,
+        notes=notes,
+        gen_verdict=evaluate.gen_verdict,
+    )

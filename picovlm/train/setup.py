@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import random
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,12 @@ SUMMARY_FILE = "summary.json"
 
 @dataclass
 class Dist:
+    """This process's place in the run: its rank of world_size processes, and its device."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
@@ -36,16 +39,16 @@ class Dist:
         if self.world_size > 1:
             dist.barrier()
 
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
+    def sum(self, values: list[float]) -> list[float]:
         """Sum numbers over ranks (one all-reduce for the whole list)."""
         if self.world_size == 1:
             return values
-        t = torch.tensor(values, dtype=torch.float64, device=device)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.tolist()
 
 
-def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
+def setup_distributed(device_name: str) -> Dist:
     """Join the torchrun process group if RANK/WORLD_SIZE say so, and choose this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -59,7 +62,7 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world_size, local_rank), device
+    return Dist(rank, world_size, local_rank, device)
 
 
 def seed_everything(seed: int) -> None:
@@ -89,6 +92,22 @@ def prepare_run_dir(run_dir: Path, resume: bool, dist_: Dist) -> None:
 
 
 # --- Data and tokenizer ----------------------------------------------------------------------------
+
+
+def load_data(train_cfg: TrainConfig, notes: list[str]) -> tuple[Any, Any | None]:
+    """load_splits, refusing held-out rows that share a picture with training (they would make the
+    val loss and eval measure memory) unless train.allow_leakage; what it finds goes into `notes`."""
+    from picovlm.data.leakage import check_training_leakage
+
+    train_ds, val_ds = load_splits(train_cfg)
+    notes += check_training_leakage(
+        train_cfg.data_dir, train_ds, train_cfg.train_split, train_cfg.allow_leakage
+    )
+    if val_ds is None:
+        notes.append(
+            f"no {train_cfg.val_split!r} split in {train_cfg.data_dir}: no val loss, no early stopping"
+        )
+    return train_ds, val_ds
 
 
 def load_splits(train_cfg: TrainConfig) -> tuple[Any, Any | None]:
@@ -275,7 +294,7 @@ def make_loaders(model, train_rows, val_rows, train_cfg: TrainConfig, dist_: Dis
     return loader, val_loader if len(val_set) >= dist_.world_size else None, steps_per_epoch
 
 
-def wrap_model(model, train_cfg: TrainConfig, dist_: Dist, device: torch.device) -> torch.nn.Module:
+def wrap_model(model, train_cfg: TrainConfig, dist_: Dist) -> torch.nn.Module:
     """What the steps call: the model, compiled if asked, inside DDP under torchrun. The model itself
     stays unwrapped for evaluation and saving."""
     train_model: torch.nn.Module = model
@@ -284,5 +303,6 @@ def wrap_model(model, train_cfg: TrainConfig, dist_: Dist, device: torch.device)
     if dist_.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        cuda = dist_.device.type == "cuda"
+        train_model = DDP(train_model, device_ids=[dist_.device.index] if cuda else None)
     return train_model

@@ -28,6 +28,13 @@ class TrainState:
     bad_evals: int = 0  # judgements of best_metric in a row without a new best
     train_losses_since_eval: list[float] = field(default_factory=list)  # for the train/val gap
 
+    def count(self, loss: float, tokens: float, seconds: float, skipped_rows: float) -> None:
+        """Add a finished optimizer step's figures to the running totals (the step is counted apart)."""
+        self.tokens += int(tokens)
+        self.step_time_s += seconds
+        self.skipped_rows += int(skipped_rows)
+        self.train_losses_since_eval.append(loss)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain numbers and lists: a checkpoint must load with torch.load(weights_only=True)."""
         return asdict(self)

@@ -90,12 +90,11 @@ def train_step(
     lr_factor: float,
     max_grad_norm: float,
     dist_: Dist,
-    device: torch.device,
     amp_dtype: torch.dtype | None,
 ) -> StepFigures:
     """One optimisation step at `lr_factor` x the peak learning rates: forward and backward of every
     micro-batch, gradient clipping, the AdamW update."""
-    start = time.perf_counter()
+    start, device = time.perf_counter(), dist_.device
     set_learning_rates(optimizer, lr_factor)
     local = [
         sum(supervised_tokens(b) for b in step_batches),
@@ -104,7 +103,7 @@ def train_step(
         sum(b["n_samples"] for b in step_batches),
         sum(b["skipped_rows"] for b in step_batches),
     ]
-    n_supervised, n_tokens, n_slots, n_samples, n_skipped = dist_.sum(local, device)
+    n_supervised, n_tokens, n_slots, n_samples, n_skipped = dist_.sum(local)
     loss_sum = 0.0
     for i, batch in enumerate(step_batches):
         # Under DDP, the gradient all-reduce runs only on the last micro-batch of the step.

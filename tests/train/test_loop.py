@@ -73,6 +73,70 @@ def test_resume_continues_exactly(demo_dir, tmp_path, tiny_configs):
     assert full[-1]["val_loss"] == pytest.approx(cut[-1]["val_loss"], rel=1e-6)
 
 
+def _rewrite_as_before_train_state(run_dir) -> None:
+    """Rewrite run_dir/checkpoint.pt the way picovlm wrote it before TrainState: the state as a
+    string-keyed "trainer" dict beside "step", and (before best_metric existed) no "best_score"."""
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    trainer = saved.pop("train_state")
+    del trainer["step"], trainer["best_score"]
+    torch.save({**saved, "trainer": trainer}, run_dir / "checkpoint.pt")
+
+
+def test_a_checkpoint_from_before_train_state_resumes_exactly(demo_dir, tmp_path, tiny_configs):
+    """Old run folders keep resuming: the old dict is converted on load, and the run goes on as an
+    uninterrupted one did."""
+    fields = dict(max_steps=10, checkpoint_interval=4, best_metric="val_loss", gen_eval_interval=0)
+    model_cfg, full_cfg = tiny_configs(demo_dir, tmp_path / "full", **fields)
+    full_result = train(model_cfg, full_cfg)
+    _, old_cfg = tiny_configs(demo_dir, tmp_path / "old", **fields)
+
+    def crash_at_6(done, total, message):
+        if done == 6:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(model_cfg, old_cfg, progress=crash_at_6)
+    _rewrite_as_before_train_state(tmp_path / "old")
+    result = train(model_cfg, old_cfg, resume=True)
+    assert "resumed from step 4" in result.notes
+    full, old = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "old")
+    assert [r["step"] for r in old] == list(range(1, 11))
+    for a, b in zip(full, old):
+        assert a["lr"] == b["lr"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
+    assert (result.best_step, result.best_score) == (
+        full_result.best_step,
+        pytest.approx(full_result.best_score),
+    )
+    assert result.tokens_per_s_wall and result.wall_time_s > 0  # running totals carried over
+    assert "train_state" in load_checkpoint(tmp_path / "old")  # written back in the new layout
+
+
+def test_train_state_from_an_old_checkpoint_dict():
+    from picovlm.errors import PicovlmError
+    from picovlm.train.state import TrainState
+
+    trainer = {
+        "best_val_loss": 2.5,
+        "best_step": 40,
+        "bad_evals": 1,
+        "tokens": 900,
+        "wall_time_s": 12.0,
+        "step_time_s": 9.0,
+        "skipped_rows": 3,
+        "train_losses_since_eval": [2.7, 2.6],
+    }
+    old = {"step": 44, "trainer": trainer}  # before best_metric: best/ followed the val loss
+    state = TrainState.from_checkpoint(old, best_metric="val_loss")
+    assert state == TrainState(step=44, best_score=2.5, **trainer)
+    assert TrainState.from_checkpoint(old, best_metric="gen_token_f1").best_score is None
+    with_score = {"step": 44, "trainer": {**trainer, "best_score": 0.4}}
+    assert TrainState.from_checkpoint(with_score, best_metric="val_loss").best_score == 0.4
+    assert TrainState.from_checkpoint({"step": 44, "train_state": state.to_dict()}, "val_loss") == state
+    with pytest.raises(PicovlmError, match="newer picovlm"):
+        TrainState.from_dict({**state.to_dict(), "ema": 0.9})
+
+
 def test_gradient_accumulation_matches_a_big_batch(demo_dir, tmp_path, tiny_configs):
     """Loss is normalised by the whole step's supervised tokens, so 2 x 4 == 1 x 8 (up to float error)."""
     model_cfg, big = tiny_configs(demo_dir, tmp_path / "big", batch_size=8, max_steps=5)
