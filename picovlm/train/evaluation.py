@@ -129,9 +129,9 @@ class EvalHook:
                     generation_metrics(self.model, self.gen_rows, self.field_parser, self.gen_baseline)
                 )
                 self.gen_verdict = record.get("gen_verdict", self.gen_verdict)
-            judged = (
-                judged or cfg.best_metric != "val_loss"
-            )  # a val split exists: checked by settle_best_metric
+            # an answer metric is judged here even without rows on this rank (settle_best_metric
+            # made sure there is a validation split, so rank 0 has them)
+            judged = judged or cfg.best_metric != "val_loss"
         return judged and self._keep_best(record.get(cfg.best_metric), state)
 
     def _val_loss(self, state: TrainState, record: dict[str, Any]) -> None:

@@ -150,7 +150,7 @@ def _train(
     evaluate = EvalHook(
         model, train_cfg, train_ds, val_ds, val_loader, field_parser, run_dir, dist_, amp_dtype
     )
-    batches = StepBatches(loader, steps_per_epoch, train_cfg.gradient_accumulation_steps, state.step)
+    batches = StepBatches(loader, train_cfg, steps_per_epoch, state.step)
 
     # --- Steps ---
     model.train()

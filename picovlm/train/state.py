@@ -15,6 +15,8 @@ from picovlm.errors import PicovlmError
 
 @dataclass
 class TrainState:
+    """The run's progress, updated by the loop after every step and by the evaluation hook."""
+
     step: int = 0  # optimizer steps done
     # running totals, for the summary's mean throughput and the time budget
     tokens: int = 0  # non-padding tokens trained on

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from picovlm.config import TrainConfig
 from picovlm.train.optim import set_learning_rates
 from picovlm.train.setup import Dist
 
@@ -43,10 +44,10 @@ class StepBatches:
     order of an epoch is fixed by (seed, epoch), so starting at a checkpoint's step continues the data
     stream exactly where it stopped."""
 
-    def __init__(self, loader, steps_per_epoch: int, accumulation_steps: int, start_step: int):
-        self.loader, self.accum = loader, accumulation_steps
+    def __init__(self, loader, train_cfg: TrainConfig, steps_per_epoch: int, start_step: int):
+        self.loader, self.accum = loader, train_cfg.gradient_accumulation_steps
         self.epoch = start_step // steps_per_epoch
-        samples_per_step = loader.batch_size * accumulation_steps
+        samples_per_step = train_cfg.batch_size * self.accum  # this rank's
         self._batches = self._epoch(self.epoch, (start_step % steps_per_epoch) * samples_per_step)
 
     def _epoch(self, epoch: int, start_sample: int):
