@@ -317,6 +317,25 @@ def test_refitting_the_schedule_fills_the_budget_and_never_restarts_warmup():
     assert fit_schedule_to_time(cfg, 200, 100.0, 0.01, None, 15)[0] == 200 + int(470 / 0.01)
 
 
+def test_budget_keeps_a_fitted_plan_on_resume_and_notes_a_changed_fixed_one():
+    from picovlm.config import TrainConfig
+    from picovlm.train.budget import Budget
+
+    fixed = Budget(TrainConfig(max_steps=100, warmup_ratio=0.1), steps_per_epoch=10)
+    assert (fixed.total_steps, fixed.warmup_steps) == (100, 10)
+    assert fixed.load_state_dict({"total_steps": 100, "warmup_steps": 10}) is None
+    assert "schedule changed" in fixed.load_state_dict({"total_steps": 80, "warmup_steps": 8})
+    assert fixed.total_steps == 100  # a fixed plan follows the config
+    assert (
+        fixed.stop_reason(False, False) == "max_steps" and fixed.stop_reason(True, False) == "early_stopping"
+    )
+    timed = Budget(TrainConfig(max_steps=None, max_minutes=10, epochs=2), steps_per_epoch=10)
+    assert timed.total_steps == 20 and timed.state_dict()["fitted_to_time"]  # epochs: the first guess
+    assert timed.load_state_dict({"total_steps": 731, "warmup_steps": 37, "fitted_to_time": True}) is None
+    assert (timed.total_steps, timed.warmup_steps) == (731, 37)  # the clock's fit goes on
+    assert timed.stop_reason(False, False) == "max_minutes"
+
+
 def test_with_a_time_budget_the_clock_not_epochs_ends_the_run(demo_dir, tmp_path, tiny_configs):
     # issue 14: `epochs: 20` ended a 10-minute run at 74% of its budget. One epoch here is 19 steps.
     model_cfg, train_cfg = tiny_configs(
