@@ -1,12 +1,18 @@
 """Training checkpoints: everything needed to continue a run exactly, written atomically.
 
 `checkpoint.pt` in the run folder holds:
-    model       the model's state_dict (fp32 master weights)
-    optimizer   AdamW's state (moments per parameter, step counts)
-    schedule    {"total_steps", "warmup_steps"}: the learning rate is a pure function of the step
-    step        optimizer steps done; also the data position (batches are a function of the step)
-    rng         python, numpy, torch CPU and CUDA generator states
-    trainer     early-stopping state, running totals (tokens, wall time), best val loss
+    model        the model's state_dict (fp32 master weights)
+    optimizer    AdamW's state (moments per parameter, step counts)
+    schedule     train/budget.py's plan {"total_steps", "warmup_steps"[, "fitted_to_time"]}: the
+                 learning rate is a pure function of the step
+    train_state  train/state.py's TrainState as a dict: the step, running totals (tokens, wall time),
+                 best/ and early-stopping state
+    step         a copy of train_state's step, for tools that only ask how far a run got; it is also
+                 the data position (batches are a function of the step)
+    rng          python, numpy, torch CPU and CUDA generator states
+
+Checkpoints from before TrainState carry a string-keyed "trainer" dict instead of "train_state";
+`restore_training_state` converts them (TrainState.from_checkpoint), so old runs still resume.
 
 It is written to a temporary file in the same folder and renamed over the old one, so a kill at any
 moment leaves either the previous checkpoint or the new one, never a torn file. Everything in it is a
@@ -26,7 +32,8 @@ import numpy as np
 import torch
 
 from picovlm.errors import PicovlmError
-from picovlm.utils import atomic_write_bytes
+from picovlm.train.state import TrainState
+from picovlm.utils import atomic_path, atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -42,7 +49,7 @@ def rng_state() -> dict[str, Any]:
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached": float(cached),
-        },  # fmt: skip
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -80,6 +87,41 @@ def load_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.device
         raise PicovlmError(
             f"{path} cannot be read ({type(err).__name__}: {err}); delete it to start over."
         ) from None
+
+
+def save_training_state(
+    run_dir: str | os.PathLike, model, optimizer, schedule: dict[str, Any], state: TrainState
+) -> Path:
+    """The run's checkpoint.pt at state.step: what `restore_training_state` continues from."""
+    return save_checkpoint(
+        run_dir,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": state.step,
+            "schedule": schedule,
+            "train_state": state.to_dict(),
+        },
+    )
+
+
+def restore_training_state(
+    run_dir: str | os.PathLike, model, optimizer, best_metric: str
+) -> tuple[TrainState, dict[str, Any]]:
+    """Load checkpoint.pt into the model, the optimizer and the random generators; return the run's
+    TrainState (converted from an older checkpoint's dict if need be) and the saved schedule."""
+    saved = load_checkpoint(run_dir)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    state = TrainState.from_checkpoint(saved, best_metric)
+    set_rng_state(saved["rng"])
+    return state, saved["schedule"]
+
+
+def save_model(model, directory: Path) -> None:
+    """save_pretrained into `directory` (best/, model/) atomically: a kill mid-save leaves the old folder."""
+    with atomic_path(directory) as tmp:
+        model.save_pretrained(tmp)
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:

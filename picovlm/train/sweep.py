@@ -46,7 +46,7 @@ from picovlm.config import (
 )
 from picovlm.errors import ConfigError, PicovlmError
 from picovlm.train.interrupt import STOP_SIGNALS, TrainingInterrupted
-from picovlm.train.loop import SUMMARY_FILE
+from picovlm.train.setup import SUMMARY_FILE
 from picovlm.train.tracking import plot_series, points, read_metrics
 from picovlm.utils import ProgressFn, atomic_write_text, no_progress
 
@@ -186,51 +186,66 @@ def table_rows(
     out: Path, spec: dict[str, Any], runs: list[SweepRun]
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Table 1: the columns (changed fields first) and one dict per run."""
-    resolved = []
-    for run in runs:
-        model_cfg, train_cfg = resolve_run(spec, run, out)
-        flat = {f"model.{k}": v for k, v in model_cfg.to_dict().items()}
-        flat.update({f"train.{k}": v for k, v in train_cfg.to_dict().items() if k != "out_dir"})
-        resolved.append(flat)
-    # The vocabulary actually used (a trained tokenizer resizes it) comes from each run's saved config.
-    for run, flat in zip(runs, resolved):
-        config = out / run.name / "model" / "config.json"
-        if config.is_file():
-            flat["model.lm_vocab_size"] = json.loads(config.read_text())["lm_vocab_size"]
-    changed = (
-        [k for k in resolved[0] if len({json.dumps(r.get(k)) for r in resolved}) > 1] if len(runs) > 1 else []
-    )
-    changed = [k for k in changed if not k.endswith(("_token_id",))]
+    resolved = [_resolved_fields(out, spec, run) for run in runs]
+    changed = _changed_fields(resolved)
     rows = []
     for run, flat in zip(runs, resolved):
-        summary_path = out / run.name / SUMMARY_FILE
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        records = read_metrics(out / run.name)
-        speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
-        params = summary.get("params") or {}
         row: dict[str, Any] = {"run": run.name}
         row.update({k.split(".", 1)[1]: flat[k] for k in changed})
-        row.update({
-            "LLM params": params.get("lm"), "ViT params": params.get("vit"), "projector params": params.get("projector"),
-            "best val loss": summary.get("best_val_loss"), "best step": summary.get("best_step"),
-            "steps": summary.get("steps"),
-            "mean tokens/s": sum(speeds) / len(speeds) if speeds else None,
-            "wall time (s)": summary.get("wall_time_s"), "peak RSS (MB)": summary.get("peak_rss_mb"),
-            "peak CUDA (MB)": summary.get("peak_cuda_mb"),
-        })  # fmt: skip
-        # the last in-training answer check: a low val loss with collapsed answers shows in the same row
-        answers = next((r for r in reversed(records) if "gen_n_items" in r), {})
-        row.update({
-            "answer F1": answers.get("gen_token_f1"), "field accuracy": answers.get("gen_field_accuracy"),
-            "distinct answers": answers.get("gen_distinct_answer_share"),
-            "answers check": answers.get("gen_verdict_status"),
-        })  # fmt: skip
+        row.update(_run_figures(out / run.name))
         rows.append(row)
     columns = list(rows[0]) if rows else ["run"]
     for optional in ("peak CUDA (MB)", "answer F1", "field accuracy", "distinct answers", "answers check"):
         if all(r.get(optional) is None for r in rows):
             columns.remove(optional)
     return columns, rows
+
+
+def _resolved_fields(out: Path, spec: dict[str, Any], run: SweepRun) -> dict[str, Any]:
+    """Every model.* and train.* field of a run as it trained."""
+    model_cfg, train_cfg = resolve_run(spec, run, out)
+    flat = {f"model.{k}": v for k, v in model_cfg.to_dict().items()}
+    flat.update({f"train.{k}": v for k, v in train_cfg.to_dict().items() if k != "out_dir"})
+    # The vocabulary actually used (a trained tokenizer resizes it) comes from the run's saved config.
+    config = out / run.name / "model" / "config.json"
+    if config.is_file():
+        flat["model.lm_vocab_size"] = json.loads(config.read_text())["lm_vocab_size"]
+    return flat
+
+
+def _changed_fields(resolved: list[dict[str, Any]]) -> list[str]:
+    """The fields whose values differ between runs (none for a single run), special-token ids aside."""
+    if len(resolved) < 2:
+        return []
+    changed = [k for k in resolved[0] if len({json.dumps(r.get(k)) for r in resolved}) > 1]
+    return [k for k in changed if not k.endswith(("_token_id",))]
+
+
+def _run_figures(run_dir: Path) -> dict[str, Any]:
+    """A run's columns of Table 1 from its summary.json and metrics.jsonl (None where not there yet)."""
+    summary_path = run_dir / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    records = read_metrics(run_dir)
+    speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
+    params = summary.get("params") or {}
+    # the last in-training answer check: a low val loss with collapsed answers shows in the same row
+    answers = next((r for r in reversed(records) if "gen_n_items" in r), {})
+    return {
+        "LLM params": params.get("lm"),
+        "ViT params": params.get("vit"),
+        "projector params": params.get("projector"),
+        "best val loss": summary.get("best_val_loss"),
+        "best step": summary.get("best_step"),
+        "steps": summary.get("steps"),
+        "mean tokens/s": sum(speeds) / len(speeds) if speeds else None,
+        "wall time (s)": summary.get("wall_time_s"),
+        "peak RSS (MB)": summary.get("peak_rss_mb"),
+        "peak CUDA (MB)": summary.get("peak_cuda_mb"),
+        "answer F1": answers.get("gen_token_f1"),
+        "field accuracy": answers.get("gen_field_accuracy"),
+        "distinct answers": answers.get("gen_distinct_answer_share"),
+        "answers check": answers.get("gen_verdict_status"),
+    }
 
 
 def _fmt(value: Any) -> str:
@@ -244,32 +259,41 @@ def _fmt(value: Any) -> str:
 
 
 def write_sweep_report(out: Path, spec: dict[str, Any], runs: list[SweepRun]) -> list[Path]:
+    """report.csv, report.md and report.html (Table 1), and Figures 1 and 2 as PNG and SVG."""
     columns, rows = table_rows(out, spec, runs)
-    figures = out / "figures"
-    fig1 = plot_series({r.name: points(read_metrics(out / r.name), "val_loss") for r in runs},
-                       figures / "val_loss", "Figure 1: validation loss", "val loss")  # fmt: skip
-    fig2 = plot_series({r.name: points(read_metrics(out / r.name), "tokens_per_s") for r in runs},
-                       figures / "tokens_per_s", "Figure 2: training tokens per second", "tokens / s")  # fmt: skip
-
+    figures = []
+    for key, title, unit in (
+        ("val_loss", "Figure 1: validation loss", "val loss"),
+        ("tokens_per_s", "Figure 2: training tokens per second", "tokens / s"),
+    ):
+        series = {r.name: points(read_metrics(out / r.name), key) for r in runs}
+        figures += plot_series(series, out / "figures" / key, title, unit)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "report.csv", buffer.getvalue())
+    atomic_write_text(out / "report.md", _markdown_report(columns, rows))
+    atomic_write_text(out / "report.html", _html_report(columns, rows))
+    return [out / "report.md", out / "report.html", out / "report.csv", *figures]
 
+
+def _markdown_report(columns: list[str], rows: list[dict[str, Any]]) -> str:
     md = ["# Sweep report", "", "Table 1: changed fields, parameters and results per run.", ""]
     md.append("| " + " | ".join(columns) + " |")
     md.append("|" + "---|" * len(columns))
     md += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    md += ["", "Figure 1: validation loss vs step.", "", "![val loss](figures/val_loss.svg)", "",
-           "Figure 2: training tokens/s vs step.", "", "![tokens/s](figures/tokens_per_s.svg)", ""]  # fmt: skip
-    atomic_write_text(out / "report.md", "\n".join(md))
+    md += ["", "Figure 1: validation loss vs step.", "", "![val loss](figures/val_loss.svg)", ""]
+    md += ["Figure 2: training tokens/s vs step.", "", "![tokens/s](figures/tokens_per_s.svg)", ""]
+    return "\n".join(md)
 
+
+def _html_report(columns: list[str], rows: list[dict[str, Any]]) -> str:
     cells = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows
     )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>picovlm sweep report</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>picovlm sweep report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #999;padding:4px 8px;text-align:right}}img{{max-width:48%}}</style></head><body>
 <h1>Sweep report</h1><p>Table 1: changed fields, parameters and results per run.</p>
@@ -277,5 +301,3 @@ td,th{{border:1px solid #999;padding:4px 8px;text-align:right}}img{{max-width:48
 <h2>Figure 1: validation loss vs step</h2><img src="figures/val_loss.svg" alt="val loss vs step">
 <h2>Figure 2: tokens/s vs step</h2><img src="figures/tokens_per_s.svg" alt="tokens per second vs step">
 </body></html>"""
-    atomic_write_text(out / "report.html", page)
-    return [out / "report.md", out / "report.html", out / "report.csv", *fig1, *fig2]

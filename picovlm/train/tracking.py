@@ -195,10 +195,17 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     out = run_dir / "plots"
     paths = plot_series(
         {"train loss": points(records, "loss"), "val loss": points(records, "val_loss")},
-        out / "loss", "loss", "cross-entropy per answer token",
-    )  # fmt: skip
+        out / "loss",
+        "loss",
+        "cross-entropy per answer token",
+    )
     paths += plot_series(
-        {"per step time": points(records, "tokens_per_s"), "per wall time": points(records, "tokens_per_s_wall")},
-        out / "tokens_per_s", "throughput (text + image tokens)", "tokens / s",
-    )  # fmt: skip
+        {
+            "per step time": points(records, "tokens_per_s"),
+            "per wall time": points(records, "tokens_per_s_wall"),
+        },
+        out / "tokens_per_s",
+        "throughput (text + image tokens)",
+        "tokens / s",
+    )
     return paths

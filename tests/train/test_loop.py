@@ -73,6 +73,70 @@ def test_resume_continues_exactly(demo_dir, tmp_path, tiny_configs):
     assert full[-1]["val_loss"] == pytest.approx(cut[-1]["val_loss"], rel=1e-6)
 
 
+def _rewrite_as_before_train_state(run_dir) -> None:
+    """Rewrite run_dir/checkpoint.pt the way picovlm wrote it before TrainState: the state as a
+    string-keyed "trainer" dict beside "step", and (before best_metric existed) no "best_score"."""
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    trainer = saved.pop("train_state")
+    del trainer["step"], trainer["best_score"]
+    torch.save({**saved, "trainer": trainer}, run_dir / "checkpoint.pt")
+
+
+def test_a_checkpoint_from_before_train_state_resumes_exactly(demo_dir, tmp_path, tiny_configs):
+    """Old run folders keep resuming: the old dict is converted on load, and the run goes on as an
+    uninterrupted one did."""
+    fields = dict(max_steps=10, checkpoint_interval=4, best_metric="val_loss", gen_eval_interval=0)
+    model_cfg, full_cfg = tiny_configs(demo_dir, tmp_path / "full", **fields)
+    full_result = train(model_cfg, full_cfg)
+    _, old_cfg = tiny_configs(demo_dir, tmp_path / "old", **fields)
+
+    def crash_at_6(done, total, message):
+        if done == 6:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(model_cfg, old_cfg, progress=crash_at_6)
+    _rewrite_as_before_train_state(tmp_path / "old")
+    result = train(model_cfg, old_cfg, resume=True)
+    assert "resumed from step 4" in result.notes
+    full, old = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "old")
+    assert [r["step"] for r in old] == list(range(1, 11))
+    for a, b in zip(full, old):
+        assert a["lr"] == b["lr"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
+    assert (result.best_step, result.best_score) == (
+        full_result.best_step,
+        pytest.approx(full_result.best_score),
+    )
+    assert result.tokens_per_s_wall and result.wall_time_s > 0  # running totals carried over
+    assert "train_state" in load_checkpoint(tmp_path / "old")  # written back in the new layout
+
+
+def test_train_state_from_an_old_checkpoint_dict():
+    from picovlm.errors import PicovlmError
+    from picovlm.train.state import TrainState
+
+    trainer = {
+        "best_val_loss": 2.5,
+        "best_step": 40,
+        "bad_evals": 1,
+        "tokens": 900,
+        "wall_time_s": 12.0,
+        "step_time_s": 9.0,
+        "skipped_rows": 3,
+        "train_losses_since_eval": [2.7, 2.6],
+    }
+    old = {"step": 44, "trainer": trainer}  # before best_metric: best/ followed the val loss
+    state = TrainState.from_checkpoint(old, best_metric="val_loss")
+    assert state == TrainState(step=44, best_score=2.5, **trainer)
+    assert TrainState.from_checkpoint(old, best_metric="gen_token_f1").best_score is None
+    with_score = {"step": 44, "trainer": {**trainer, "best_score": 0.4}}
+    assert TrainState.from_checkpoint(with_score, best_metric="val_loss").best_score == 0.4
+    assert TrainState.from_checkpoint({"step": 44, "train_state": state.to_dict()}, "val_loss") == state
+    with pytest.raises(PicovlmError, match="newer picovlm"):
+        TrainState.from_dict({**state.to_dict(), "ema": 0.9})
+
+
 def test_gradient_accumulation_matches_a_big_batch(demo_dir, tmp_path, tiny_configs):
     """Loss is normalised by the whole step's supervised tokens, so 2 x 4 == 1 x 8 (up to float error)."""
     model_cfg, big = tiny_configs(demo_dir, tmp_path / "big", batch_size=8, max_steps=5)
@@ -239,7 +303,7 @@ def test_threads_sets_torchs_cpu_threads_for_the_run(demo_dir, tmp_path, tiny_co
 
 def test_refitting_the_schedule_fills_the_budget_and_never_restarts_warmup():
     from picovlm.config import TrainConfig
-    from picovlm.train.loop import fit_schedule_to_time
+    from picovlm.train.budget import fit_schedule_to_time
 
     cfg = TrainConfig(max_minutes=10, warmup_ratio=0.05)
     # 5 slow first steps took 10 s (2 s/step): ~280 steps fit, warmup 5% of them.
@@ -251,6 +315,25 @@ def test_refitting_the_schedule_fills_the_budget_and_never_restarts_warmup():
     assert fit_schedule_to_time(cfg, 200, 900.0, 0.2, 3_000, 15)[0] == 201
     # Without max_steps the clock alone decides (epochs was only the first guess).
     assert fit_schedule_to_time(cfg, 200, 100.0, 0.01, None, 15)[0] == 200 + int(470 / 0.01)
+
+
+def test_budget_keeps_a_fitted_plan_on_resume_and_notes_a_changed_fixed_one():
+    from picovlm.config import TrainConfig
+    from picovlm.train.budget import Budget
+
+    fixed = Budget(TrainConfig(max_steps=100, warmup_ratio=0.1), steps_per_epoch=10)
+    assert (fixed.total_steps, fixed.warmup_steps) == (100, 10)
+    assert fixed.load_state_dict({"total_steps": 100, "warmup_steps": 10}) is None
+    assert "schedule changed" in fixed.load_state_dict({"total_steps": 80, "warmup_steps": 8})
+    assert fixed.total_steps == 100  # a fixed plan follows the config
+    assert (
+        fixed.stop_reason(False, False) == "max_steps" and fixed.stop_reason(True, False) == "early_stopping"
+    )
+    timed = Budget(TrainConfig(max_steps=None, max_minutes=10, epochs=2), steps_per_epoch=10)
+    assert timed.total_steps == 20 and timed.state_dict()["fitted_to_time"]  # epochs: the first guess
+    assert timed.load_state_dict({"total_steps": 731, "warmup_steps": 37, "fitted_to_time": True}) is None
+    assert (timed.total_steps, timed.warmup_steps) == (731, 37)  # the clock's fit goes on
+    assert timed.stop_reason(False, False) == "max_minutes"
 
 
 def test_with_a_time_budget_the_clock_not_epochs_ends_the_run(demo_dir, tmp_path, tiny_configs):
