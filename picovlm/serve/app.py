@@ -3,9 +3,15 @@
     GET  /                     a web page: pick an image, ask, watch the answer stream in
     GET  /health               {"status": "ok", model facts, requests in flight}
     POST /v1/answer            multipart (image file + form fields) or JSON (image as base64);
-                               fields: question, max_new_tokens, temperature, top_k, top_p, seed, stream
+                               fields: question, max_new_tokens, temperature, top_k, top_p,
+                               repetition_penalty, seed, stream
     POST /v1/chat/completions  OpenAI-style: messages with text and image_url (data: URL) parts;
-                               max_tokens, temperature, top_p, top_k, seed, stream (server-sent events)
+                               max_tokens, temperature, top_p, top_k, repetition_penalty, seed, stream
+                               (server-sent events)
+
+A request's generation fields override the server's GenerationConfig (`picovlm serve`'s generation
+flags over the exported folder's own config, picovlm/generation.py): a request that names none is
+answered exactly as `picovlm eval` answers with that config.
 
 Limits: request bytes (413, decided from Content-Length before reading the body, or as a chunked body
 grows past it), image pixels (checked from the header, before decoding), max new tokens, and requests
@@ -38,6 +44,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from picovlm.errors import ConfigError
+from picovlm.generation import GenerationConfig
 from picovlm.runtime import ImageError, Runtime, open_image
 
 
@@ -209,14 +216,18 @@ def decode_base64_image(value: Any, field: str) -> bytes:
 
 
 def generation_options(
-    fields: dict[str, Any], limits: ServeLimits, max_tokens_key: str = "max_new_tokens"
-) -> dict:
-    """Validated generation options from request fields (strings from a form, or JSON values)."""
+    fields: dict[str, Any],
+    limits: ServeLimits,
+    base: GenerationConfig,
+    max_tokens_key: str = "max_new_tokens",
+) -> GenerationConfig:
+    """The server's config `base` with the generation fields a request gives (strings from a form, or
+    JSON values), each checked."""
 
-    def number(key: str, kind, low, high, default):
+    def number(key: str, kind, low, high):
         value = fields.get(key)
         if value is None or value == "":
-            return default
+            return None
         try:
             value = kind(value)
         except (TypeError, ValueError):
@@ -227,19 +238,24 @@ def generation_options(
             raise ApiError(400, f"'{key}'={value} is out of range: use a value in [{low}, {high}].")
         return value
 
-    return {
-        "max_new_tokens": number(
-            max_tokens_key, int, 1, limits.max_new_tokens, min(128, limits.max_new_tokens)
-        ),
-        "temperature": number("temperature", float, 0.0, 5.0, 0.0),
-        "top_k": number("top_k", int, 0, 1_000_000, None),
-        "top_p": number("top_p", float, 0.0, 1.0, None),
-        "seed": number("seed", int, 0, 2**63 - 1, None),
+    given = {
+        "max_new_tokens": number(max_tokens_key, int, 1, limits.max_new_tokens),
+        "temperature": number("temperature", float, 0.0, 5.0),
+        "top_k": number("top_k", int, 0, 1_000_000),
+        "top_p": number("top_p", float, 0.0, 1.0),
+        "repetition_penalty": number("repetition_penalty", float, 0.0, 10.0),
+        "seed": number("seed", int, 0, 2**63 - 1),
     }
+    try:
+        return base.replace(**{k: v for k, v in given.items() if v is not None})
+    except ConfigError as err:
+        raise ApiError(400, str(err)) from None
 
 
-async def parse_answer_request(request: Request, limits: ServeLimits) -> tuple[bytes, str, dict, bool]:
-    """(image bytes, question, options, stream) from a multipart form or a JSON body."""
+async def parse_answer_request(
+    request: Request, limits: ServeLimits, base: GenerationConfig
+) -> tuple[bytes, str, GenerationConfig, bool]:
+    """(image bytes, question, generation config, stream) from a multipart form or a JSON body."""
     body = await read_body(request, limits.max_request_bytes)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -266,7 +282,7 @@ async def parse_answer_request(request: Request, limits: ServeLimits) -> tuple[b
         )
     question = check_question(fields.get("question") or "Describe the image.")
     stream = str(fields.get("stream", "false")).lower() in ("1", "true", "yes")
-    return image, question, generation_options(fields, limits), stream
+    return image, question, generation_options(fields, limits, base), stream
 
 
 def parse_json(body: bytes) -> dict:
@@ -327,8 +343,18 @@ def sse(data: Any) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
+def build_app(
+    runtime: Runtime, limits: ServeLimits | None = None, generation: GenerationConfig | None = None
+) -> Starlette:
+    """The app over `runtime`; `generation` (default: the runtime's own config) answers a request that
+    sets no generation field."""
     limits = limits or ServeLimits()
+    generation = generation or runtime.generation
+    if generation.max_new_tokens > limits.max_new_tokens:
+        raise ConfigError(
+            f"the server's max_new_tokens={generation.max_new_tokens} is over the limit a request may ask "
+            f"({limits.max_new_tokens}): raise --max-new-tokens-limit or lower --max-new-tokens."
+        )
     slots = Slots(limits.max_concurrent, limits.max_queue, limits.max_wait_seconds)
     model_name = runtime.directory.name
     page = resources.files("picovlm.serve").joinpath("page.html").read_text(encoding="utf-8")
@@ -339,16 +365,18 @@ def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
         except ImageError as err:
             raise ApiError(400, str(err), "invalid_image") from None
 
-    async def generate(image_bytes: bytes, question: str, options: dict) -> str:
+    async def generate(image_bytes: bytes, question: str, options: GenerationConfig) -> str:
         await slots.acquire()  # first: waits its turn, or a busy server refuses before decoding
         try:
             # Decoded in a thread: a large image would stall the event loop.
             image = await run_in_threadpool(decode, image_bytes)
-            return await run_in_threadpool(runtime.answer, image, question, **options)
+            return await run_in_threadpool(runtime.answer, image, question, options)
         finally:
             slots.release()
 
-    async def streaming(image_bytes: bytes, question: str, options: dict, wrap) -> StreamingResponse:
+    async def streaming(
+        image_bytes: bytes, question: str, options: GenerationConfig, wrap
+    ) -> StreamingResponse:
         """SSE of `wrap(piece)` per text piece, then `wrap(None)` (the closing event(s))."""
         await slots.acquire()  # before the response starts, so a busy server still answers 429
         try:
@@ -359,7 +387,7 @@ def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
 
         async def events() -> AsyncIterator[str]:
             try:
-                async for piece in iterate_in_threadpool(runtime.stream(image, question, **options)):
+                async for piece in iterate_in_threadpool(runtime.stream(image, question, options)):
                     yield wrap(piece)
                 yield wrap(None)
             except Exception as err:  # the status line is already sent: report the failure in the stream
@@ -378,10 +406,11 @@ def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
         return JSONResponse({
             "status": "ok", "model": model_name, "quantization": runtime.quantization,
             "in_flight": slots.active, "queued": len(slots.waiting), "limits": asdict(limits),
+            "generation": generation.to_dict(),
         })  # fmt: skip
 
     async def answer(request: Request) -> Response:
-        image, question, options, stream = await parse_answer_request(request, limits)
+        image, question, options, stream = await parse_answer_request(request, limits, generation)
         if stream:
             return await streaming(
                 image, question, options, lambda p: sse({"text": p}) if p is not None else sse("[DONE]")
@@ -393,7 +422,7 @@ def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
     async def chat_completions(request: Request) -> Response:
         data = parse_json(await read_body(request, limits.max_request_bytes))
         image, question = parse_chat_request(data)
-        options = generation_options(data, limits, max_tokens_key="max_tokens")
+        options = generation_options(data, limits, generation, max_tokens_key="max_tokens")
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         common = {"id": completion_id, "created": created, "model": model_name}
         if data.get("stream"):
@@ -438,9 +467,14 @@ def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
 
 
 def serve(
-    runtime: Runtime, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None
+    runtime: Runtime,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: ServeLimits | None = None,
+    generation: GenerationConfig | None = None,
 ) -> None:
     """Run the server until interrupted (uvicorn, one process, one event loop)."""
     import uvicorn
 
-    uvicorn.run(build_app(runtime, limits), host=host, port=port, log_level="warning", access_log=False)
+    app = build_app(runtime, limits, generation)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
