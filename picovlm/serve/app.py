@@ -343,88 +343,88 @@ def sse(data: Any) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def build_app(
-    runtime: Runtime, limits: ServeLimits | None = None, generation: GenerationConfig | None = None
-) -> Starlette:
-    """The app over `runtime`; `generation` (default: the runtime's own config) answers a request that
-    sets no generation field."""
-    limits = limits or ServeLimits()
-    generation = generation or runtime.generation
-    if generation.max_new_tokens > limits.max_new_tokens:
-        raise ConfigError(
-            f"the server's max_new_tokens={generation.max_new_tokens} is over the limit a request may ask "
-            f"({limits.max_new_tokens}): raise --max-new-tokens-limit or lower --max-new-tokens."
-        )
-    slots = Slots(limits.max_concurrent, limits.max_queue, limits.max_wait_seconds)
-    model_name = runtime.directory.name
-    page = resources.files("picovlm.serve").joinpath("page.html").read_text(encoding="utf-8")
+class Server:
+    """The request handlers over one `Runtime`: generation slots, limits, and the server's generation
+    config (`generation`, default: the runtime's own), which answers a request that sets no field."""
 
-    def decode(image_bytes: bytes):
+    def __init__(self, runtime: Runtime, limits: ServeLimits, generation: GenerationConfig | None = None):
+        self.runtime, self.limits = runtime, limits
+        self.generation = generation or runtime.generation
+        if self.generation.max_new_tokens > limits.max_new_tokens:
+            raise ConfigError(
+                f"the server's max_new_tokens={self.generation.max_new_tokens} is over the limit a request may "
+                f"ask ({limits.max_new_tokens}): raise --max-new-tokens-limit or lower --max-new-tokens."
+            )
+        self.slots = Slots(limits.max_concurrent, limits.max_queue, limits.max_wait_seconds)
+        self.model_name = runtime.directory.name
+        self.page = resources.files("picovlm.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    def decode(self, image_bytes: bytes):
         try:
-            return open_image(image_bytes, limits.max_image_pixels)
+            return open_image(image_bytes, self.limits.max_image_pixels)
         except ImageError as err:
             raise ApiError(400, str(err), "invalid_image") from None
 
-    async def generate(image_bytes: bytes, question: str, options: GenerationConfig) -> str:
-        await slots.acquire()  # first: waits its turn, or a busy server refuses before decoding
+    async def generate(self, image_bytes: bytes, question: str, options: GenerationConfig) -> str:
+        await self.slots.acquire()  # first: waits its turn, or a busy server refuses before decoding
         try:
             # Decoded in a thread: a large image would stall the event loop.
-            image = await run_in_threadpool(decode, image_bytes)
-            return await run_in_threadpool(runtime.answer, image, question, options)
+            image = await run_in_threadpool(self.decode, image_bytes)
+            return await run_in_threadpool(self.runtime.answer, image, question, options)
         finally:
-            slots.release()
+            self.slots.release()
 
     async def streaming(
-        image_bytes: bytes, question: str, options: GenerationConfig, wrap
+        self, image_bytes: bytes, question: str, options: GenerationConfig, wrap
     ) -> StreamingResponse:
         """SSE of `wrap(piece)` per text piece, then `wrap(None)` (the closing event(s))."""
-        await slots.acquire()  # before the response starts, so a busy server still answers 429
+        await self.slots.acquire()  # before the response starts, so a busy server still answers 429
         try:
-            image = await run_in_threadpool(decode, image_bytes)
+            image = await run_in_threadpool(self.decode, image_bytes)
         except BaseException:
-            slots.release()
+            self.slots.release()
             raise
 
         async def events() -> AsyncIterator[str]:
             try:
-                async for piece in iterate_in_threadpool(runtime.stream(image, question, options)):
+                async for piece in iterate_in_threadpool(self.runtime.stream(image, question, options)):
                     yield wrap(piece)
                 yield wrap(None)
             except Exception as err:  # the status line is already sent: report the failure in the stream
                 yield sse({"error": {"message": f"generation failed: {err}", "type": "server_error"}})
             finally:
-                slots.release()
+                self.slots.release()
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
-    async def index(request: Request) -> Response:
-        return HTMLResponse(page)
+    async def index(self, request: Request) -> Response:
+        return HTMLResponse(self.page)
 
-    async def health(request: Request) -> Response:
+    async def health(self, request: Request) -> Response:
         return JSONResponse({
-            "status": "ok", "model": model_name, "quantization": runtime.quantization,
-            "in_flight": slots.active, "queued": len(slots.waiting), "limits": asdict(limits),
-            "generation": generation.to_dict(),
+            "status": "ok", "model": self.model_name, "quantization": self.runtime.quantization,
+            "in_flight": self.slots.active, "queued": len(self.slots.waiting), "limits": asdict(self.limits),
+            "generation": self.generation.to_dict(),
         })  # fmt: skip
 
-    async def answer(request: Request) -> Response:
-        image, question, options, stream = await parse_answer_request(request, limits, generation)
+    async def answer(self, request: Request) -> Response:
+        image, question, options, stream = await parse_answer_request(request, self.limits, self.generation)
         if stream:
-            return await streaming(
+            return await self.streaming(
                 image, question, options, lambda p: sse({"text": p}) if p is not None else sse("[DONE]")
             )
         started = time.perf_counter()
-        text = await generate(image, question, options)
+        text = await self.generate(image, question, options)
         return JSONResponse({"answer": text, "seconds": round(time.perf_counter() - started, 4)})
 
-    async def chat_completions(request: Request) -> Response:
-        data = parse_json(await read_body(request, limits.max_request_bytes))
+    async def chat_completions(self, request: Request) -> Response:
+        data = parse_json(await read_body(request, self.limits.max_request_bytes))
         image, question = parse_chat_request(data)
-        options = generation_options(data, limits, generation, max_tokens_key="max_tokens")
+        options = generation_options(data, self.limits, self.generation, max_tokens_key="max_tokens")
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        common = {"id": completion_id, "created": created, "model": model_name}
+        common = {"id": completion_id, "created": created, "model": self.model_name}
         if data.get("stream"):
 
             def chunk(piece: str | None) -> str:
@@ -436,33 +436,43 @@ def build_app(
                 return sse({**common, "object": "chat.completion.chunk",
                             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})  # fmt: skip
 
-            return await streaming(image, question, options, chunk)
-        text = await generate(image, question, options)
+            return await self.streaming(image, question, options, chunk)
+        text = await self.generate(image, question, options)
         return JSONResponse({
             **common, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         })  # fmt: skip
 
-    async def api_error(request: Request, err: ApiError) -> Response:
-        return JSONResponse(
-            {"error": {"message": err.message, "type": err.kind}}, err.status, headers=err.headers
-        )
 
-    async def server_error(request: Request, err: Exception) -> Response:
-        return JSONResponse({"error": {"message": f"internal error: {err}", "type": "server_error"}}, 500)
+async def api_error(request: Request, err: ApiError) -> Response:
+    return JSONResponse(
+        {"error": {"message": err.message, "type": err.kind}}, err.status, headers=err.headers
+    )
 
+
+async def server_error(request: Request, err: Exception) -> Response:
+    return JSONResponse({"error": {"message": f"internal error: {err}", "type": "server_error"}}, 500)
+
+
+def build_app(
+    runtime: Runtime, limits: ServeLimits | None = None, generation: GenerationConfig | None = None
+) -> Starlette:
+    """The app over `runtime`; `generation` (default: the runtime's own config) answers a request that
+    sets no generation field."""
+    limits = limits or ServeLimits()
+    server = Server(runtime, limits, generation)
     routes = [
-        Route("/", index),
-        Route("/health", health),
-        Route("/v1/answer", answer, methods=["POST"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/", server.index),
+        Route("/health", server.health),
+        Route("/v1/answer", server.answer, methods=["POST"]),
+        Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(FinishReadingBody)],
         exception_handlers={ApiError: api_error, Exception: server_error},
     )
-    app.state.slots, app.state.runtime, app.state.limits = slots, runtime, limits
+    app.state.slots, app.state.runtime, app.state.limits = server.slots, runtime, limits
     return app
 
 
