@@ -39,14 +39,17 @@ class GenerationConfig:
     def __post_init__(self):
         if self.repetition_penalty is None:  # older callers said None for "off"
             object.__setattr__(self, "repetition_penalty", 1.0)
-        problems = [
-            (self.max_new_tokens < 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}"),
-            (self.temperature < 0, f"temperature must be 0 (greedy) or more, got {self.temperature}"),
-            (self.top_k is not None and self.top_k < 0, f"top_k must be 0 (off) or more, got {self.top_k}"),
-            (self.top_p is not None and not 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.repetition_penalty <= 0, f"repetition_penalty must be above 0 (1 = off), got {self.repetition_penalty}"),
-        ]  # fmt: skip
-        bad = [message for failed, message in problems if failed]
+        bad = []
+        if self.max_new_tokens < 1:
+            bad.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            bad.append(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            bad.append(f"top_k must be 0 (off) or more, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            bad.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            bad.append(f"repetition_penalty must be above 0 (1 = off), got {self.repetition_penalty}")
         if bad:
             raise ConfigError("; ".join(bad) + ".")
 

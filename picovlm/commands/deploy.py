@@ -260,7 +260,8 @@ def run_serve(args: argparse.Namespace) -> int:
     generation = runtime.generation.replace(**flags)
     # The limit is at least the server's own answer length, so `--max-new-tokens 512` alone just works.
     limits = dataclasses.replace(limits, max_new_tokens=max(limits.max_new_tokens, generation.max_new_tokens))
-    print(json.dumps({"serving": str(directory), "url": f"http://{args.host}:{args.port}/", "quantization": runtime.quantization,
-                      "generation": generation.to_dict()}), flush=True)  # fmt: skip
+    facts = {"serving": str(directory), "url": f"http://{args.host}:{args.port}/"}
+    facts.update(quantization=runtime.quantization, generation=generation.to_dict())
+    print(json.dumps(facts), flush=True)
     serve(runtime, args.host, args.port, limits, generation)
     return 0

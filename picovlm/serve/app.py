@@ -52,7 +52,7 @@ from picovlm.runtime import ImageError, Runtime, open_image
 class ServeLimits:
     max_request_bytes: int = 10 * 1024 * 1024  # the whole request body, image included
     max_image_pixels: int = 40_000_000  # width x height, read from the image header
-    max_new_tokens: int = 256
+    max_new_tokens: int = 256  # the most a request may ask (--max-new-tokens-limit)
     max_concurrent: int = 2  # generations in flight; one core gains nothing from more
     # Requests waiting for a slot, and how long each may wait. A queued request holds its body (up to
     # max_request_bytes), so the queue's size also bounds memory: 32 x a ~100 kB image is nothing.
@@ -61,10 +61,9 @@ class ServeLimits:
 
     def __post_init__(self):
         for name in ("max_request_bytes", "max_image_pixels", "max_new_tokens", "max_concurrent"):
+            flag = "max-new-tokens-limit" if name == "max_new_tokens" else name.replace("_", "-")
             if getattr(self, name) < 1:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}."
-                )
+                raise ConfigError(f"--{flag} must be at least 1, got {getattr(self, name)}.")
         if self.max_queue < 0 or self.max_wait_seconds < 0:
             raise ConfigError(
                 f"--max-queue ({self.max_queue}) and --max-wait-seconds ({self.max_wait_seconds}) cannot be "
