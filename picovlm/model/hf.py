@@ -241,6 +241,18 @@ def _unwrap(module: nn.Module, attr: str) -> nn.Module:
     return getattr(module, attr, module)
 
 
+def _open_checkpoint(
+    model_or_tower: nn.Module, attr: str, name_or_path: str | os.PathLike, revision: str | None
+) -> tuple[nn.Module, VLMConfig, str, dict[str, Any], Checkpoint]:
+    """(our tower, its config, the checkpoint's name for messages, its config.json settings, its tensors)
+    for loading the checkpoint into the tower `attr` ("vision_encoder" or "decoder") of a VLM, or into
+    that tower alone."""
+    tower = _unwrap(model_or_tower, attr)
+    directory = resolve_checkpoint(name_or_path, revision)
+    hf = read_hf_config(directory, "vision" if attr == "vision_encoder" else "text")
+    return tower, tower.cfg, str(name_or_path), hf, Checkpoint(directory)
+
+
 # --- Vision tower --------------------------------------------------------------------------------
 
 
@@ -248,12 +260,7 @@ def load_vision_weights(
     model_or_vit: nn.Module, name_or_path: str | os.PathLike, revision: str | None = None
 ) -> LoadReport:
     """Copy a SigLIP / SigLIP2 vision tower's weights into our ViT (or a VLM's), keeping its first n blocks."""
-    vit = _unwrap(model_or_vit, "vision_encoder")
-    cfg: VLMConfig = vit.cfg
-    directory = resolve_checkpoint(name_or_path, revision)
-    source = str(name_or_path)
-    hf = read_hf_config(directory, "vision")
-    ckpt = Checkpoint(directory)
+    vit, cfg, source, hf, ckpt = _open_checkpoint(model_or_vit, "vision_encoder", name_or_path, revision)
     prefix = ckpt.prefix_of(SIGLIP_ANCHOR, "SigLIP vision tower")
     available = _count_blocks(ckpt, prefix + SIGLIP_BLOCK_PREFIX)
     if cfg.vit_cls_flag:
@@ -319,12 +326,7 @@ def load_language_weights(
     model_or_lm: nn.Module, name_or_path: str | os.PathLike, revision: str | None = None
 ) -> LoadReport:
     """Copy a Llama-family LM's weights into our LanguageModel (or a VLM's), keeping its first n blocks."""
-    lm = _unwrap(model_or_lm, "decoder")
-    cfg: VLMConfig = lm.cfg
-    directory = resolve_checkpoint(name_or_path, revision)
-    source = str(name_or_path)
-    hf = read_hf_config(directory, "text")
-    ckpt = Checkpoint(directory)
+    lm, cfg, source, hf, ckpt = _open_checkpoint(model_or_lm, "decoder", name_or_path, revision)
     base = ckpt.prefix_of(LLAMA_ANCHOR, "Llama-style language model")  # "model." in LlamaForCausalLM
     available = _count_blocks(ckpt, base + "layers.{i}.")
     _check_llama_config(source, cfg, hf)
