@@ -2,7 +2,8 @@
 
     push_to_hub(model, "you/picovlm-shapes", training_data=["you/shapes-qa"])
 
-The folder uploaded is exactly what `VLM.from_pretrained` reads back: config.json, model.safetensors,
+A plain function (`model.push_to_hub(repo_id, ...)` calls it). The folder uploaded is exactly what
+`VLM.from_pretrained` reads back (picovlm/pretrained.py writes it): config.json, model.safetensors,
 tokenizer.json (when the model has a tokenizer), plus README.md, the model card: YAML front matter
 (library_name: picovlm, tags, datasets), a usage snippet, the config as a table, parameters per tower
 (from picovlm.model.params), and the training data sources.
@@ -100,9 +101,10 @@ def prepare_hub_folder(
     model: Any, directory: str | os.PathLike, repo_id: str | None = None, **card: Any
 ) -> Path:
     """save_pretrained into `directory` and write README.md beside it: the folder push_to_hub uploads."""
+    from picovlm.pretrained import save_pretrained
     from picovlm.utils import atomic_write_text
 
-    directory = Path(model.save_pretrained(directory))
+    directory = save_pretrained(model, directory)
     atomic_write_text(directory / "README.md", model_card(model, repo_id=repo_id, **card))
     return directory
 
@@ -136,10 +138,3 @@ def push_to_hub(
                 f"or pass a write token, and check that you may write to that namespace."
             ) from None
     return str(url)
-
-
-class PushToHubMixin:
-    """Gives a model `model.push_to_hub(repo_id, ...)`; the arguments are push_to_hub's."""
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        return push_to_hub(self, repo_id, **kwargs)

@@ -4,6 +4,7 @@ over the torch-free runtime."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from picovlm.errors import PicovlmError
+from picovlm.generation import add_generation_arguments, generation_flags, generation_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -69,6 +71,11 @@ def add_parser(subparsers) -> None:
         help="max difference allowed between fp32 graphs and torch, relative to the output scale above 1 "
         "(default 1e-3)",
     )
+    add_generation_arguments(
+        p,
+        "How the exported model answers by default (kept in manifest.json): the runtime, `picovlm serve` "
+        "and `picovlm eval` of the folder use it unless told otherwise.",
+    )
     p.set_defaults(func=run_export)
 
     s = subparsers.add_parser(
@@ -104,10 +111,10 @@ def add_parser(subparsers) -> None:
         "--max-image-pixels", type=int, default=40_000_000, help="largest image, width x height (default 40M)"
     )
     s.add_argument(
-        "--max-new-tokens",
+        "--max-new-tokens-limit",
         type=int,
         default=256,
-        help="largest max_new_tokens a request may ask (default 256)",
+        help="largest max_new_tokens a request may ask (default 256; raised to --max-new-tokens if below)",
     )
     s.add_argument(
         "--max-concurrent",
@@ -126,6 +133,11 @@ def add_parser(subparsers) -> None:
         type=float,
         default=10.0,
         help="longest a queued request waits for a slot before it gets 429 (default 10)",
+    )
+    add_generation_arguments(
+        s,
+        "The server's answers, over the exported folder's own config (manifest.json); a request's "
+        "fields override them.",
     )
     s.set_defaults(func=run_serve)
 
@@ -172,7 +184,7 @@ def run_export(args: argparse.Namespace) -> int:
     manifest = export_model(
         args.model, args.out, quantize=args.quantize, tolerance=args.tolerance,
         eval_items=args.eval_items if args.quantize else 0, eval_data=args.data, eval_split=args.split,
-        progress=progress,
+        progress=progress, generation=generation_from_args(args),
     )  # fmt: skip
     bar.close()
     for name, diff in manifest["parity"]["fp32_vs_torch"].items():
@@ -237,14 +249,19 @@ def run_serve(args: argparse.Namespace) -> int:
     from picovlm.serve.app import ServeLimits, serve
 
     # Built first, so a bad flag fails before the model loads.
+    flags = generation_flags(args)
     limits = ServeLimits(
         max_request_bytes=args.max_request_bytes, max_image_pixels=args.max_image_pixels,
-        max_new_tokens=args.max_new_tokens, max_concurrent=args.max_concurrent,
+        max_new_tokens=args.max_new_tokens_limit, max_concurrent=args.max_concurrent,
         max_queue=args.max_queue, max_wait_seconds=args.max_wait_seconds,
     )  # fmt: skip
     directory = resolve_served_dir(args.model, args.quantize, args.cache_dir)
     runtime = Runtime.load(directory, threads=args.threads)
-    print(json.dumps({"serving": str(directory), "url": f"http://{args.host}:{args.port}/", "quantization": runtime.quantization}),
-          flush=True)  # fmt: skip
-    serve(runtime, args.host, args.port, limits)
+    generation = runtime.generation.replace(**flags)
+    # The limit is at least the server's own answer length, so `--max-new-tokens 512` alone just works.
+    limits = dataclasses.replace(limits, max_new_tokens=max(limits.max_new_tokens, generation.max_new_tokens))
+    facts = {"serving": str(directory), "url": f"http://{args.host}:{args.port}/"}
+    facts.update(quantization=runtime.quantization, generation=generation.to_dict())
+    print(json.dumps(facts), flush=True)
+    serve(runtime, args.host, args.port, limits, generation)
     return 0

@@ -6,45 +6,17 @@ import argparse
 import json
 import sys
 
+from picovlm.generation import add_generation_arguments, generation_flags, generation_from_args
 
-def add_generation_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    """Sampling flags shared by generate and eval; the default is greedy decoding."""
-    group = parser.add_argument_group("generation (default: greedy)")
-    group.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=max_new_tokens,
-        help=f"longest answer in tokens (default {max_new_tokens})",
-    )
-    group.add_argument(
-        "--temperature", type=float, default=0.0, help="0 = greedy (default); e.g. 0.7 to sample"
-    )
-    group.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
-    group.add_argument(
-        "--top-p",
-        type=float,
-        default=None,
-        help="sample only from the smallest set with this much probability",
-    )
-    group.add_argument(
-        "--repetition-penalty", type=float, default=None, help="e.g. 1.2: make repeated tokens less likely"
-    )
-    group.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+
+def add_answering_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generation flags (picovlm.generation, shared with serve and export) and where answers run."""
+    add_generation_arguments(parser)
+    group = parser.add_argument_group("running")
     group.add_argument("--batch-size", type=int, default=16, help="images answered at once (default 16)")
     group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
     group.add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
-    )
-
-
-def _generation_options(args: argparse.Namespace) -> dict:
-    return dict(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
     )
 
 
@@ -63,7 +35,7 @@ def add_parser(subparsers) -> None:
         "--question", default="Describe the image.", help="the question (default: 'Describe the image.')"
     )
     p.add_argument("--json", action="store_true", help="print one JSON list of {image, answer} instead")
-    add_generation_arguments(p, max_new_tokens=128)
+    add_answering_arguments(p)
     p.set_defaults(func=run_generate)
 
     p = subparsers.add_parser(
@@ -108,7 +80,7 @@ def add_parser(subparsers) -> None:
         "--out", required=True, help="folder for metrics.json, predictions.jsonl, report.md, report.html"
     )
     p.add_argument("--title", default="picovlm evaluation", help="title of the report")
-    add_generation_arguments(p, max_new_tokens=96)
+    add_answering_arguments(p)
     p.set_defaults(func=run_eval)
 
 
@@ -125,18 +97,20 @@ def run_generate(args: argparse.Namespace) -> int:
 
     _setup_torch(args)
     model = VisionLanguageModel.from_pretrained(args.model, device=args.device)
-    options = _generation_options(args)
+    generation = generation_from_args(args)
     if len(args.image) == 1 and not args.json:
         stream_answer(
             model,
             args.image[0],
             args.question,
             on_text=lambda piece: print(piece, end="", flush=True),
-            **options,
+            generation=generation,
         )
         print()
         return 0
-    answers = answer_files(model, args.image, args.question, batch_size=args.batch_size, **options)
+    answers = answer_files(
+        model, args.image, args.question, batch_size=args.batch_size, generation=generation
+    )
     if args.json:
         print(
             json.dumps(
@@ -182,7 +156,7 @@ def run_eval(args: argparse.Namespace) -> int:
         swap_items=args.swap_items,
         device=args.device,
         threads=args.threads,
-        **_generation_options(args),
+        **generation_flags(args),  # over an exported folder's own config, as `picovlm serve` applies them
     )
     paths = write_report(results, args.out, title=args.title)
     for result in results:

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from picovlm.data.tokenizer import TextTokenizer
-from picovlm.errors import DataError
+from picovlm.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
 
@@ -96,6 +96,20 @@ class Processor:
     def from_config(cls, tokenizer: TextTokenizer, cfg) -> Processor:
         return cls(tokenizer, cfg.vit_img_size, cfg.mp_image_token_length, cfg.lm_max_length)
 
+    @classmethod
+    def bind(cls, tokenizer: TextTokenizer, cfg) -> Processor:
+        """The processor of a model config, with the tokenizer's image, pad and end token ids written into
+        `cfg` (the model reads them there, and config.json keeps them with the weights)."""
+        if len(tokenizer) > cfg.lm_vocab_size:
+            raise ConfigError(
+                f"the tokenizer has {len(tokenizer)} tokens but lm_vocab_size={cfg.lm_vocab_size}: "
+                f"set lm_vocab_size to at least {len(tokenizer)}."
+            )
+        cfg.image_token_id = tokenizer.image_token_id
+        cfg.pad_token_id = tokenizer.pad_token_id
+        cfg.eos_token_id = tokenizer.im_end_id
+        return cls.from_config(tokenizer, cfg)
+
     def image_pixels(self, images: list[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, 3, self.image_size, self.image_size), dtype=np.float32)
@@ -114,6 +128,32 @@ class Processor:
     def encode_prompt(self, question: str, n_images: int = 1) -> list[int]:
         """Token ids of a one-turn prompt that ends where the assistant's answer begins."""
         return [*self._user_turn(question, n_images), *self._assistant]
+
+    def prompt_batch(
+        self, questions: list[str], image_lists: list[list[Image.Image]]
+    ) -> dict[str, np.ndarray]:
+        """One-turn prompts for (question, images) pairs, left-padded so every row's next token goes in
+        the last column: input_ids and attention_mask (B, T) int64, pixel_values (n, 3, S, S) of all
+        images in row order."""
+        prompts = [self.encode_prompt(q, len(ims)) for q, ims in zip(questions, image_lists)]
+        width = max(len(p) for p in prompts)
+        input_ids = np.full((len(prompts), width), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(prompts), width), dtype=np.int64)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = prompt
+            attention_mask[row, width - len(prompt) :] = 1
+        pixels = [self.image_pixels(list(ims)) for ims in image_lists]
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": np.concatenate(pixels),
+        }
+
+    def decode_answer(self, token_ids: list[int]) -> str:
+        """Generated token ids -> the answer: cut at the first end token, special tokens dropped, trimmed."""
+        if self.eos_token_id in token_ids:
+            token_ids = token_ids[: token_ids.index(self.eos_token_id)]
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
     def encode_turns(self, turns: list[tuple[str, str]], n_images: int) -> tuple[list[int], list[int]]:
         """Token ids and labels for a conversation of (question, answer) turns."""
@@ -156,3 +196,22 @@ class Processor:
                 raise DataError(f"images[{k}] is {type(image).__name__}, not a decoded image")
         input_ids, labels = self.encode_turns(turns, len(images))
         return {"input_ids": input_ids, "labels": labels, "pixel_values": self.image_pixels(images)}
+
+
+class AnswerStream:
+    """An answer's text piece by piece as its tokens arrive: `push(token)` returns the new text ("" while
+    none is ready). The tokens so far are decoded whole each time; a byte-level BPE token can end in the
+    middle of a UTF-8 character, which decodes to U+FFFD, so such a tail waits for the next token."""
+
+    def __init__(self, tokenizer: TextTokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.shown = ""
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+        if text.endswith("\ufffd") or not text.startswith(self.shown) or len(text) <= len(self.shown):
+            return ""
+        piece, self.shown = text[len(self.shown) :], text
+        return piece

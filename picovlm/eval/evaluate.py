@@ -38,6 +38,7 @@ from PIL import Image
 
 from picovlm.errors import DataError, PicovlmError
 from picovlm.eval import metrics as M
+from picovlm.generation import GenerationConfig, generation_config
 from picovlm.utils import ProgressFn, no_progress
 
 
@@ -437,12 +438,7 @@ def evaluate(
     train_split: str | None = "train",
     max_items: int | None = None,
     batch_size: int = 16,
-    max_new_tokens: int = 96,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = 0,
-    repetition_penalty: float | None = None,
+    generation: GenerationConfig | None = None,
     baseline: str | None = None,
     extract_fields: M.ExtractFields | str | None = "auto",
     swap_items: int | None = 64,
@@ -451,6 +447,7 @@ def evaluate(
     device: str = "cpu",
     threads: int | None = None,
     progress: ProgressFn = no_progress,
+    **generation_options: Any,
 ) -> dict[str, Any]:
     """Evaluate one model (a folder written by save_pretrained or by `picovlm export`, or a model object)
     on data_dir/split. An exported folder is answered and scored through the torch-free runtime
@@ -459,7 +456,8 @@ def evaluate(
     Returns {"name", "model", "data", "split", "metrics", "items", "baselines", "thumbnails"}, the input
     of `picovlm.eval.report.write_report`. baseline="nearest" adds the nearest-neighbour lookup.
     `train_split=None` skips the train loss, copy rate and baseline. `swap_items` caps the rows
-    regenerated with swapped images (None: all).
+    regenerated with swapped images (None: all). Answers are generated with `generation` (default: an
+    exported folder's own config, else GenerationConfig()) and keyword options over it (max_new_tokens=16).
     """
     from picovlm.eval.report import thumbnail_data_uri
 
@@ -477,10 +475,8 @@ def evaluate(
         name = f"{name} ({backend})"
     if model.processor is None:
         raise PicovlmError(f"{model_path or 'the model'} has no tokenizer: save it with its tokenizer.json")
-    generation = dict(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
-    )
-    generation["repetition_penalty"] = repetition_penalty
+    config = generation_config(generation or getattr(model, "generation", None), **generation_options)
+    generation = {"generation": config}  # what generate_answers and image_reliance pass to model.answer
 
     from picovlm.data.cauldron import load_cauldron
 
@@ -544,6 +540,7 @@ def evaluate(
         "backend": backend,
         "data": str(data_dir),
         "split": split,
+        "generation": config.to_dict(),
         "metrics": add_verdict(metrics),
         "items": rows,
         "baselines": baselines,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from picovlm.errors import PicovlmError
+from picovlm.generation import GenerationConfig
 
 MANIFEST_FILE = "manifest.json"  # picovlm.runtime's name for it
 
@@ -54,14 +55,25 @@ class ExportedModel:
         """ "onnx fp32" or "onnx int8": how the answers were produced."""
         return f"onnx {self.runtime.quantization}"
 
-    def answer(self, images, questions: str | Sequence[str] = "Describe the image.", **generation: Any):
+    @property
+    def generation(self) -> GenerationConfig:
+        """The exported folder's own generation config (its manifest's, else the defaults)."""
+        return self.runtime.generation
+
+    def answer(
+        self,
+        images,
+        questions: str | Sequence[str] = "Describe the image.",
+        generation: GenerationConfig | None = None,
+        **options: Any,
+    ):
         """The torch model's `answer` contract: one image (a string back) or a list (a list back); an
         entry of the list may itself be a list of images for one question."""
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
         if isinstance(questions, str):
             questions = [questions] * len(images)
-        answers = [self.runtime.answer(im, q, **generation) for im, q in zip(images, questions)]
+        answers = [self.runtime.answer(im, q, generation, **options) for im, q in zip(images, questions)]
         return answers[0] if single else answers
 
     def answer_loss(self, items, image_source: Sequence[int] | None = None, blank: bool = False) -> float:

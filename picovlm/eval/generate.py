@@ -3,9 +3,8 @@
     answer_files(model, ["a.png", "b.png"], "Describe the image.")  -> ["...", "..."]
     stream_answer(model, "a.png", on_text=lambda piece: ...)        -> "..." (on_text sees it grow)
 
-Streaming decodes the tokens generated so far after every step and hands on only the new text. A
-byte-level BPE token can end in the middle of a UTF-8 character; such a tail decodes to U+FFFD, so
-it is held back until the next token completes it.
+Streaming decodes the tokens generated so far after every step and hands on only the new text
+(picovlm.data.processor.AnswerStream, as the runtime streams).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from picovlm.errors import PicovlmError
+from picovlm.generation import GenerationConfig
 
 DEFAULT_QUESTION = "Describe the image."
 
@@ -42,13 +42,14 @@ def answer_files(
     image_paths: Sequence[str | os.PathLike],
     question: str = DEFAULT_QUESTION,
     batch_size: int = 16,
-    **generation: Any,
+    generation: GenerationConfig | None = None,
+    **options: Any,
 ) -> list[str]:
     """One answer per image file, generated in batches (left padding, early stop per row)."""
     answers: list[str] = []
     for start in range(0, len(image_paths), batch_size):
         images = [load_image(p) for p in image_paths[start : start + batch_size]]
-        answers += model.answer(images, [question] * len(images), **generation)
+        answers += model.answer(images, [question] * len(images), generation, **options)
     return answers
 
 
@@ -57,37 +58,34 @@ def stream_answer(
     image_path: str | os.PathLike,
     question: str = DEFAULT_QUESTION,
     on_text: Callable[[str], None] | None = None,
-    **generation: Any,
+    generation: GenerationConfig | None = None,
+    **options: Any,
 ) -> str:
-    """Answer one image, calling on_text(piece) as each piece of the answer is decoded; return the answer."""
+    """Answer one image, calling on_text(piece) as each piece of the answer is decoded; return the answer.
+
+    `generation` and `options` as for `model.generate`."""
+    from picovlm.data.processor import AnswerStream
+
     batch = model.prepare_prompts([load_image(image_path)], [question])
     eos = model.cfg.eos_token_id
-    tokens: list[int] = []
-    state = {"shown": "", "done": False}
+    pieces = AnswerStream(model.tokenizer)
+    done = False
 
     def on_token(step_tokens) -> None:
-        if state["done"]:
-            return
+        nonlocal done
         token = int(step_tokens[0])
-        if token == eos:
-            state["done"] = True
-            return
-        tokens.append(token)
-        text = model.tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
-        if text.endswith("\ufffd"):
-            return  # an incomplete UTF-8 character: wait for the next token
-        if text.startswith(state["shown"]) and len(text) > len(state["shown"]):
-            if on_text is not None:
-                on_text(text[len(state["shown"]) :])
-            state["shown"] = text
+        done = done or token == eos
+        piece = "" if done else pieces.push(token)
+        if piece and on_text is not None:
+            on_text(piece)
 
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(**batch, on_token=on_token, **generation)
+        out = model.generate(**batch, generation=generation, on_token=on_token, **options)
     finally:
         model.train(was_training)
     answer = model.decode_answer(out[0].tolist())
-    if on_text is not None and answer.startswith(state["shown"]) and len(answer) > len(state["shown"]):
-        on_text(answer[len(state["shown"]) :])  # whatever was held back at the end
+    if on_text is not None and answer.startswith(pieces.shown) and len(answer) > len(pieces.shown):
+        on_text(answer[len(pieces.shown) :])  # whatever was held back at the end
     return answer

@@ -229,6 +229,7 @@ def metrics_document(results: list[dict]) -> dict[str, Any]:
                 "backend": r.get("backend", "torch"),
                 "data": r.get("data"),
                 "split": r.get("split"),
+                "generation": r.get("generation"),
                 "metrics": r["metrics"],
                 "baselines": {name: {"metrics": b["metrics"]} for name, b in r.get("baselines", {}).items()},
             }

@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from picovlm.errors import PicovlmError
+from picovlm.generation import GenerationConfig
 from picovlm.retrieval import INDEX_FILE, INDEX_META_FILE
 from picovlm.utils import ProgressFn, atomic_path, atomic_write_text, no_progress
 
@@ -235,8 +236,12 @@ def export_model(
     eval_data: str | os.PathLike | None = None,
     eval_split: str | None = None,
     progress: ProgressFn = no_progress,
+    generation: GenerationConfig | None = None,
 ) -> dict[str, Any]:
     """Export a save_pretrained folder to `out_dir` (written atomically); return the manifest.
+
+    `generation` (default GenerationConfig()) goes into the manifest: the runtime, `picovlm serve` and
+    `picovlm eval` of the folder answer with it unless told otherwise.
 
     quantize="int8" writes int8 graphs; `eval_items` > 0 then also answers that many rows of the
     model's own validation data with the fp32 and the int8 graphs and records how they agree
@@ -298,6 +303,7 @@ def export_model(
         if model.retrieval is not None:  # a retrieving model answers from its training pictures' index
             model.retrieval.save(out)
         manifest = build_manifest(model, in_names, out_names, parity)
+        manifest["generation"] = (generation or GenerationConfig()).to_dict()
         if quantize:
             progress(4, steps, "quantising to int8")
             for name in (VISION_FILE, DECODER_FILE):

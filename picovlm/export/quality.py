@@ -91,6 +91,7 @@ def compare_on_data(
         score_answers,
     )
     from picovlm.eval.exported import ExportedModel
+    from picovlm.generation import GenerationConfig
 
     dataset = load_cauldron(data_dir, split=split, max_rows=n_items)
     items = items_from_rows(dataset)
@@ -105,7 +106,9 @@ def compare_on_data(
     extract_fields = detect_extract_fields(dataset, train)
     models = {"fp32": ExportedModel.load(fp32_dir), "int8": ExportedModel.load(int8_dir)}
     budget = max_new_tokens or answer_token_budget(models["fp32"], items)
-    answers = {label: generate_answers(m, items, max_new_tokens=budget) for label, m in models.items()}
+    # Greedy, whatever config the manifests carry: sampled answers would differ by chance, not by int8.
+    greedy = GenerationConfig(max_new_tokens=budget)
+    answers = {label: generate_answers(m, items, generation=greedy) for label, m in models.items()}
 
     result: dict[str, Any] = {
         "data": str(data_dir),

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from picovlm.config import VLMConfig
 from picovlm.errors import PicovlmError
+from picovlm.pretrained import resolve_checkpoint, write_safetensors
 
 # --- The key maps: our name -> the checkpoint's name(s); several names are concatenated on dim 0 ---
 
@@ -125,28 +126,7 @@ class LoadReport:
         return "\n".join([head, *(f"  - {n}" for n in self.notes)])
 
 
-# --- Finding and reading checkpoints ------------------------------------------------------------
-
-
-def resolve_checkpoint(
-    name_or_path: str | os.PathLike, revision: str | None = None, weights: bool = True
-) -> Path:
-    """A local folder as is; a Hub id downloaded (config and safetensors only) into the HF cache."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise PicovlmError(f"{path} is a file: point at the folder holding config.json and *.safetensors.")
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors"] if weights else ["*.json"]
-    try:
-        return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=patterns))
-    except Exception as err:
-        raise PicovlmError(
-            f"{name_or_path!r} is not a local folder and the Hub could not provide it ({type(err).__name__}: {err}). "
-            f"Check the id, or download it once with network access (HF_HUB_OFFLINE=1 blocks downloads)."
-        ) from None
+# --- Reading checkpoints (found by picovlm.pretrained.resolve_checkpoint: a folder or a Hub id) ----
 
 
 # transformers' defaults: Hub config.json files list only what differs from them (SigLIP's often
@@ -261,6 +241,18 @@ def _unwrap(module: nn.Module, attr: str) -> nn.Module:
     return getattr(module, attr, module)
 
 
+def _open_checkpoint(
+    model_or_tower: nn.Module, attr: str, name_or_path: str | os.PathLike, revision: str | None
+) -> tuple[nn.Module, VLMConfig, str, dict[str, Any], Checkpoint]:
+    """(our tower, its config, the checkpoint's name for messages, its config.json settings, its tensors)
+    for loading the checkpoint into the tower `attr` ("vision_encoder" or "decoder") of a VLM, or into
+    that tower alone."""
+    tower = _unwrap(model_or_tower, attr)
+    directory = resolve_checkpoint(name_or_path, revision)
+    hf = read_hf_config(directory, "vision" if attr == "vision_encoder" else "text")
+    return tower, tower.cfg, str(name_or_path), hf, Checkpoint(directory)
+
+
 # --- Vision tower --------------------------------------------------------------------------------
 
 
@@ -268,12 +260,7 @@ def load_vision_weights(
     model_or_vit: nn.Module, name_or_path: str | os.PathLike, revision: str | None = None
 ) -> LoadReport:
     """Copy a SigLIP / SigLIP2 vision tower's weights into our ViT (or a VLM's), keeping its first n blocks."""
-    vit = _unwrap(model_or_vit, "vision_encoder")
-    cfg: VLMConfig = vit.cfg
-    directory = resolve_checkpoint(name_or_path, revision)
-    source = str(name_or_path)
-    hf = read_hf_config(directory, "vision")
-    ckpt = Checkpoint(directory)
+    vit, cfg, source, hf, ckpt = _open_checkpoint(model_or_vit, "vision_encoder", name_or_path, revision)
     prefix = ckpt.prefix_of(SIGLIP_ANCHOR, "SigLIP vision tower")
     available = _count_blocks(ckpt, prefix + SIGLIP_BLOCK_PREFIX)
     if cfg.vit_cls_flag:
@@ -339,12 +326,7 @@ def load_language_weights(
     model_or_lm: nn.Module, name_or_path: str | os.PathLike, revision: str | None = None
 ) -> LoadReport:
     """Copy a Llama-family LM's weights into our LanguageModel (or a VLM's), keeping its first n blocks."""
-    lm = _unwrap(model_or_lm, "decoder")
-    cfg: VLMConfig = lm.cfg
-    directory = resolve_checkpoint(name_or_path, revision)
-    source = str(name_or_path)
-    hf = read_hf_config(directory, "text")
-    ckpt = Checkpoint(directory)
+    lm, cfg, source, hf, ckpt = _open_checkpoint(model_or_lm, "decoder", name_or_path, revision)
     base = ckpt.prefix_of(LLAMA_ANCHOR, "Llama-style language model")  # "model." in LlamaForCausalLM
     available = _count_blocks(ckpt, base + "layers.{i}.")
     _check_llama_config(source, cfg, hf)
@@ -519,7 +501,7 @@ def config_from_hf(
 
 
 def _required_config(name_or_path: str | os.PathLike, revision: str | None, part: str) -> dict[str, Any]:
-    directory = resolve_checkpoint(name_or_path, revision, weights=False)
+    directory = resolve_checkpoint(name_or_path, revision, patterns=["*.json"])
     if not (directory / "config.json").is_file():
         raise PicovlmError(f"{name_or_path}: no config.json, so the {part} tower's shape is unknown.")
     return read_hf_config(directory, part)
@@ -625,16 +607,11 @@ def language_to_hf(model_or_lm: nn.Module) -> tuple[dict[str, Any], dict[str, to
 
 def save_hf(exported: tuple[dict[str, Any], dict[str, torch.Tensor]], directory: str | os.PathLike) -> Path:
     """Write (config, state) from vision_to_hf / language_to_hf as a folder transformers can load."""
-    from safetensors.torch import save_file
-
     from picovlm.utils import atomic_write_text
 
     config, state = exported
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / ".model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, directory / "model.safetensors")
+    write_safetensors(state, directory / "model.safetensors", {"format": "pt"})
     atomic_write_text(directory / "config.json", json.dumps(config, indent=2))
     return directory
 

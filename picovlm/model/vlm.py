@@ -12,33 +12,32 @@ applied to those positions alone, in chunks: with V = 49,152 the head is the big
 super-small model, and computing it at image and padding positions is pure waste.
 
 Generation: prefill the prompt into a preallocated KV cache, then one token per step; prompts are
-left-padded so every row's next position is the last column; each row stops at its end token.
+left-padded so every row's next position is the last column; each row stops at its end token. The
+options are one `picovlm.generation.GenerationConfig`, the runtime's and the server's too.
+
+This file holds the model; around it, by one-line methods kept for convenience: the prompt template
+and answer decoding are the processor's (picovlm/data/processor.py), saving, loading and Hub
+downloads picovlm/pretrained.py's, the Hub upload picovlm/hub.py's.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from picovlm.config import VLMConfig, build_vlm_config
+from picovlm.config import VLMConfig
 from picovlm.errors import PicovlmError
-from picovlm.hub import PushToHubMixin
+from picovlm.generation import GenerationConfig, generation_config
 from picovlm.model.language import KVCache, LanguageModel
 from picovlm.model.projector import ModalityProjector
 from picovlm.model.vision import ViT
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass
@@ -94,7 +93,7 @@ def sample_next_token(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-class VisionLanguageModel(PushToHubMixin, nn.Module):
+class VisionLanguageModel(nn.Module):
     def __init__(self, cfg: VLMConfig, tokenizer=None):
         super().__init__()
         self.cfg = cfg
@@ -154,16 +153,8 @@ class VisionLanguageModel(PushToHubMixin, nn.Module):
         """Bind a TextTokenizer: its special-token ids go into the config, and `answer` can be used."""
         from picovlm.data.processor import Processor
 
-        if len(tokenizer) > self.cfg.lm_vocab_size:
-            raise PicovlmError(
-                f"the tokenizer has {len(tokenizer)} tokens but lm_vocab_size={self.cfg.lm_vocab_size}: "
-                f"set lm_vocab_size to at least {len(tokenizer)}."
-            )
+        self.processor = Processor.bind(tokenizer, self.cfg)
         self.tokenizer = tokenizer
-        self.processor = Processor.from_config(tokenizer, self.cfg)
-        self.cfg.image_token_id = tokenizer.image_token_id
-        self.cfg.pad_token_id = tokenizer.pad_token_id
-        self.cfg.eos_token_id = tokenizer.im_end_id
 
     # --- Forward and loss --------------------------------------------------------------------------
 
@@ -221,25 +212,25 @@ class VisionLanguageModel(PushToHubMixin, nn.Module):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float | None = None,
-        seed: int | None = None,
+        generation: GenerationConfig | None = None,
         on_token: Callable[[torch.Tensor], None] | None = None,
+        **options,
     ) -> torch.Tensor:
         """Left-padded prompts (B, T) -> new tokens (B, <= max_new_tokens), padded after each row's end.
 
+        `generation` (default GenerationConfig()) with keyword `options` over it, e.g. max_new_tokens=16.
         `on_token(tokens)` is called with each step's (B,) tokens: the hook for streaming.
         """
+        gen = generation_config(generation, **options)
         B, T = input_ids.shape
         device = input_ids.device
         eos, pad = self.cfg.eos_token_id, self.cfg.pad_token_id if self.cfg.pad_token_id is not None else 0
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        max_new_tokens = min(max_new_tokens, self.cfg.lm_max_position_embeddings - T)
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        max_new_tokens = min(gen.max_new_tokens, self.cfg.lm_max_position_embeddings - T)
+        generator = None
+        if gen.temperature > 0 and gen.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(gen.seed)
         cache = KVCache(self.cfg, B, T + max_new_tokens, device, self.decoder.embed_tokens.weight.dtype)
         key_padding = torch.cat([attention_mask, attention_mask.new_ones(B, max_new_tokens)], dim=1)
         position_ids = positions_from_mask(attention_mask, input_ids.shape)
@@ -247,23 +238,25 @@ class VisionLanguageModel(PushToHubMixin, nn.Module):
             self.embed(input_ids, pixel_values), position_ids, key_padding[:, :T], cache=cache
         )
         logits = self.decoder.lm_head(hidden[:, -1])  # (B, V)
-        seen = input_ids.clone() if repetition_penalty else None
+        # The tokens seen so far, for the repetition penalty: each row's prompt, its padding replaced by
+        # its last prompt token (a repeat changes nothing), so a batch penalises as one row alone does.
+        seen = torch.where(attention_mask.bool(), input_ids, input_ids[:, -1:])
         next_position = position_ids[:, -1:] + 1
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         out = []
         for step in range(max_new_tokens):
-            if repetition_penalty:
-                logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-            token = sample_next_token(logits, temperature, top_k, top_p, generator)
+            if gen.penalises_repetition:
+                logits = apply_repetition_penalty(logits, seen, gen.repetition_penalty)
+            token = sample_next_token(logits, gen.temperature, gen.top_k, gen.top_p, generator)
             token = token.masked_fill(finished, pad)
             out.append(token)
             if on_token is not None:
                 on_token(token)
-            if eos is not None:
+            if eos is not None and gen.stop_at_eos:
                 finished |= token == eos
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
-            if seen is not None:
+            if gen.penalises_repetition:
                 seen = torch.cat([seen, token[:, None]], dim=1)
             kv_len = cache.length + 1
             hidden = self.decoder(
@@ -273,28 +266,18 @@ class VisionLanguageModel(PushToHubMixin, nn.Module):
             next_position = next_position + 1
         return torch.stack(out, dim=1) if out else input_ids.new_zeros(B, 0)
 
+    # --- Answers: the processor's prompts and decoding around generate ---------------------------------
+
     def prepare_prompts(self, images: list, questions: list[str]) -> dict[str, torch.Tensor]:
-        """Left-padded prompt batch for (image or list of images, question) pairs."""
+        """Left-padded prompt batch for (image or list of images, question) pairs, on the model's device."""
         if self.processor is None:
             raise PicovlmError(
                 "this model has no tokenizer: load it with from_pretrained or call attach_tokenizer."
             )
         image_lists = [im if isinstance(im, (list, tuple)) else [im] for im in images]
-        questions = self.retrieval_questions(questions, image_lists)
-        prompts = [self.processor.encode_prompt(q, len(ims)) for q, ims in zip(questions, image_lists)]
-        width = max(len(p) for p in prompts)
-        pad = self.processor.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        import numpy as np
-
-        pixels = np.concatenate([self.processor.image_pixels(list(ims)) for ims in image_lists])
+        batch = self.processor.prompt_batch(self.retrieval_questions(questions, image_lists), image_lists)
         device = self.decoder.embed_tokens.weight.device
-        return {
-            "input_ids": input_ids.to(device),
-            "attention_mask": attention_mask.to(device),
-            "pixel_values": torch.from_numpy(pixels).to(device),
-        }
+        return {name: torch.from_numpy(array).to(device) for name, array in batch.items()}
 
     def retrieval_questions(self, questions: list[str], image_lists: list) -> list[str]:
         """The questions as the model reads them: with retrieval on, each followed by the answers of the
@@ -309,9 +292,15 @@ class VisionLanguageModel(PushToHubMixin, nn.Module):
         return self.retrieval.prompts(questions, [ims[0] for ims in image_lists])
 
     def answer(
-        self, images, questions: str | list[str] = "Describe the image.", **generation
+        self,
+        images,
+        questions: str | list[str] = "Describe the image.",
+        generation: GenerationConfig | None = None,
+        **options,
     ) -> str | list[str]:
-        """Answer one image (returns a string) or a list of images (returns a list of strings)."""
+        """Answer one image (returns a string) or a list of images (returns a list of strings).
+
+        `generation` and `options` as for `generate`."""
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
         if isinstance(questions, str):
@@ -319,85 +308,36 @@ class VisionLanguageModel(PushToHubMixin, nn.Module):
         batch = self.prepare_prompts(images, questions)
         was_training = self.training
         self.eval()
-        tokens = self.generate(**batch, **generation)
+        tokens = self.generate(**batch, generation=generation, **options)
         self.train(was_training)
         answers = [self.decode_answer(row) for row in tokens.tolist()]
         return answers[0] if single else answers
 
     def decode_answer(self, token_ids: list[int]) -> str:
-        eos = self.cfg.eos_token_id
-        if eos in token_ids:
-            token_ids = token_ids[: token_ids.index(eos)]
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+        return self.processor.decode_answer(token_ids)
 
-    # --- Saving and loading ------------------------------------------------------------------------
+    # --- Saving, loading, sharing: picovlm/pretrained.py and picovlm/hub.py ---------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike):
         """config.json + model.safetensors (+ tokenizer.json): a folder `from_pretrained` reads back."""
-        from safetensors.torch import save_file
+        from picovlm.pretrained import save_pretrained
 
-        from picovlm.utils import atomic_write_text
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        if self.cfg.lm_tie_weights:
-            state.pop("decoder.lm_head.weight", None)  # the same tensor as the embedding
-        tmp = directory / f".{WEIGHTS_FILE}.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt", "library": "picovlm"})
-        os.replace(tmp, directory / WEIGHTS_FILE)
-        atomic_write_text(directory / CONFIG_FILE, json.dumps(self.cfg.to_dict(), indent=2))
-        if self.tokenizer is not None:
-            self.tokenizer.save(directory)
-        if self.retrieval is not None:
-            self.retrieval.save(directory)
-        return directory
+        return save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | os.PathLike, device: str = "cpu", revision: str | None = None
     ):
-        """Load from a folder written by save_pretrained, or a Hugging Face Hub repo id with one inside.
+        """Load from a folder written by save_pretrained, or a Hugging Face Hub repo id with one inside."""
+        from picovlm.pretrained import load_pretrained
 
-        Weights are read with safetensors only: loading never unpickles anything.
-        """
-        from safetensors.torch import load_file
+        return load_pretrained(name_or_path, device, revision, cls=cls)
 
-        directory = resolve_model_dir(name_or_path, revision)
-        config_path = directory / CONFIG_FILE
-        if not config_path.is_file():
-            raise PicovlmError(
-                f"{directory} has no {CONFIG_FILE}: is it a folder written by save_pretrained?"
-            )
-        cfg = build_vlm_config(json.loads(config_path.read_text()), str(config_path))
-        model = cls(cfg)
-        weights = directory / WEIGHTS_FILE
-        if not weights.is_file():
-            raise PicovlmError(f"{directory} has no {WEIGHTS_FILE}.")
-        state = load_file(str(weights))
-        if cfg.lm_tie_weights:
-            state.setdefault("decoder.lm_head.weight", state["decoder.embed_tokens.weight"])
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing:
-            raise PicovlmError(
-                f"{weights} lacks weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}."
-            )
-        if unexpected:
-            warnings.warn(f"{weights}: ignoring unknown weights {unexpected[:5]}", stacklevel=2)
-        if (directory / "tokenizer.json").is_file():
-            from picovlm.data.tokenizer import load_tokenizer
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload to the Hub with a model card; the arguments are picovlm.hub.push_to_hub's."""
+        from picovlm.hub import push_to_hub
 
-            model.attach_tokenizer(load_tokenizer(directory))
-        if cfg.retrieval_k:
-            from picovlm.retrieval import RetrievalIndex
-
-            model.retrieval = RetrievalIndex.load(directory)
-            if model.retrieval is None:
-                raise PicovlmError(
-                    f"{directory}: the model retrieves (retrieval_k={cfg.retrieval_k}) but the folder has no "
-                    "retrieval_index.json: copy the whole folder that training wrote."
-                )
-        return model.to(device).eval()
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 VLM = VisionLanguageModel
@@ -421,22 +361,3 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     scores = logits.gather(1, seen)
     scores = torch.where(scores > 0, scores / penalty, scores * penalty)
     return logits.scatter(1, seen, scores)
-
-
-def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local folder as is; otherwise a Hub repo id, downloaded (or read from the cache) as a folder."""
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(
-            snapshot_download(
-                str(name_or_path), revision=revision, allow_patterns=["*.json", "*.safetensors", "*.npz"]
-            )
-        )
-    except Exception as err:
-        raise PicovlmError(
-            f"{name_or_path!r} is not a local folder, and the Hub could not provide it: {err}"
-        ) from None

@@ -5,10 +5,19 @@ Imports onnxruntime, numpy, tokenizers and Pillow only (a test checks that torch
     from picovlm.runtime import Runtime
     runtime = Runtime.load("exported/", threads=1)
     print(runtime.answer("cat.png", "Describe the image.", max_new_tokens=64))
+    print(runtime.answer("cat.png", "Describe the image.", GenerationConfig(repetition_penalty=1.2)))
     for piece in runtime.stream("cat.png", "Describe the image."):
         print(piece, end="", flush=True)
 """
 
+from picovlm.generation import GenerationConfig
 from picovlm.runtime.runtime import GenerationOptions, ImageError, Runtime, open_image, sample_next_token
 
-__all__ = ["GenerationOptions", "ImageError", "Runtime", "open_image", "sample_next_token"]
+__all__ = [
+    "GenerationConfig",
+    "GenerationOptions",
+    "ImageError",
+    "Runtime",
+    "open_image",
+    "sample_next_token",
+]

@@ -18,16 +18,16 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from picovlm.data.processor import IGNORE_INDEX, Processor
+from picovlm.data.processor import IGNORE_INDEX, AnswerStream, Processor
 from picovlm.data.tokenizer import load_tokenizer
 from picovlm.errors import PicovlmError
+from picovlm.generation import GenerationConfig, generation_config
 from picovlm.retrieval import RetrievalIndex
 
 MANIFEST_FILE = (
@@ -68,19 +68,12 @@ def open_image(
     return image
 
 
-@dataclass
-class GenerationOptions:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    repetition_penalty: float | None = None  # e.g. 1.2: seen tokens (prompt and answer) less likely
-    stop_at_eos: bool = True  # False only for benchmarks that need exactly max_new_tokens tokens
+GenerationOptions = GenerationConfig  # the runtime's former name for it
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: list[int], penalty: float) -> np.ndarray:
-    """The torch model's rule: seen tokens' positive logits divided by `penalty`, negative ones multiplied."""
+    """The torch model's rule: seen tokens' positive logits divided by `penalty`, negative ones multiplied
+    (each seen token once, however often it was seen)."""
     logits = logits.copy()
     ids = np.unique(np.asarray(seen, np.int64))
     scores = logits[ids]
@@ -88,7 +81,7 @@ def apply_repetition_penalty(logits: np.ndarray, seen: list[int], penalty: float
     return logits
 
 
-def sample_next_token(logits: np.ndarray, options: GenerationOptions, rng: np.random.Generator) -> int:
+def sample_next_token(logits: np.ndarray, options: GenerationConfig, rng: np.random.Generator) -> int:
     """(V,) logits -> a token id; the same rules as the torch model's `sample_next_token`."""
     if options.temperature <= 0:
         return int(np.argmax(logits))
@@ -149,6 +142,9 @@ class Runtime:
         self.max_positions = manifest["max_positions"]
         # a retrieving model: its training pictures' answers go into the prompt, as in picovlm/retrieval.py
         self.retrieval = RetrievalIndex.load(directory) if manifest["config"].get("retrieval_k") else None
+        # How answers are generated when a call does not say: the export's choice (picovlm export's
+        # generation flags, kept in the manifest), else GenerationConfig's defaults.
+        self.generation = GenerationConfig.from_dict(manifest.get("generation") or {})
 
     @classmethod
     def load(cls, directory: str | os.PathLike, threads: int = 1) -> Runtime:
@@ -246,9 +242,12 @@ class Runtime:
         logits, *present = self.decoder.run(None, feed)
         return logits[0], present
 
-    def generate_ids(self, images, question: str, options: GenerationOptions | None = None) -> Iterator[int]:
-        """Yield new token ids one by one (the end token is not yielded)."""
-        options = options or GenerationOptions()
+    def generate_ids(
+        self, images, question: str, generation: GenerationConfig | None = None
+    ) -> Iterator[int]:
+        """Yield new token ids one by one (the end token is not yielded). `generation`: default the
+        runtime's (self.generation)."""
+        options = generation or self.generation
         images = [open_image(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
         ids, embeds = self.prompt_embeddings(images, question)
         T = len(ids)
@@ -258,7 +257,7 @@ class Runtime:
         logits, cache = self._step(embeds, np.arange(T, dtype=np.int64)[None], [empty] * (2 * self.n_layers))
         seen = list(ids)  # for the repetition penalty: the prompt and the answer so far, as in torch
         for step in range(max_new):
-            if options.repetition_penalty:
+            if options.penalises_repetition:
                 logits = apply_repetition_penalty(logits, seen, options.repetition_penalty)
             token = sample_next_token(logits, options, rng)
             if options.stop_at_eos and token == self.eos_token_id:
@@ -270,20 +269,27 @@ class Runtime:
             token_embed = np.asarray(self.embed_tokens[[token]], dtype=np.float32)[None]  # (1, 1, D)
             logits, cache = self._step(token_embed, np.array([[T + step]], np.int64), cache)
 
-    def stream(self, image, question: str, **options) -> Iterator[str]:
-        """Yield the answer's text as it grows (pieces never split a multi-byte character)."""
-        ids: list[int] = []
-        emitted = ""
-        for token in self.generate_ids(image, question, GenerationOptions(**options)):
-            ids.append(token)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                continue
-            if len(text) > len(emitted):
-                yield text[len(emitted) :]
-                emitted = text
+    def stream(
+        self, image, question: str, generation: GenerationConfig | None = None, **options
+    ) -> Iterator[str]:
+        """Yield the answer's text as it grows (pieces never split a multi-byte character).
 
-    def answer(self, image, question: str = "Describe the image.", **options) -> str:
-        """The whole answer as text, as the torch model's `answer` gives it."""
-        ids = list(self.generate_ids(image, question, GenerationOptions(**options)))
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        `generation` (default: the runtime's) with keyword `options` over it, e.g. max_new_tokens=64."""
+        pieces = AnswerStream(self.tokenizer)
+        for token in self.generate_ids(
+            image, question, generation_config(generation or self.generation, **options)
+        ):
+            piece = pieces.push(token)
+            if piece:
+                yield piece
+
+    def answer(
+        self,
+        image,
+        question: str = "Describe the image.",
+        generation: GenerationConfig | None = None,
+        **options,
+    ) -> str:
+        """The whole answer as text, as the torch model's `answer` gives it; arguments as for `stream`."""
+        options = generation_config(generation or self.generation, **options)
+        return self.processor.decode_answer(list(self.generate_ids(image, question, options)))

@@ -3,9 +3,15 @@
     GET  /                     a web page: pick an image, ask, watch the answer stream in
     GET  /health               {"status": "ok", model facts, requests in flight}
     POST /v1/answer            multipart (image file + form fields) or JSON (image as base64);
-                               fields: question, max_new_tokens, temperature, top_k, top_p, seed, stream
+                               fields: question, max_new_tokens, temperature, top_k, top_p,
+                               repetition_penalty, seed, stream
     POST /v1/chat/completions  OpenAI-style: messages with text and image_url (data: URL) parts;
-                               max_tokens, temperature, top_p, top_k, seed, stream (server-sent events)
+                               max_tokens, temperature, top_p, top_k, repetition_penalty, seed, stream
+                               (server-sent events)
+
+A request's generation fields override the server's GenerationConfig (`picovlm serve`'s generation
+flags over the exported folder's own config, picovlm/generation.py): a request that names none is
+answered exactly as `picovlm eval` answers with that config.
 
 Limits: request bytes (413, decided from Content-Length before reading the body, or as a chunked body
 grows past it), image pixels (checked from the header, before decoding), max new tokens, and requests
@@ -38,6 +44,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from picovlm.errors import ConfigError
+from picovlm.generation import GenerationConfig
 from picovlm.runtime import ImageError, Runtime, open_image
 
 
@@ -45,7 +52,7 @@ from picovlm.runtime import ImageError, Runtime, open_image
 class ServeLimits:
     max_request_bytes: int = 10 * 1024 * 1024  # the whole request body, image included
     max_image_pixels: int = 40_000_000  # width x height, read from the image header
-    max_new_tokens: int = 256
+    max_new_tokens: int = 256  # the most a request may ask (--max-new-tokens-limit)
     max_concurrent: int = 2  # generations in flight; one core gains nothing from more
     # Requests waiting for a slot, and how long each may wait. A queued request holds its body (up to
     # max_request_bytes), so the queue's size also bounds memory: 32 x a ~100 kB image is nothing.
@@ -54,10 +61,9 @@ class ServeLimits:
 
     def __post_init__(self):
         for name in ("max_request_bytes", "max_image_pixels", "max_new_tokens", "max_concurrent"):
+            flag = "max-new-tokens-limit" if name == "max_new_tokens" else name.replace("_", "-")
             if getattr(self, name) < 1:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}."
-                )
+                raise ConfigError(f"--{flag} must be at least 1, got {getattr(self, name)}.")
         if self.max_queue < 0 or self.max_wait_seconds < 0:
             raise ConfigError(
                 f"--max-queue ({self.max_queue}) and --max-wait-seconds ({self.max_wait_seconds}) cannot be "
@@ -209,14 +215,18 @@ def decode_base64_image(value: Any, field: str) -> bytes:
 
 
 def generation_options(
-    fields: dict[str, Any], limits: ServeLimits, max_tokens_key: str = "max_new_tokens"
-) -> dict:
-    """Validated generation options from request fields (strings from a form, or JSON values)."""
+    fields: dict[str, Any],
+    limits: ServeLimits,
+    base: GenerationConfig,
+    max_tokens_key: str = "max_new_tokens",
+) -> GenerationConfig:
+    """The server's config `base` with the generation fields a request gives (strings from a form, or
+    JSON values), each checked."""
 
-    def number(key: str, kind, low, high, default):
+    def number(key: str, kind, low, high):
         value = fields.get(key)
         if value is None or value == "":
-            return default
+            return None
         try:
             value = kind(value)
         except (TypeError, ValueError):
@@ -227,19 +237,24 @@ def generation_options(
             raise ApiError(400, f"'{key}'={value} is out of range: use a value in [{low}, {high}].")
         return value
 
-    return {
-        "max_new_tokens": number(
-            max_tokens_key, int, 1, limits.max_new_tokens, min(128, limits.max_new_tokens)
-        ),
-        "temperature": number("temperature", float, 0.0, 5.0, 0.0),
-        "top_k": number("top_k", int, 0, 1_000_000, None),
-        "top_p": number("top_p", float, 0.0, 1.0, None),
-        "seed": number("seed", int, 0, 2**63 - 1, None),
+    given = {
+        "max_new_tokens": number(max_tokens_key, int, 1, limits.max_new_tokens),
+        "temperature": number("temperature", float, 0.0, 5.0),
+        "top_k": number("top_k", int, 0, 1_000_000),
+        "top_p": number("top_p", float, 0.0, 1.0),
+        "repetition_penalty": number("repetition_penalty", float, 0.0, 10.0),
+        "seed": number("seed", int, 0, 2**63 - 1),
     }
+    try:
+        return base.replace(**{k: v for k, v in given.items() if v is not None})
+    except ConfigError as err:
+        raise ApiError(400, str(err)) from None
 
 
-async def parse_answer_request(request: Request, limits: ServeLimits) -> tuple[bytes, str, dict, bool]:
-    """(image bytes, question, options, stream) from a multipart form or a JSON body."""
+async def parse_answer_request(
+    request: Request, limits: ServeLimits, base: GenerationConfig
+) -> tuple[bytes, str, GenerationConfig, bool]:
+    """(image bytes, question, generation config, stream) from a multipart form or a JSON body."""
     body = await read_body(request, limits.max_request_bytes)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -266,7 +281,7 @@ async def parse_answer_request(request: Request, limits: ServeLimits) -> tuple[b
         )
     question = check_question(fields.get("question") or "Describe the image.")
     stream = str(fields.get("stream", "false")).lower() in ("1", "true", "yes")
-    return image, question, generation_options(fields, limits), stream
+    return image, question, generation_options(fields, limits, base), stream
 
 
 def parse_json(body: bytes) -> dict:
@@ -327,75 +342,88 @@ def sse(data: Any) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
-    limits = limits or ServeLimits()
-    slots = Slots(limits.max_concurrent, limits.max_queue, limits.max_wait_seconds)
-    model_name = runtime.directory.name
-    page = resources.files("picovlm.serve").joinpath("page.html").read_text(encoding="utf-8")
+class Server:
+    """The request handlers over one `Runtime`: generation slots, limits, and the server's generation
+    config (`generation`, default: the runtime's own), which answers a request that sets no field."""
 
-    def decode(image_bytes: bytes):
+    def __init__(self, runtime: Runtime, limits: ServeLimits, generation: GenerationConfig | None = None):
+        self.runtime, self.limits = runtime, limits
+        self.generation = generation or runtime.generation
+        if self.generation.max_new_tokens > limits.max_new_tokens:
+            raise ConfigError(
+                f"the server's max_new_tokens={self.generation.max_new_tokens} is over the limit a request may "
+                f"ask ({limits.max_new_tokens}): raise --max-new-tokens-limit or lower --max-new-tokens."
+            )
+        self.slots = Slots(limits.max_concurrent, limits.max_queue, limits.max_wait_seconds)
+        self.model_name = runtime.directory.name
+        self.page = resources.files("picovlm.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    def decode(self, image_bytes: bytes):
         try:
-            return open_image(image_bytes, limits.max_image_pixels)
+            return open_image(image_bytes, self.limits.max_image_pixels)
         except ImageError as err:
             raise ApiError(400, str(err), "invalid_image") from None
 
-    async def generate(image_bytes: bytes, question: str, options: dict) -> str:
-        await slots.acquire()  # first: waits its turn, or a busy server refuses before decoding
+    async def generate(self, image_bytes: bytes, question: str, options: GenerationConfig) -> str:
+        await self.slots.acquire()  # first: waits its turn, or a busy server refuses before decoding
         try:
             # Decoded in a thread: a large image would stall the event loop.
-            image = await run_in_threadpool(decode, image_bytes)
-            return await run_in_threadpool(runtime.answer, image, question, **options)
+            image = await run_in_threadpool(self.decode, image_bytes)
+            return await run_in_threadpool(self.runtime.answer, image, question, options)
         finally:
-            slots.release()
+            self.slots.release()
 
-    async def streaming(image_bytes: bytes, question: str, options: dict, wrap) -> StreamingResponse:
+    async def streaming(
+        self, image_bytes: bytes, question: str, options: GenerationConfig, wrap
+    ) -> StreamingResponse:
         """SSE of `wrap(piece)` per text piece, then `wrap(None)` (the closing event(s))."""
-        await slots.acquire()  # before the response starts, so a busy server still answers 429
+        await self.slots.acquire()  # before the response starts, so a busy server still answers 429
         try:
-            image = await run_in_threadpool(decode, image_bytes)
+            image = await run_in_threadpool(self.decode, image_bytes)
         except BaseException:
-            slots.release()
+            self.slots.release()
             raise
 
         async def events() -> AsyncIterator[str]:
             try:
-                async for piece in iterate_in_threadpool(runtime.stream(image, question, **options)):
+                async for piece in iterate_in_threadpool(self.runtime.stream(image, question, options)):
                     yield wrap(piece)
                 yield wrap(None)
             except Exception as err:  # the status line is already sent: report the failure in the stream
                 yield sse({"error": {"message": f"generation failed: {err}", "type": "server_error"}})
             finally:
-                slots.release()
+                self.slots.release()
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
-    async def index(request: Request) -> Response:
-        return HTMLResponse(page)
+    async def index(self, request: Request) -> Response:
+        return HTMLResponse(self.page)
 
-    async def health(request: Request) -> Response:
+    async def health(self, request: Request) -> Response:
         return JSONResponse({
-            "status": "ok", "model": model_name, "quantization": runtime.quantization,
-            "in_flight": slots.active, "queued": len(slots.waiting), "limits": asdict(limits),
+            "status": "ok", "model": self.model_name, "quantization": self.runtime.quantization,
+            "in_flight": self.slots.active, "queued": len(self.slots.waiting), "limits": asdict(self.limits),
+            "generation": self.generation.to_dict(),
         })  # fmt: skip
 
-    async def answer(request: Request) -> Response:
-        image, question, options, stream = await parse_answer_request(request, limits)
+    async def answer(self, request: Request) -> Response:
+        image, question, options, stream = await parse_answer_request(request, self.limits, self.generation)
         if stream:
-            return await streaming(
+            return await self.streaming(
                 image, question, options, lambda p: sse({"text": p}) if p is not None else sse("[DONE]")
             )
         started = time.perf_counter()
-        text = await generate(image, question, options)
+        text = await self.generate(image, question, options)
         return JSONResponse({"answer": text, "seconds": round(time.perf_counter() - started, 4)})
 
-    async def chat_completions(request: Request) -> Response:
-        data = parse_json(await read_body(request, limits.max_request_bytes))
+    async def chat_completions(self, request: Request) -> Response:
+        data = parse_json(await read_body(request, self.limits.max_request_bytes))
         image, question = parse_chat_request(data)
-        options = generation_options(data, limits, max_tokens_key="max_tokens")
+        options = generation_options(data, self.limits, self.generation, max_tokens_key="max_tokens")
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        common = {"id": completion_id, "created": created, "model": model_name}
+        common = {"id": completion_id, "created": created, "model": self.model_name}
         if data.get("stream"):
 
             def chunk(piece: str | None) -> str:
@@ -407,40 +435,55 @@ def build_app(runtime: Runtime, limits: ServeLimits | None = None) -> Starlette:
                 return sse({**common, "object": "chat.completion.chunk",
                             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})  # fmt: skip
 
-            return await streaming(image, question, options, chunk)
-        text = await generate(image, question, options)
+            return await self.streaming(image, question, options, chunk)
+        text = await self.generate(image, question, options)
         return JSONResponse({
             **common, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         })  # fmt: skip
 
-    async def api_error(request: Request, err: ApiError) -> Response:
-        return JSONResponse(
-            {"error": {"message": err.message, "type": err.kind}}, err.status, headers=err.headers
-        )
 
-    async def server_error(request: Request, err: Exception) -> Response:
-        return JSONResponse({"error": {"message": f"internal error: {err}", "type": "server_error"}}, 500)
+async def api_error(request: Request, err: ApiError) -> Response:
+    return JSONResponse(
+        {"error": {"message": err.message, "type": err.kind}}, err.status, headers=err.headers
+    )
 
+
+async def server_error(request: Request, err: Exception) -> Response:
+    return JSONResponse({"error": {"message": f"internal error: {err}", "type": "server_error"}}, 500)
+
+
+def build_app(
+    runtime: Runtime, limits: ServeLimits | None = None, generation: GenerationConfig | None = None
+) -> Starlette:
+    """The app over `runtime`; `generation` (default: the runtime's own config) answers a request that
+    sets no generation field."""
+    limits = limits or ServeLimits()
+    server = Server(runtime, limits, generation)
     routes = [
-        Route("/", index),
-        Route("/health", health),
-        Route("/v1/answer", answer, methods=["POST"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/", server.index),
+        Route("/health", server.health),
+        Route("/v1/answer", server.answer, methods=["POST"]),
+        Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(FinishReadingBody)],
         exception_handlers={ApiError: api_error, Exception: server_error},
     )
-    app.state.slots, app.state.runtime, app.state.limits = slots, runtime, limits
+    app.state.slots, app.state.runtime, app.state.limits = server.slots, runtime, limits
     return app
 
 
 def serve(
-    runtime: Runtime, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None
+    runtime: Runtime,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: ServeLimits | None = None,
+    generation: GenerationConfig | None = None,
 ) -> None:
     """Run the server until interrupted (uvicorn, one process, one event loop)."""
     import uvicorn
 
-    uvicorn.run(build_app(runtime, limits), host=host, port=port, log_level="warning", access_log=False)
+    app = build_app(runtime, limits, generation)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

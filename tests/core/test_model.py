@@ -237,3 +237,36 @@ def test_save_and_load_round_trip(tmp_path, tokenizer):
     assert loaded.answer(image, "describe the image", max_new_tokens=6) == model.answer(
         image, "describe the image", max_new_tokens=6
     )
+
+
+def test_a_batch_penalises_repetition_as_each_row_alone(tokenizer):
+    """The penalty counts each row's own tokens, never its left padding: a row answers the same in a
+    batch as alone (as the runtime, one prompt at a time, answers it)."""
+    model = make_model(tokenizer, lm_tie_weights=False)  # tied, a random model only repeats its input
+    model.cfg.eos_token_id = None
+    ids, mask, pixels = left_padded_batch(model, [2, 9], seed=5)
+    batch = model.generate(ids, pixels, mask, max_new_tokens=10, repetition_penalty=1.8)
+    for row in range(2):
+        real = mask[row].bool()
+        alone = model.generate(
+            ids[row : row + 1, real], pixels[row : row + 1], max_new_tokens=10, repetition_penalty=1.8
+        )
+        assert batch[row].tolist() == alone[0].tolist(), row
+    assert not torch.equal(batch, model.generate(ids, pixels, mask, max_new_tokens=10))
+
+
+def test_generate_takes_a_config_and_the_old_keywords(tokenizer):
+    from picovlm.errors import ConfigError
+    from picovlm.generation import GenerationConfig
+
+    model = make_model(tokenizer)
+    model.cfg.eos_token_id = None
+    ids, mask, pixels = left_padded_batch(model, [4, 6])
+    config = GenerationConfig(max_new_tokens=5, repetition_penalty=1.3)
+    by_config = model.generate(ids, pixels, mask, config)
+    assert by_config.shape == (2, 5)
+    assert torch.equal(by_config, model.generate(ids, pixels, mask, max_new_tokens=5, repetition_penalty=1.3))
+    assert model.generate(ids, pixels, mask, config, max_new_tokens=2).shape == (2, 2)  # keywords win
+    assert model.generate(ids, pixels, mask).shape[1] == GenerationConfig().max_new_tokens
+    with pytest.raises(ConfigError, match="max_tokens"):
+        model.generate(ids, pixels, mask, max_tokens=5)

@@ -1,0 +1,127 @@
+"""How an answer is generated: one set of options, with one set of defaults, for every way picovlm answers.
+
+    GenerationConfig(max_new_tokens=96, temperature=0.0, top_k=None, top_p=None,
+                     repetition_penalty=1.0, seed=0, stop_at_eos=True)
+
+The torch model (`VisionLanguageModel.generate` / `.answer`), evaluation (`picovlm eval`, quick_eval),
+the torch-free runtime, the HTTP server (a request's fields override the server's config) and the CLI
+(`add_generation_arguments` / `generation_from_args`) all take this one dataclass, so a served model
+answers exactly as it was evaluated with the same config. The default is greedy decoding, which the
+seed does not touch; with temperature > 0 the fixed seed makes a run repeatable (seed=None: fresh
+randomness each call). The runtime's sampler draws with numpy and the torch model's with torch, so
+sampled answers agree only in distribution; greedy answers (repetition penalty included) agree exactly.
+
+Plain Python on purpose: the runtime and the server import this and never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from picovlm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 96  # the longest answer, in tokens (the end token not counted)
+    temperature: float = 0.0  # 0 = greedy: always the most likely token
+    top_k: int | None = None  # sample only from the k most likely tokens (None or 0: all)
+    top_p: float | None = None  # sample only from the smallest set holding this much probability (None: all)
+    # > 1 makes tokens already seen (prompt and answer so far) less likely: positive logits divided by it,
+    # negative ones multiplied (the CTRL paper's rule, as transformers applies it). 1.0 = off.
+    repetition_penalty: float = 1.0
+    seed: int | None = 0  # the sampler's seed; None: a fresh draw each call
+    stop_at_eos: bool = True  # False only for benchmarks that need exactly max_new_tokens tokens
+
+    def __post_init__(self):
+        if self.repetition_penalty is None:  # older callers said None for "off"
+            object.__setattr__(self, "repetition_penalty", 1.0)
+        bad = []
+        if self.max_new_tokens < 1:
+            bad.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            bad.append(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            bad.append(f"top_k must be 0 (off) or more, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            bad.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            bad.append(f"repetition_penalty must be above 0 (1 = off), got {self.repetition_penalty}")
+        if bad:
+            raise ConfigError("; ".join(bad) + ".")
+
+    @property
+    def penalises_repetition(self) -> bool:
+        return self.repetition_penalty != 1.0
+
+    def replace(self, **options: Any) -> GenerationConfig:
+        """This config with `options` changed; an unknown option name is an error that lists the known ones."""
+        unknown = sorted(set(options) - FIELDS)
+        if unknown:
+            raise ConfigError(
+                f"unknown generation option(s) {', '.join(unknown)}: the options are {', '.join(sorted(FIELDS))}."
+            )
+        return dataclasses.replace(self, **options) if options else self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GenerationConfig:
+        """From a saved dict (a manifest's "generation"); keys a newer picovlm added are ignored."""
+        return cls(**{k: v for k, v in values.items() if k in FIELDS})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationConfig))
+
+
+def generation_config(generation: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
+    """`generation` (default: GenerationConfig()) with keyword `options` set: how every entry point
+    takes both a config and the old keyword arguments, e.g. model.generate(..., max_new_tokens=16)."""
+    if generation is not None and not isinstance(generation, GenerationConfig):
+        raise ConfigError(f"generation must be a GenerationConfig, got {type(generation).__name__}.")
+    return (generation or GenerationConfig()).replace(**options)
+
+
+# --- The CLI's flags -----------------------------------------------------------------------------------
+
+CLI_FLAGS = {  # option -> (type, help); each help ends with the default, from GenerationConfig
+    "max_new_tokens": (int, "longest answer in tokens"),
+    "temperature": (float, "0 = greedy; e.g. 0.7 to sample"),
+    "top_k": (int, "sample only from the k most likely tokens (0: all)"),
+    "top_p": (float, "sample only from the smallest set with this much probability"),
+    "repetition_penalty": (float, "e.g. 1.2: make tokens already seen less likely (1 = off)"),
+    "seed": (int, "random seed for sampling"),
+}
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """The generation flags (--max-new-tokens, --temperature, --top-k, --top-p, --repetition-penalty,
+    --seed) as one group; `generation_from_args` turns them into a GenerationConfig. A flag left out
+    keeps the base config's value, so each command shares GenerationConfig's defaults."""
+    group = parser.add_argument_group("generation (default: greedy)", note or None)
+    defaults = GenerationConfig()
+    for name, (kind, text) in CLI_FLAGS.items():
+        default = getattr(defaults, name)
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=None,
+            help=f"{text} (default {'none' if default is None else default})",
+        )
+
+
+def generation_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation options the command line gave (flags left out are absent), checked."""
+    given = {name: getattr(args, name) for name in CLI_FLAGS if getattr(args, name, None) is not None}
+    generation_config(None, **given)  # a bad value fails here, before any model is loaded
+    return given
+
+
+def generation_from_args(args: argparse.Namespace, base: GenerationConfig | None = None) -> GenerationConfig:
+    """The GenerationConfig the flags of `add_generation_arguments` ask for, over `base` (default:
+    GenerationConfig()); a ConfigError names a bad value."""
+    return generation_config(base, **generation_flags(args))
