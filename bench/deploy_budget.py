@@ -150,7 +150,7 @@ def prepare(preset_name: str, work: Path) -> tuple[Path, dict[str, Path]]:
     import torch
 
     from picovlm.config import preset
-    from picovlm.data.demo import make_scene, scene_answer
+    from picovlm.data.scenes import make_scene, scene_answer
     from picovlm.data.tokenizer import train_tokenizer
     from picovlm.export.onnx import export_model
     from picovlm.model.vlm import VLM

@@ -74,7 +74,7 @@ def run_demo(
     from picovlm.config import DEFAULT_PRESET, TrainConfig
     from picovlm.config import preset as preset_config
     from picovlm.data.cauldron import load_cauldron
-    from picovlm.data.demo import write_demo
+    from picovlm.data.scenes import write_demo
     from picovlm.eval.evaluate import evaluate
     from picovlm.eval.report import write_report
     from picovlm.export.onnx import export_model

@@ -216,7 +216,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from picovlm.data.demo import write_demo
+    from picovlm.data.scenes import write_demo
 
     out = write_demo(args.out, n=args.n, seed=args.seed, image_size=args.image_size, split=not args.no_split,
                      num_proc=args.num_proc, overwrite=args.overwrite)  # fmt: skip

@@ -1,6 +1,6 @@
 """Real-image datasets that are available offline: Fashion-MNIST from Debian's `dataset-fashion-mnist`.
 
-The demo set (picovlm/data/demo.py) is drawn by a program. This module builds a second set from real
+The demo set of scenes (picovlm/data/scenes.py) is drawn by a program. This module builds a second set from real
 photographs: Fashion-MNIST, 70,000 grayscale product photos from Zalando's catalogue (28 x 28 pixels,
 ten kinds of clothing, MIT/Expat licence), which Debian ships as a 31 MB package:
 

