@@ -35,6 +35,7 @@ from pathlib import Path
 
 from picovlm.data.glyphs import FontFile, GlyphFont, png_bytes
 from picovlm.errors import DataError, PicovlmError
+from picovlm.eval.facts import register_fact_parser
 
 EMOJI_SOURCE = "emoji"
 EMOJI_INSTALL = "apt-get install fonts-noto-color-emoji unicode-data unicode-cldr-core"
@@ -239,3 +240,7 @@ def write_emoji(
     return save_rows(
         make_emoji_rows(n, seed, image_size), out_dir, seed=seed, split=split, overwrite=overwrite
     )
+
+
+# The answers state each fact of `fields` word for word: evaluation learns them (a ValueMatcher).
+register_fact_parser(EMOJI_SOURCE)

@@ -49,6 +49,7 @@ from picovlm.data.cjk import CJK_INSTALL, CJK_SOURCE, write_cjk
 from picovlm.data.emoji import EMOJI_INSTALL, EMOJI_SOURCE, write_emoji
 from picovlm.data.realsets_games import GAME_SETS
 from picovlm.errors import DataError, PicovlmError
+from picovlm.eval.facts import register_fact_parser
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
@@ -434,8 +435,7 @@ def write_fashion_pairs(out_dir: str | Path, n: int = 3000, **options) -> Path:
 
 
 # The real-image sets, by the name the CLI takes: name -> (writer, install line). Every writer takes
-# (out_dir, n, seed, image_size, split, overwrite); the glyph sets (picovlm/data/emoji.py, cjk.py) read
-# their answers' facts with the generic ValueMatcher, so they need no entry in FIELD_PARSERS.
+# (out_dir, n, seed, image_size, split, overwrite).
 REAL_SETS = {
     FASHION_SOURCE: (write_fashion, FASHION_MNIST_INSTALL),
     PAIR_SOURCE: (write_fashion_pairs, FASHION_MNIST_INSTALL),
@@ -443,5 +443,6 @@ REAL_SETS = {
     CJK_SOURCE: (write_cjk, CJK_INSTALL),
     **GAME_SETS,  # wesnoth, freeciv-flags (picovlm/data/realsets_games.py)
 }
-# The answer parser of each set, by the `source` its rows carry (for field accuracy in evaluation).
-FIELD_PARSERS = {FASHION_SOURCE: extract_fields, PAIR_SOURCE: extract_pair_fields}
+# How evaluation reads each set's answers back into facts, by the `source` its rows carry.
+register_fact_parser(FASHION_SOURCE, extract_fields)
+register_fact_parser(PAIR_SOURCE, extract_pair_fields)

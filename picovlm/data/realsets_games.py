@@ -41,6 +41,7 @@ from PIL import Image
 
 from picovlm.data.split import save_rows
 from picovlm.errors import DataError, PicovlmError
+from picovlm.eval.facts import register_fact_parser
 
 DESIGN_SIZE = 112  # side of the stored picture unless image_size says otherwise
 MIN_WORDS, MAX_WORDS = 10, 50  # every answer's length, in words
@@ -809,3 +810,7 @@ GAME_SETS = {
     WESNOTH_SOURCE: (write_wesnoth, WESNOTH_INSTALL),
     FREECIV_SOURCE: (write_freeciv_flags, FREECIV_INSTALL),
 }
+
+# The answers state each fact of `fields` word for word: evaluation learns them (a ValueMatcher).
+register_fact_parser(WESNOTH_SOURCE)
+register_fact_parser(FREECIV_SOURCE)

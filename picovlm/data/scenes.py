@@ -30,6 +30,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from picovlm.eval.facts import register_fact_parser
+
 DEMO_QUESTION = "Describe the image."
 DEMO_SOURCE = "picovlm-demo"
 
@@ -235,3 +237,6 @@ def extract_fields(answer_text: str) -> dict:
             found.append((match.start(), obj))
     fields["objects"] = [obj for _, obj in sorted(found, key=lambda item: item[0])]
     return fields
+
+
+register_fact_parser(DEMO_SOURCE, extract_fields)  # evaluation reads the scenes' answers with it

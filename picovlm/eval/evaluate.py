@@ -38,6 +38,7 @@ from PIL import Image
 
 from picovlm.errors import DataError, PicovlmError
 from picovlm.eval import metrics as M
+from picovlm.eval.facts import fact_parser_for
 from picovlm.generation import GenerationConfig, generation_config
 from picovlm.utils import ProgressFn, no_progress
 
@@ -406,11 +407,8 @@ def _load_items(data_dir, split: str, max_items: int | None, progress: ProgressF
     return dataset, items
 
 
-def detect_extract_fields(*datasets) -> M.ExtractFields | None:
-    """The reader of answers' facts for these rows (picovlm.eval.facts.fact_parser_for), else None."""
-    from picovlm.eval.facts import fact_parser_for
-
-    return fact_parser_for(*datasets)
+# The old name of picovlm.eval.facts.fact_parser_for, which callers outside eval/ still import.
+detect_extract_fields = fact_parser_for
 
 
 def load_model(path: str | Path, device: str = "cpu", threads: int | None = None):
@@ -490,7 +488,7 @@ def evaluate(
     if train is not None and len(train) == 0:
         train = None
     if extract_fields == "auto":  # the facts' values are learned from both splits
-        extract_fields = detect_extract_fields(dataset, train)
+        extract_fields = fact_parser_for(dataset, train)
     # Training answers come from the text column alone: no image is decoded for them.
     train_answers = None
     if train is not None:

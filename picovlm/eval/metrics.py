@@ -275,7 +275,7 @@ def field_accuracy(
     """Share of the reference's facts that the prediction states with the same value.
 
     `extract_fields(text) -> {"background": "white", "objects": [{"colour": "red", ...}], ...}` reads the
-    facts out of an answer (for the demo set: `picovlm.data.scenes.extract_fields`); nested facts are
+    facts out of an answer (`picovlm.eval.facts.fact_parser_for` picks it for a dataset); nested facts are
     compared leaf by leaf. Returns {"all": overall share, "<field>": share per field}. A fact the
     prediction does not state counts as wrong.
     """
