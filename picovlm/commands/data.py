@@ -5,22 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from picovlm.commands.progress import ProgressBar
 from picovlm.errors import DataError
-
-
-def _tqdm_progress(description: str):
-    """A ProgressFn (done, total, message) drawing a tqdm bar on stderr; call .close() when done."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc=description, unit="row")
-
-    def update(done: int, total: int | None, message: str = "") -> None:
-        if total is not None and bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
-
-    update.close = bar.close  # type: ignore[attr-defined]
-    return update
 
 
 def _load_tokenizer(name: str | None):
@@ -45,16 +31,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     if not (args.images and args.table):
         raise DataError("picovlm data import: give --images DIR and --table FILE, or --from DATASET")
-    progress = _tqdm_progress("importing")
-    try:
+    with ProgressBar("importing", unit="row") as progress:
         dataset, report = import_folder(
             args.images, args.table, default_question=args.question, source=args.source,
             image_column=args.image_column, question_column=args.question_column,
             answer_column=args.answer_column, group_column=args.group_column, progress=progress,
             fact_columns=None if args.fact_columns is None else [c for c in args.fact_columns.split(",") if c],
         )  # fmt: skip
-    finally:
-        progress.close()
     save_cauldron(
         dataset, args.out, overwrite=args.overwrite, parquet=args.parquet, num_shards=args.num_shards
     )
@@ -95,16 +78,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise DataError(f"{args.fix} already exists: choose another --fix folder or pass --overwrite")
     reports = {}
     for name, dataset in splits.items():
-        progress = _tqdm_progress(f"checking {name}" if several else "checking")
-        try:
+        with ProgressBar(f"checking {name}" if several else "checking", unit="row") as progress:
             reports[name] = check_dataset(
                 dataset, source=f"{args.data} (split {name!r})" if several else str(args.data),
                 max_answer_tokens=args.max_answer_tokens, tokenizer=_load_tokenizer(args.tokenizer),
                 max_pixels=args.max_pixels, near_duplicate_threshold=args.near_duplicate_threshold,
                 num_proc=args.num_proc, progress=progress,
             )  # fmt: skip
-        finally:
-            progress.close()
     for name, report in reports.items():
         indent = "  " if several else ""
         heading = f"split {name!r}: " if several else ""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from picovlm.commands.progress import ProgressBar
 
 from picovlm.generation import add_generation_arguments, generation_flags, generation_from_args
 
@@ -124,21 +125,6 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar(label: str):
-    from tqdm import tqdm
-
-    bar = tqdm(desc=label, unit="item", file=sys.stderr, leave=False)
-
-    def progress(done: int, total: int | None, message: str = "") -> None:
-        if total is not None and bar.total != total:
-            bar.total = total
-        bar.set_description(f"{label}: {message}" if message else label)
-        bar.n = done
-        bar.refresh()
-
-    return progress
-
-
 def run_eval(args: argparse.Namespace) -> int:
     from picovlm.eval.evaluate import evaluate_many
     from picovlm.eval.report import write_report
@@ -147,7 +133,7 @@ def run_eval(args: argparse.Namespace) -> int:
     results = evaluate_many(
         args.model,
         args.data,
-        progress_for=_progress_bar,
+        progress_for=lambda label: ProgressBar(label, unit="item", leave=False),
         split=args.split,
         train_split=None if args.train_split.lower() == "none" else args.train_split,
         max_items=args.max_items,

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from picovlm.commands.progress import ProgressBar
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -121,19 +123,6 @@ def add_parser(subparsers) -> None:
     s.set_defaults(func=run_similar)
 
 
-def _progress(label: str):
-    from tqdm import tqdm
-
-    bar = tqdm(desc=label, unit="req", file=sys.stderr)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return bar, update
-
-
 def _template(path: str | None, default: str) -> str:
     return Path(path).read_text() if path else default
 
@@ -171,13 +160,18 @@ def run_augment(args: argparse.Namespace) -> int:
     )
     retry = RetryPolicy(timeout=args.timeout, retries=args.retries)
     client = make_client(args.backend, args.model, args.url, retry=retry, stream=args.stream)
-    bar, update = _progress("paraphrases")
-    try:
+    with ProgressBar("paraphrases", unit="req") as progress:
         report = augment_dataset(
-            args.data, args.out, client, config, args.cache, args.split, args.max_rows, args.overwrite, update
+            args.data,
+            args.out,
+            client,
+            config,
+            args.cache,
+            args.split,
+            args.max_rows,
+            args.overwrite,
+            progress,
         )
-    finally:
-        bar.close()
     print(
         f"wrote {report['out']}: {report['rows_in']} rows in, {report['rows_new']} new, {report['rows_out']} out"
     )
@@ -205,20 +199,10 @@ def run_similar(args: argparse.Namespace) -> int:
 
     config = SimilarConfig(args.threshold, args.images, args.image_weight, args.sample)
     cache = args.cache or str(Path.home() / ".cache" / "picovlm" / "embeddings.sqlite")
-    bars = {}
-
-    def progress(name: str, done: int, total: int) -> None:
-        if name not in bars:
-            bars[name] = _progress(f"embedding {name}")
-        bars[name][1](done, total)
-
-    try:
+    with ProgressBar("embedding", unit="item") as progress:
         table, state = rank_candidates(
             args.data, args.candidates, config, cache, args.embedder, args.split, progress
         )
-    finally:
-        for bar, _ in bars.values():
-            bar.close()
     paths = write_outputs(table, args.out)
     print(table_markdown(table), end="")
     print(f"wrote {paths['markdown']}, {paths['csv']}, {paths['plot']}")

@@ -25,12 +25,12 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 from picovlm.errors import ConfigError
 from picovlm.grow.llm import ChatCache, GenerationParams, RequestFailedError, cache_key
+from picovlm.utils import ProgressFn, no_progress
 
 DEFAULT_ANSWER_PROMPT = (
     "Rewrite the following answer in different words. Keep every fact: every number, name, colour and "
@@ -199,7 +199,7 @@ def run_requests(
     requests: dict[str, list[dict]],
     params_by_key: dict[str, GenerationParams],
     concurrency: int,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn = no_progress,
 ) -> tuple[dict[str, str | None], Counter]:
     """Answer every request (key -> messages) from the cache or the client. Returns replies (None for a
     request that failed after its retries) and counts: cache_hits, sent, failed.
@@ -217,8 +217,7 @@ def run_requests(
         else:
             todo.append(key)
     total, done = len(requests), len(replies)
-    if progress:
-        progress(done, total)
+    progress(done, total, "paraphrase requests")
 
     def ask(key: str) -> str | None:
         try:
@@ -245,8 +244,7 @@ def run_requests(
                 counts["sent"] += 1
                 counts["failed"] += reply is None
                 done += 1
-            if progress:
-                progress(done, total)
+            progress(done, total, "paraphrase requests")
     return replies, counts
 
 
@@ -263,7 +261,7 @@ def augment_rows(
     client,
     cache: ChatCache,
     config: AugmentConfig,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn = no_progress,
 ) -> tuple[list[dict], dict]:
     """Paraphrase `rows` (cauldron-schema dicts) and return (output rows, report dict).
 
@@ -460,7 +458,7 @@ def augment_dataset(
     split: str | None = None,
     max_rows: int | None = None,
     overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn = no_progress,
 ) -> dict:
     """Load a cauldron-schema dataset, augment it, save it to out_dir with augment_report.{json,md}.
 

@@ -30,7 +30,7 @@ def test_close_candidate_ranks_above_unrelated_one_and_mix_is_written(
     config = SimilarConfig(threshold=0.6, use_images=True, sample_rows=15)
     table, state = rank_candidates(
         str(demo_dir), [str(cities_dir), str(close_dir)], config, tmp_path / "emb.sqlite",
-        progress=lambda name, done, total: calls.append((name, done, total)),
+        progress=lambda done, total, message: calls.append((message, done, total)),
     )  # fmt: skip
     assert [entry["candidate"] for entry in table] == [str(close_dir), str(cities_dir)]
     close, far = table
@@ -52,7 +52,7 @@ def test_close_candidate_ranks_above_unrelated_one_and_mix_is_written(
     # a rerun embeds nothing new: the cache answers, so progress starts at the total
     calls.clear()
     rank_candidates(str(demo_dir), [str(close_dir)], config, tmp_path / "emb.sqlite",
-                    progress=lambda name, done, total: calls.append((name, done, total)))  # fmt: skip
+                    progress=lambda done, total, message: calls.append((message, done, total)))  # fmt: skip
     assert all(done == total for _, done, total in calls)
 
 
