@@ -29,6 +29,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 from picovlm.errors import ConfigError
+from picovlm.eval.metrics import distinct_n
 from picovlm.grow.llm import ChatCache, GenerationParams, RequestFailedError, cache_key
 from picovlm.utils import ProgressFn, no_progress
 
@@ -365,18 +366,8 @@ def augment_rows(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Diversity: did the paraphrases add new wording, or the same sentence ten times?
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Share of distinct word n-grams among all n-grams of `texts` (1.0 = no n-gram repeats)."""
-    grams = [
-        tuple(ws[i : i + n])
-        for text in texts
-        for ws in [[w.lower() for w in words(text)]]
-        for i in range(len(ws) - n + 1)
-    ]
-    return len(set(grams)) / len(grams) if grams else 0.0
+# Diversity: did the paraphrases add new wording, or the same sentence ten times? (distinct-n is
+# eval's: one definition of the measure, the one the collapse verdict reads)
 
 
 def self_bleu(groups: list[list[str]]) -> float | None:
