@@ -30,9 +30,11 @@ import sys
 import time
 from pathlib import Path
 
+from picovlm.config import DEFAULT_QUESTION
+
 START = time.perf_counter()
 NEW_TOKENS = 50
-QUESTION = "Describe the image."
+QUESTION = DEFAULT_QUESTION
 LIMIT_BYTES = 2 * 1024**3
 
 

@@ -21,6 +21,9 @@ from typing import Any
 from picovlm.errors import ConfigError
 from picovlm.utils import atomic_write_text
 
+# The question a row, a request or a command asks when it gives none: the built-in sets ask it too.
+DEFAULT_QUESTION = "Describe the image."
+
 
 @dataclass
 class VLMConfig:

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.errors import PicovlmError
 from picovlm.utils import ProgressFn, atomic_write_text, no_progress
-
-QUESTION = "Describe the image."
 
 
 @dataclass
@@ -152,7 +151,7 @@ def run_demo(
         row = test_rows[i]
         image_path = paths["samples"] / f"test-{i:02d}.png"
         row["images"][0].save(image_path)
-        answer = runtime.answer(str(image_path), QUESTION, max_new_tokens=max_new_tokens)
+        answer = runtime.answer(str(image_path), DEFAULT_QUESTION, max_new_tokens=max_new_tokens)
         answers.append(
             {"image": str(image_path), "reference": row["texts"][0]["assistant"], "answer": answer}
         )

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from picovlm.commands.progress import ProgressBar
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.errors import DataError
 
 
@@ -231,7 +232,7 @@ def add_parser(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--images", help="folder the table's image paths are relative to")
     p.add_argument("--table", help="CSV, TSV or JSONL file, one row per item")
-    p.add_argument("--question", default="Describe the image.", help="question for rows without one")
+    p.add_argument("--question", default=DEFAULT_QUESTION, help="question for rows without one")
     p.add_argument(
         "--source", help="`source` written into each turn (default: import:<table name> or the id)"
     )

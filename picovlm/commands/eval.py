@@ -6,6 +6,7 @@ import argparse
 import json
 
 from picovlm.commands.progress import ProgressBar
+from picovlm.config import DEFAULT_QUESTION
 
 from picovlm.generation import add_generation_arguments, generation_flags, generation_from_args
 
@@ -33,7 +34,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--image", required=True, nargs="+", metavar="PATH", help="one or more image files")
     p.add_argument(
-        "--question", default="Describe the image.", help="the question (default: 'Describe the image.')"
+        "--question", default=DEFAULT_QUESTION, help=f"the question (default: {DEFAULT_QUESTION!r})"
     )
     p.add_argument("--json", action="store_true", help="print one JSON list of {image, answer} instead")
     add_answering_arguments(p)

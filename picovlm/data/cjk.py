@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.data.glyphs import FontFile, GlyphFont, png_bytes
 from picovlm.errors import DataError, PicovlmError
 from picovlm.eval.facts import register_fact_parser
@@ -67,7 +68,7 @@ CJK_FILES = (
     UNICODE_DIR / "UnicodeData.txt",
     UNICODE_DIR / "CJKRadicals.txt",
 )
-CJK_QUESTION = "Describe the image."
+CJK_QUESTION = DEFAULT_QUESTION
 MAX_DEFINITION_WORDS = 8  # meanings past this are left out from the end
 
 # Two templates, chosen per row by the seed. Each fact keeps its neighbours in both, which is how a

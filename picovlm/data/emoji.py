@@ -33,6 +33,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.data.glyphs import FontFile, GlyphFont, png_bytes
 from picovlm.errors import DataError, PicovlmError
 from picovlm.eval.facts import register_fact_parser
@@ -56,7 +57,7 @@ EMOJI_FILES = (
     CLDR_ANNOTATIONS / "annotations" / "en.xml",
     CLDR_ANNOTATIONS / "annotationsDerived" / "en.xml",
 )
-EMOJI_QUESTION = "Describe the image."
+EMOJI_QUESTION = DEFAULT_QUESTION
 MAX_WORDS = 47  # keywords are left out from the end past this
 MAX_KEYWORDS = 8
 

@@ -30,11 +30,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.data.cauldron import cauldron_features, load_cauldron, materialize, save_cauldron
 from picovlm.errors import DataError
 from picovlm.utils import ProgressFn, no_progress
-
-DEFAULT_QUESTION = "Describe the image."
 
 
 @dataclass

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.data.cjk import CJK_INSTALL, CJK_SOURCE, write_cjk
 from picovlm.data.emoji import EMOJI_INSTALL, EMOJI_SOURCE, write_emoji
 from picovlm.data.realsets_games import GAME_SETS
@@ -54,7 +55,7 @@ from picovlm.eval.facts import register_fact_parser
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
 FASHION_SOURCE = "fashion-mnist"
-FASHION_QUESTION = "Describe the image."  # the same fixed question as the demo set
+FASHION_QUESTION = DEFAULT_QUESTION  # the same fixed question as the demo set
 FASHION_FILES = {  # split -> (images file, labels file), as named by the dataset and the Debian package
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "t10k": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),

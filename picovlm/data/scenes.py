@@ -30,9 +30,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.eval.facts import register_fact_parser
 
-DEMO_QUESTION = "Describe the image."
+DEMO_QUESTION = DEFAULT_QUESTION
 DEMO_SOURCE = "picovlm-demo"
 
 SHAPE_COLOURS = {
