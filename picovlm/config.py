@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -37,7 +38,6 @@ class VLMConfig:
     vit_dropout: float = 0.0
     vit_ln_eps: float = 1e-6
     vit_cls_flag: bool = False
-    vit_model_type: str = "google/siglip-base-patch16-224"
 
     # --- Language model: Llama-style (SmolLM2 geometry by default) -------------------------------
     lm_hidden_dim: int = 576
@@ -52,8 +52,6 @@ class VLMConfig:
     lm_n_blocks: int = 30
     lm_max_length: int = 256
     lm_tie_weights: bool = True
-    lm_model_type: str = "HuggingFaceTB/SmolLM2-135M"
-    lm_tokenizer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
     # --- Modality projector ----------------------------------------------------------------------
     mp_pixel_shuffle_factor: int = 2
@@ -385,11 +383,19 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# Model fields older versions wrote and nothing read: the Hub ids `picovlm init` started from and a
+# tokenizer name (SmolLM2's, while training uses its own BPE). Files that hold them still load.
+RETIRED_MODEL_FIELDS = frozenset({"vit_model_type", "lm_model_type", "lm_tokenizer"})
+
+
 def build_vlm_config(values: dict[str, Any], source: str = "config") -> VLMConfig:
     """A VLMConfig from a dict, warning about (not failing on) keys this version does not know."""
     known = {f.name for f in fields(VLMConfig) if f.init}
     derived = {f.name for f in fields(VLMConfig) if not f.init}
-    unknown = sorted(set(values) - known - derived)
+    retired = sorted(set(values) & RETIRED_MODEL_FIELDS)
+    if retired:
+        logging.getLogger(__name__).debug("%s: ignoring retired model config keys %s", source, retired)
+    unknown = sorted(set(values) - known - derived - RETIRED_MODEL_FIELDS)
     if unknown:
         import warnings
 
