@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import bz2
 import functools
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from picovlm.config import DEFAULT_QUESTION
+from picovlm.data.cauldron import picture_row
 from picovlm.data.glyphs import FontFile, GlyphFont, png_bytes
 from picovlm.errors import DataError, PicovlmError
 from picovlm.eval.facts import register_fact_parser
@@ -214,16 +214,12 @@ def make_cjk_rows(n: int = 1000, seed: int = 0, image_size: int = 112) -> list[d
         if any(picture is None for picture in pictures):
             continue
         taken += 1
-        fields = json.dumps(character_fields(character), sort_keys=True)
+        facts, code = character_fields(character), f"{ord(character.char):04x}"
         for spec, picture in zip(CJK_FONTS, pictures):
-            rows.append({
-                "images": [{"bytes": png_bytes(picture, image_size),
-                            "path": f"cjk-{ord(character.char):04x}-{spec.name.lower().replace(' ', '-')}.png"}],
-                "texts": [{"user": CJK_QUESTION, "assistant": character_answer(character, rng.randrange(len(TEMPLATES))),
-                           "source": CJK_SOURCE}],
-                "fields": fields,
-                "group": f"{CJK_SOURCE}/{ord(character.char):04x}",
-            })  # fmt: skip
+            file_name = f"cjk-{code}-{spec.name.lower().replace(' ', '-')}.png"
+            answer = character_answer(character, rng.randrange(len(TEMPLATES)))
+            rows.append(picture_row(png_bytes(picture, image_size), file_name, CJK_QUESTION, answer, CJK_SOURCE,
+                                    facts, f"{CJK_SOURCE}/{code}"))  # fmt: skip
     if taken < n:
         raise PicovlmError(
             f"asked for {n} characters, but only {taken} have Unihan facts and all three typefaces: use --n {taken} or less"

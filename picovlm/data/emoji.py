@@ -26,7 +26,6 @@ split: a test emoji is never a recoloured training one.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import xml.etree.ElementTree as ET
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from picovlm.config import DEFAULT_QUESTION
+from picovlm.data.cauldron import picture_row
 from picovlm.data.glyphs import FontFile, GlyphFont, png_bytes
 from picovlm.errors import DataError, PicovlmError
 from picovlm.eval.facts import register_fact_parser
@@ -217,13 +217,9 @@ def make_emoji_rows(n: int | None = None, seed: int = 0, image_size: int = 112) 
         emoji = emoji_list[index]
         code = "-".join(f"{ord(ch):04x}" for ch in emoji.text)
         base = "-".join(f"{ord(ch):04x}" for ch in base_emoji(emoji.text))
-        rows.append({
-            "images": [{"bytes": png, "path": f"emoji-{code}.png"}],
-            "texts": [{"user": EMOJI_QUESTION, "assistant": emoji_answer(emoji, rng.randrange(len(TEMPLATES))),
-                       "source": EMOJI_SOURCE}],
-            "fields": json.dumps(emoji_fields(emoji), sort_keys=True),
-            "group": f"{EMOJI_SOURCE}/{base}",
-        })  # fmt: skip
+        answer = emoji_answer(emoji, rng.randrange(len(TEMPLATES)))
+        rows.append(picture_row(png, f"emoji-{code}.png", EMOJI_QUESTION, answer, EMOJI_SOURCE,
+                                emoji_fields(emoji), f"{EMOJI_SOURCE}/{base}"))  # fmt: skip
     return rows
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import random
 import re
 from pathlib import Path
@@ -46,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from picovlm.config import DEFAULT_QUESTION
+from picovlm.data.cauldron import picture_row, rows_to_dataset
 from picovlm.data.cjk import CJK_INSTALL, CJK_SOURCE, write_cjk
 from picovlm.data.emoji import EMOJI_INSTALL, EMOJI_SOURCE, write_emoji
 from picovlm.data.realsets_games import GAME_SETS
@@ -292,17 +292,14 @@ def make_fashion_rows(
         images, labels = parts[split]
         pixels = images[index]
         fields = photo_fields(pixels, int(labels[index]))
-        fields_json = json.dumps(fields, sort_keys=True)
         group = f"{FASHION_SOURCE}/{split}/{index:05d}"  # one photo = one group, mirrored copy included
         for mirrored in [False, True] if mirror else [False]:
             answer = fashion_answer(fields, rng.randrange(len(OPENINGS)), rng.randrange(len(BODIES)))
-            rows.append({
-                "images": [{"bytes": _png(Image.fromarray(pixels, "L"), image_size, mirrored),
-                            "path": f"{split}-{index:05d}{'-mirrored' if mirrored else ''}.png"}],
-                "texts": [{"user": FASHION_QUESTION, "assistant": answer, "source": FASHION_SOURCE}],
-                "fields": fields_json,
-                "group": group,
-            })  # fmt: skip
+            file_name = f"{split}-{index:05d}{'-mirrored' if mirrored else ''}.png"
+            picture = _png(Image.fromarray(pixels, "L"), image_size, mirrored)
+            rows.append(
+                picture_row(picture, file_name, FASHION_QUESTION, answer, FASHION_SOURCE, fields, group)
+            )
     return rows
 
 
@@ -317,30 +314,19 @@ def _pair_rows(parts: dict, photos: list[tuple[str, int]], image_size: int, mirr
         fields = pair_fields(*(facts[::-1] if mirrored else facts))  # mirroring keeps each photo's facts
         answer = pair_answer(fields, rng.randrange(len(PAIR_OPENINGS)),
                              (rng.randrange(len(PAIR_SIDE_SENTENCES)), rng.randrange(len(PAIR_SIDE_SENTENCES))))  # fmt: skip
-        rows.append({
-            "images": [{"bytes": _png(picture, image_size, mirrored),
-                        "path": f"{name}{'-mirrored' if mirrored else ''}.png"}],
-            "texts": [{"user": FASHION_QUESTION, "assistant": answer, "source": PAIR_SOURCE}],
-            "fields": json.dumps(fields, sort_keys=True),
-            "group": f"{PAIR_SOURCE}/{name}",  # both photos appear in this picture only
-        })  # fmt: skip
+        file_name = f"{name}{'-mirrored' if mirrored else ''}.png"
+        group = f"{PAIR_SOURCE}/{name}"  # both photos appear in this picture only
+        rows.append(picture_row(_png(picture, image_size, mirrored), file_name, FASHION_QUESTION, answer,
+                                PAIR_SOURCE, fields, group))  # fmt: skip
     return rows
 
 
-def make_fashion_dataset(
-    n: int = 3000,
-    seed: int = 0,
-    image_size: int = 112,
-    mirror: bool = False,
-    source_dir: str | Path | None = None,
-    pairs: bool = False,
-):
+def make_fashion_dataset(n: int = 3000, **options):
     """n Fashion-MNIST photos (2n rows with mirror) as a datasets.Dataset in the cauldron schema, plus the
-    `fields` and `group` columns. image_size: side of the stored PNG (0 keeps the native 28 pixels, or
-    the 112-pixel design size of a pair picture). pairs: n pictures of two photos side by side."""
-    from picovlm.data.cauldron import rows_to_dataset
-
-    return rows_to_dataset(make_fashion_rows(n, seed, image_size, mirror, source_dir, pairs))
+    `fields` and `group` columns; options are make_fashion_rows's (seed, image_size: side of the stored
+    PNG, 0 keeps the native 28 pixels or the 112-pixel design size of a pair picture; mirror; source_dir;
+    pairs: n pictures of two photos side by side)."""
+    return rows_to_dataset(make_fashion_rows(n, **options))
 
 
 def write_fashion(

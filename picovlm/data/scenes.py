@@ -31,6 +31,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from picovlm.config import DEFAULT_QUESTION
+from picovlm.data.cauldron import picture_row
 from picovlm.eval.facts import register_fact_parser
 
 DEMO_QUESTION = DEFAULT_QUESTION
@@ -153,14 +154,10 @@ def make_demo_row(seed: int, index: int, image_size: int = 224) -> dict:
     scene = make_scene(seed, index)
     buffer = io.BytesIO()
     draw_scene(scene, image_size).save(buffer, format="PNG", compress_level=1)
-    fields = scene_fields(scene)
-    fields_json = json.dumps(fields, sort_keys=True)
-    return {
-        "images": [{"bytes": buffer.getvalue(), "path": f"demo-{seed}-{index:06d}.png"}],
-        "texts": [{"user": DEMO_QUESTION, "assistant": scene_answer(scene), "source": DEMO_SOURCE}],
-        "fields": fields_json,
-        "group": fields_json,  # identical facts = one group, so they never straddle splits
-    }
+    facts = json.dumps(scene_fields(scene), sort_keys=True)
+    # identical facts = one group, so they never straddle splits
+    return picture_row(buffer.getvalue(), f"demo-{seed}-{index:06d}.png", DEMO_QUESTION, scene_answer(scene),
+                       DEMO_SOURCE, facts, group=facts)  # fmt: skip
 
 
 def _make_rows(args: tuple[int, int, int, int]) -> list[dict]:
