@@ -213,17 +213,26 @@ def add_parser(subparsers) -> None:
     )  # fmt: skip
     verbs = data.add_subparsers(dest="data_verb", metavar="<sub>")
     data.set_defaults(func=lambda _args: data.print_help() or 2)
+    for add_verb in (_add_import, _add_check, _add_stats, _add_split, _add_mix, _add_demo):
+        add_verb(verbs)
 
-    def common_output(parser: argparse.ArgumentParser, required: bool = True) -> None:
-        parser.add_argument("--out", required=required, help="output folder (written atomically)")
-        parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
-    def parquet_options(parser: argparse.ArgumentParser) -> None:
+def _input(parser: argparse.ArgumentParser, split_help: str) -> None:
+    parser.add_argument("data", help="dataset folder or parquet path")
+    parser.add_argument("--split", help=split_help)
+
+
+def _output(parser: argparse.ArgumentParser, parquet: bool = False) -> None:
+    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    if parquet:
         parser.add_argument(
             "--parquet", action="store_true", help="write parquet shards instead of a save_to_disk folder"
         )
         parser.add_argument("--num-shards", type=int, default=1, help="number of output shards (default 1)")
 
+
+def _add_import(verbs) -> None:
     p = verbs.add_parser(
         "import", help="images folder + CSV/JSONL, or a Hub/parquet/disk dataset -> cauldron dataset",
         description="Import into the cauldron schema. Either --images DIR --table FILE (CSV/TSV/JSONL; "
@@ -252,20 +261,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", help="split to read (default: train)")
     p.add_argument("--streaming", action="store_true", help="stream from the Hub instead of downloading all")
     p.add_argument("--max-rows", type=int, help="keep only the first N rows")
-    common_output(p)
-    parquet_options(p)
+    _output(p, parquet=True)
     p.set_defaults(func=cmd_import)
 
+
+def _add_check(verbs) -> None:
     p = verbs.add_parser(
         "check", help="find bad images, bad texts, over-long answers and duplicates; --fix writes a cleaned copy",
         description="Read every row and report problems by kind with row ids. The input is never modified.",
     )  # fmt: skip
-    p.add_argument("data", help="dataset folder or parquet path")
-    p.add_argument(
-        "--split",
-        help="check only this split (default: every split of the folder, each on its own, and "
-        "the held-out splits' overlap with train)",
-    )
+    _input(p, "check only this split (default: every split of the folder, each on its own, and the held-out "
+              "splits' overlap with train)")  # fmt: skip
     p.add_argument(
         "--max-answer-tokens", type=int, help="flag answers longer than this (the model's lm_max_length)"
     )
@@ -290,12 +296,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the --fix folder if it exists")
     p.set_defaults(func=cmd_check)
 
+
+def _add_stats(verbs) -> None:
     p = verbs.add_parser("stats", help="rows, images, answer lengths, vocabulary, sources, redundancy",
                          description="Describe a dataset; optionally save JSON and a histogram PNG.")  # fmt: skip
-    p.add_argument("data", help="dataset folder or parquet path")
-    p.add_argument(
-        "--split", help="describe only this split (default: every split of the folder, each on its own)"
-    )
+    _input(p, "describe only this split (default: every split of the folder, each on its own)")
     p.add_argument("--tokenizer", help="tokenizer for answer lengths in tokens")
     p.add_argument(
         "--json", help='write the statistics to this JSON file (several splits: {"splits": {name: ...}})'
@@ -305,20 +310,23 @@ def add_parser(subparsers) -> None:
     )
     p.set_defaults(func=cmd_stats)
 
+
+def _add_split(verbs) -> None:
     p = verbs.add_parser(
         "split", help="train/validation/test without leakage (grouped by image hash and group id)",
         description="Rows sharing an image (content hash) or a `group` id always land in the same split.",
     )  # fmt: skip
-    p.add_argument("data", help="dataset folder or parquet path")
-    p.add_argument("--split", help="split to read when the folder holds several")
+    _input(p, "split to read when the folder holds several")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--fractions", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
                    help="split sizes, summing to 1 (default 0.8 0.1 0.1)")  # fmt: skip
     p.add_argument("--stratify-by-source", action="store_true", help="split each source separately")
     p.add_argument("--no-image-grouping", action="store_true", help="group by `group` id only")
-    common_output(p)
+    _output(p)
     p.set_defaults(func=cmd_split)
 
+
+def _add_mix(verbs) -> None:
     p = verbs.add_parser(
         "mix", help="combine datasets with caps or ratios, keeping provenance",
         description="Each input is PATH[:cap=N][:ratio=R][:name=NAME][:split=S]. Ratios are shares of the "
@@ -328,10 +336,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--total", type=int, help="rows in the mix when ratios are given")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling and shuffling")
     p.add_argument("--no-shuffle", action="store_true", help="keep inputs in order instead of shuffling")
-    common_output(p)
-    parquet_options(p)
+    _output(p, parquet=True)
     p.set_defaults(func=cmd_mix)
 
+
+def _add_demo(verbs) -> None:
     p = verbs.add_parser(
         "demo", help="generate the built-in demo set of drawn shapes (the default training data)",
         description="Deterministic scenes of 1-3 coloured shapes with a 10-50 word factual answer each.",
@@ -343,5 +352,5 @@ def add_parser(subparsers) -> None:
         "--no-split", action="store_true", help="write one dataset instead of train/validation/test"
     )
     p.add_argument("--num-proc", type=int, default=1, help="processes for drawing (default 1)")
-    common_output(p)
+    _output(p)
     p.set_defaults(func=cmd_demo)

@@ -18,6 +18,11 @@ from picovlm.generation import add_generation_arguments, generation_flags, gener
 
 
 def add_parser(subparsers) -> None:
+    _add_export(subparsers)
+    _add_serve(subparsers)
+
+
+def _add_export(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
         help="export a model to ONNX for the torch-free runtime, or as a transformers (Idefics3) folder",
@@ -79,6 +84,8 @@ def add_parser(subparsers) -> None:
     )
     p.set_defaults(func=run_export)
 
+
+def _add_serve(subparsers) -> None:
     s = subparsers.add_parser(
         "serve",
         help="HTTP server: /v1/answer, OpenAI-style /v1/chat/completions, /health and a web page",

@@ -11,6 +11,11 @@ from picovlm.commands.progress import ProgressBar
 
 
 def add_parser(subparsers) -> None:
+    _add_augment(subparsers)
+    _add_similar(subparsers)
+
+
+def _add_augment(subparsers) -> None:
     p = subparsers.add_parser(
         "augment",
         help="grow a dataset with LLM paraphrases that keep the facts",
@@ -42,6 +47,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--questions", action="store_true", help="paraphrase the questions too")
     p.add_argument("--prompt-file", help="answer prompt template (text file containing {text})")
     p.add_argument("--question-prompt-file", help="question prompt template (text file containing {text})")
+    _add_requests(p)
+    _add_filters(p)
+    p.add_argument("--only-new", action="store_true", help="write only the new rows, not the originals")
+    p.add_argument("--cache", help="reply cache file (default: <out>.llm-cache.jsonl)")
+    p.add_argument("--max-rows", type=int, help="augment only the first N rows (to try settings)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=run_augment)
+
+
+def _add_requests(p: argparse.ArgumentParser) -> None:
+    """How augment asks the LLM: sampling, concurrency, patience."""
     p.add_argument("--temperature", type=float, default=0.8, help="default 0.8")
     p.add_argument("--seed", type=int, default=0, help="variant k uses seed+k (default 0)")
     p.add_argument("--max-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
@@ -58,6 +74,10 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--stream", action="store_true", help="ask for streamed replies (NDJSON / server-sent events)"
     )
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    """What makes augment drop a paraphrase."""
     p.add_argument(
         "--key-terms",
         help="comma-separated terms a paraphrase must keep when the original has them, or @FILE (one per line)",
@@ -83,12 +103,9 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--max-similarity", type=float, default=0.9, help="drop near-duplicates at this word similarity (0.9)"
     )
-    p.add_argument("--only-new", action="store_true", help="write only the new rows, not the originals")
-    p.add_argument("--cache", help="reply cache file (default: <out>.llm-cache.jsonl)")
-    p.add_argument("--max-rows", type=int, help="augment only the first N rows (to try settings)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.set_defaults(func=run_augment)
 
+
+def _add_similar(subparsers) -> None:
     s = subparsers.add_parser(
         "similar",
         help="rank candidate datasets by closeness to yours; optionally write a mix of the closest data",
