@@ -7,7 +7,6 @@ import json
 
 from picovlm.commands.progress import ProgressBar
 from picovlm.config import DEFAULT_QUESTION
-
 from picovlm.generation import add_generation_arguments, generation_flags, generation_from_args
 
 

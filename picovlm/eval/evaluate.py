@@ -420,7 +420,7 @@ def _load_train_split(data_dir, train_split: str | None):
     return train if len(train) else None
 
 
-# The old name of picovlm.eval.facts.fact_parser_for, which callers outside eval/ still import.
+# The old name of picovlm.eval.facts.fact_parser_for, kept for code written against it.
 detect_extract_fields = fact_parser_for
 
 
