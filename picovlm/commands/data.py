@@ -270,8 +270,8 @@ def _add_check(verbs) -> None:
         "check", help="find bad images, bad texts, over-long answers and duplicates; --fix writes a cleaned copy",
         description="Read every row and report problems by kind with row ids. The input is never modified.",
     )  # fmt: skip
-    _input(p, "check only this split (default: every split of the folder, each on its own, and the held-out "
-              "splits' overlap with train)")  # fmt: skip
+    only = "check only this split (default: every split of the folder, each on its own, and the held-out"
+    _input(p, f"{only} splits' overlap with train)")
     p.add_argument(
         "--max-answer-tokens", type=int, help="flag answers longer than this (the model's lm_max_length)"
     )

@@ -218,8 +218,8 @@ def make_cjk_rows(n: int = 1000, seed: int = 0, image_size: int = 112) -> list[d
         for spec, picture in zip(CJK_FONTS, pictures):
             file_name = f"cjk-{code}-{spec.name.lower().replace(' ', '-')}.png"
             answer = character_answer(character, rng.randrange(len(TEMPLATES)))
-            rows.append(picture_row(png_bytes(picture, image_size), file_name, CJK_QUESTION, answer, CJK_SOURCE,
-                                    facts, f"{CJK_SOURCE}/{code}"))  # fmt: skip
+            png, group = png_bytes(picture, image_size), f"{CJK_SOURCE}/{code}"
+            rows.append(picture_row(png, file_name, CJK_QUESTION, answer, CJK_SOURCE, facts, group))
     if taken < n:
         raise PicovlmError(
             f"asked for {n} characters, but only {taken} have Unihan facts and all three typefaces: use --n {taken} or less"

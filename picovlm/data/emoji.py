@@ -218,8 +218,8 @@ def make_emoji_rows(n: int | None = None, seed: int = 0, image_size: int = 112) 
         code = "-".join(f"{ord(ch):04x}" for ch in emoji.text)
         base = "-".join(f"{ord(ch):04x}" for ch in base_emoji(emoji.text))
         answer = emoji_answer(emoji, rng.randrange(len(TEMPLATES)))
-        rows.append(picture_row(png, f"emoji-{code}.png", EMOJI_QUESTION, answer, EMOJI_SOURCE,
-                                emoji_fields(emoji), f"{EMOJI_SOURCE}/{base}"))  # fmt: skip
+        name, facts, group = f"emoji-{code}.png", emoji_fields(emoji), f"{EMOJI_SOURCE}/{base}"
+        rows.append(picture_row(png, name, EMOJI_QUESTION, answer, EMOJI_SOURCE, facts, group))
     return rows
 
 

@@ -316,8 +316,8 @@ def _pair_rows(parts: dict, photos: list[tuple[str, int]], image_size: int, mirr
                              (rng.randrange(len(PAIR_SIDE_SENTENCES)), rng.randrange(len(PAIR_SIDE_SENTENCES))))  # fmt: skip
         file_name = f"{name}{'-mirrored' if mirrored else ''}.png"
         group = f"{PAIR_SOURCE}/{name}"  # both photos appear in this picture only
-        rows.append(picture_row(_png(picture, image_size, mirrored), file_name, FASHION_QUESTION, answer,
-                                PAIR_SOURCE, fields, group))  # fmt: skip
+        png = _png(picture, image_size, mirrored)
+        rows.append(picture_row(png, file_name, FASHION_QUESTION, answer, PAIR_SOURCE, fields, group))
     return rows
 
 

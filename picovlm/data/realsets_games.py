@@ -519,8 +519,10 @@ def make_wesnoth_rows(
                 seen.add(digest)
                 file_name = path.replace("/", "_")[:-4] + ("-mirrored" if mirrored else "") + ".png"
                 answer = wesnoth_answer(unit, answer_rng.randrange(len(WESNOTH_OPENINGS)))
-                rows.append(picture_row(_png(shown, image_size), file_name, WESNOTH_QUESTION, answer,
-                                        WESNOTH_SOURCE, unit.facts(), f"{WESNOTH_SOURCE}/{unit.id}"))  # fmt: skip
+                png, facts, group = _png(shown, image_size), unit.facts(), f"{WESNOTH_SOURCE}/{unit.id}"
+                rows.append(
+                    picture_row(png, file_name, WESNOTH_QUESTION, answer, WESNOTH_SOURCE, facts, group)
+                )
     return rows
 
 
@@ -781,8 +783,9 @@ def make_freeciv_rows(
                 break
             picture = flag_picture(root / "flags" / f"{nation.flag}{suffix}.png", rng, share)
             answer = freeciv_answer(nation, answer_rng.randrange(len(FREECIV_OPENINGS)))
-            rows.append(picture_row(_png(picture, image_size), f"{nation.flag}{suffix}.png", FREECIV_QUESTION,
-                                    answer, FREECIV_SOURCE, nation.facts(), f"{FREECIV_SOURCE}/{nation.flag}"))  # fmt: skip
+            png, name = _png(picture, image_size), f"{nation.flag}{suffix}.png"
+            facts, group = nation.facts(), f"{FREECIV_SOURCE}/{nation.flag}"
+            rows.append(picture_row(png, name, FREECIV_QUESTION, answer, FREECIV_SOURCE, facts, group))
     return rows
 
 

@@ -156,8 +156,8 @@ def make_demo_row(seed: int, index: int, image_size: int = 224) -> dict:
     draw_scene(scene, image_size).save(buffer, format="PNG", compress_level=1)
     facts = json.dumps(scene_fields(scene), sort_keys=True)
     # identical facts = one group, so they never straddle splits
-    return picture_row(buffer.getvalue(), f"demo-{seed}-{index:06d}.png", DEMO_QUESTION, scene_answer(scene),
-                       DEMO_SOURCE, facts, group=facts)  # fmt: skip
+    name, answer = f"demo-{seed}-{index:06d}.png", scene_answer(scene)
+    return picture_row(buffer.getvalue(), name, DEMO_QUESTION, answer, DEMO_SOURCE, facts, group=facts)
 
 
 def _make_rows(args: tuple[int, int, int, int]) -> list[dict]:
