@@ -17,9 +17,9 @@ import time
 import torch
 
 from picovlm.config import VLMConfig
-from picovlm.data.demo import make_demo_dataset
 from picovlm.data.pipeline import CauldronTorchDataset, make_dataloader
 from picovlm.data.processor import Processor
+from picovlm.data.scenes import make_demo_dataset
 from picovlm.data.tokenizer import train_tokenizer
 
 

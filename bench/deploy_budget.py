@@ -30,9 +30,11 @@ import sys
 import time
 from pathlib import Path
 
+from picovlm.config import DEFAULT_QUESTION
+
 START = time.perf_counter()
 NEW_TOKENS = 50
-QUESTION = "Describe the image."
+QUESTION = DEFAULT_QUESTION
 LIMIT_BYTES = 2 * 1024**3
 
 
@@ -150,7 +152,7 @@ def prepare(preset_name: str, work: Path) -> tuple[Path, dict[str, Path]]:
     import torch
 
     from picovlm.config import preset
-    from picovlm.data.demo import make_scene, scene_answer
+    from picovlm.data.scenes import make_scene, scene_answer
     from picovlm.data.tokenizer import train_tokenizer
     from picovlm.export.onnx import export_model
     from picovlm.model.vlm import VLM

@@ -16,7 +16,7 @@ import time
 import torch
 
 from picovlm.config import preset
-from picovlm.data.demo import DEMO_QUESTION, draw_scene, make_scene, scene_answer
+from picovlm.data.scenes import DEMO_QUESTION, draw_scene, make_scene, scene_answer
 from picovlm.data.tokenizer import train_tokenizer
 from picovlm.model.vlm import VisionLanguageModel
 

@@ -25,7 +25,7 @@ def main() -> None:
 
     import torch
 
-    from picovlm.data.demo import DEMO_QUESTION, make_scene, scene_answer
+    from picovlm.data.scenes import DEMO_QUESTION, make_scene, scene_answer
     from picovlm.grow.similar import EmbeddingCache, TextEmbedder, embed_all, score_pair
 
     torch.set_num_threads(args.threads)

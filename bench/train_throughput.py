@@ -48,8 +48,8 @@ def make_batches(
     cfg, batch_size: int, n_batches: int, packing: bool, fixed_length: bool, grouped: bool = False
 ):
     from picovlm.data.collate import pack_collate, pad_collate
-    from picovlm.data.demo import make_demo_dataset
     from picovlm.data.processor import Processor
+    from picovlm.data.scenes import make_demo_dataset
     from picovlm.data.tokenizer import train_tokenizer
 
     rows = make_demo_dataset(batch_size * n_batches, seed=1, image_size=cfg.vit_img_size)

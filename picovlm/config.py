@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,9 @@ from typing import Any
 
 from picovlm.errors import ConfigError
 from picovlm.utils import atomic_write_text
+
+# The question a row, a request or a command asks when it gives none: the built-in sets ask it too.
+DEFAULT_QUESTION = "Describe the image."
 
 
 @dataclass
@@ -34,7 +38,6 @@ class VLMConfig:
     vit_dropout: float = 0.0
     vit_ln_eps: float = 1e-6
     vit_cls_flag: bool = False
-    vit_model_type: str = "google/siglip-base-patch16-224"
 
     # --- Language model: Llama-style (SmolLM2 geometry by default) -------------------------------
     lm_hidden_dim: int = 576
@@ -49,8 +52,6 @@ class VLMConfig:
     lm_n_blocks: int = 30
     lm_max_length: int = 256
     lm_tie_weights: bool = True
-    lm_model_type: str = "HuggingFaceTB/SmolLM2-135M"
-    lm_tokenizer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
     # --- Modality projector ----------------------------------------------------------------------
     mp_pixel_shuffle_factor: int = 2
@@ -79,28 +80,28 @@ class VLMConfig:
         )
         if self.retrieval_k < 0:
             raise ConfigError(f"retrieval_k={self.retrieval_k} is negative: use 0 (off) or a count (e.g. 2).")
-        if self.vit_img_size % self.vit_patch_size:
-            raise ConfigError(
-                f"vit_img_size={self.vit_img_size} is not divisible by vit_patch_size={self.vit_patch_size}: "
-                f"pick an image size that is a multiple of the patch size (e.g. "
-                f"{self.vit_img_size // self.vit_patch_size * self.vit_patch_size})."
+        multiple = self.vit_img_size // self.vit_patch_size * self.vit_patch_size
+        _check_divisible(
+            self,
+            "vit_img_size",
+            "vit_patch_size",
+            f"pick an image size that is a multiple of the patch size (e.g. {multiple})",
+        )
+        for tower in ("vit", "lm"):
+            _check_divisible(
+                self,
+                f"{tower}_hidden_dim",
+                f"{tower}_n_heads",
+                "choose a head count that "
+                f"divides the hidden size ({_divisors(getattr(self, f'{tower}_hidden_dim'))})",
             )
-        if self.vit_hidden_dim % self.vit_n_heads:
-            raise ConfigError(
-                f"vit_hidden_dim={self.vit_hidden_dim} is not divisible by vit_n_heads={self.vit_n_heads}: "
-                f"choose a head count that divides the hidden size ({_divisors(self.vit_hidden_dim)})."
-            )
-        if self.lm_hidden_dim % self.lm_n_heads:
-            raise ConfigError(
-                f"lm_hidden_dim={self.lm_hidden_dim} is not divisible by lm_n_heads={self.lm_n_heads}: "
-                f"choose a head count that divides the hidden size ({_divisors(self.lm_hidden_dim)})."
-            )
-        if self.lm_n_heads % self.lm_n_kv_heads:
-            raise ConfigError(
-                f"lm_n_heads={self.lm_n_heads} is not divisible by lm_n_kv_heads={self.lm_n_kv_heads}: "
-                f"grouped-query attention shares each key/value head among a whole number of query heads; "
-                f"use one of {_divisors(self.lm_n_heads)}."
-            )
+        _check_divisible(
+            self,
+            "lm_n_heads",
+            "lm_n_kv_heads",
+            "grouped-query attention shares each key/value "
+            f"head among a whole number of query heads; use one of {_divisors(self.lm_n_heads)}",
+        )
         self.vit_head_dim = self.vit_hidden_dim // self.vit_n_heads
         self.lm_head_dim = self.lm_hidden_dim // self.lm_n_heads
         if self.lm_head_dim % 2:
@@ -257,23 +258,8 @@ _SUPER_SMALL_TABLE = {
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # nanoVLM-222M: SigLIP-B/16-224 vision tower + SmolLM2-135M language model.
-    "nanovlm-222m": dict(
-        vit_hidden_dim=768,
-        vit_inter_dim=3072,
-        vit_patch_size=16,
-        vit_img_size=224,
-        vit_n_heads=12,
-        vit_n_blocks=12,
-        lm_hidden_dim=576,
-        lm_inter_dim=1536,
-        lm_n_heads=9,
-        lm_n_kv_heads=3,
-        lm_n_blocks=30,
-        lm_vocab_size=49152,
-        lm_re_base=100000.0,
-        mp_pixel_shuffle_factor=2,
-    ),  # fmt: skip
+    # nanoVLM-222M: SigLIP-B/16-224 vision tower + SmolLM2-135M language model, VLMConfig's defaults.
+    "nanovlm-222m": dict(),
     # A model small enough for a unit test: builds in milliseconds.
     "tiny": dict(
         vit_hidden_dim=32,
@@ -382,11 +368,19 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# Model fields older versions wrote and nothing read: the Hub ids `picovlm init` started from and a
+# tokenizer name (SmolLM2's, while training uses its own BPE). Files that hold them still load.
+RETIRED_MODEL_FIELDS = frozenset({"vit_model_type", "lm_model_type", "lm_tokenizer"})
+
+
 def build_vlm_config(values: dict[str, Any], source: str = "config") -> VLMConfig:
     """A VLMConfig from a dict, warning about (not failing on) keys this version does not know."""
     known = {f.name for f in fields(VLMConfig) if f.init}
     derived = {f.name for f in fields(VLMConfig) if not f.init}
-    unknown = sorted(set(values) - known - derived)
+    retired = sorted(set(values) & RETIRED_MODEL_FIELDS)
+    if retired:
+        logging.getLogger(__name__).debug("%s: ignoring retired model config keys %s", source, retired)
+    unknown = sorted(set(values) - known - derived - RETIRED_MODEL_FIELDS)
     if unknown:
         import warnings
 
@@ -467,6 +461,14 @@ def _check_positive(obj: Any, names: list[str]) -> None:
             continue
         if isinstance(value, int) and value <= 0:
             raise ConfigError(f"{name}={value} must be a positive integer.")
+
+
+def _check_divisible(obj: Any, whole: str, part: str, fix: str) -> None:
+    """A ConfigError naming both fields and the fix unless field `part` divides field `whole`."""
+    if getattr(obj, whole) % getattr(obj, part):
+        raise ConfigError(
+            f"{whole}={getattr(obj, whole)} is not divisible by {part}={getattr(obj, part)}: {fix}."
+        )
 
 
 def _divisors(n: int) -> str:

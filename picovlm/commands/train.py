@@ -7,6 +7,7 @@ import json
 import sys
 
 from picovlm.commands.params import add_config_arguments
+from picovlm.commands.progress import ProgressBar
 
 
 def add_parser(subparsers) -> None:
@@ -40,32 +41,6 @@ def add_parser(subparsers) -> None:
     s.set_defaults(func=run_sweep_command)
 
 
-class _Bar:
-    """A tqdm bar driven by the library's progress(done, total, message) callback."""
-
-    def __init__(self):
-        from tqdm import tqdm
-
-        self.tqdm = tqdm
-        self.bar = None
-
-    def __call__(self, done: int, total: int | None, message: str = "") -> None:
-        if total is None:
-            self.tqdm.write(message)
-            return
-        if self.bar is None or self.bar.total != total:
-            if self.bar is not None:
-                self.bar.close()
-            self.bar = self.tqdm(total=total, unit="step", dynamic_ncols=True)
-        self.bar.n = done
-        self.bar.set_postfix_str(message, refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_train(args: argparse.Namespace) -> int:
     import os
 
@@ -75,7 +50,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     model_cfg, train_cfg = load_config(args.preset, args.config, args.overrides)
     main_rank = os.environ.get("RANK", "0") == "0"
-    bar = _Bar() if main_rank else None
+    bar = ProgressBar(unit="step") if main_rank else None
     try:
         result = train(model_cfg, train_cfg, progress=bar, resume=args.resume)
     except TrainingInterrupted as stopped:
@@ -152,7 +127,8 @@ def interrupted_message(stopped, out_dir) -> str:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from picovlm.train.sweep import run_sweep
 
-    outcome = run_sweep(args.file, args.out, progress=lambda done, total, message: print(message, flush=True))
+    with ProgressBar("sweep", unit="run") as progress:
+        outcome = run_sweep(args.file, args.out, progress=progress)
     for run in outcome["runs"]:
         print(f"{run['status']:<8} {run['name']}")
     print(f"report: {outcome['out_dir']}/report.md (.html, .csv, figures/)")

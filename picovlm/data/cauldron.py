@@ -16,6 +16,7 @@ so an interrupted save never leaves a half-written dataset under the final name.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -383,6 +384,19 @@ def save_cauldron(
         else:
             dataset.save_to_disk(str(tmp_dir), num_shards=_shards_arg(dataset, num_shards))
     return out_dir
+
+
+def picture_row(
+    picture: bytes, file_name: str, question: str, answer: str, source: str, facts: dict | str, group: str
+) -> dict:
+    """One row of a generated set: one picture (encoded bytes), one question-answer turn, its facts as
+    JSON (`fields`, keys sorted) and its group (the rows of one group never straddle splits)."""
+    return {
+        "images": [{"bytes": picture, "path": file_name}],
+        "texts": [{"user": question, "assistant": answer, "source": source}],
+        "fields": facts if isinstance(facts, str) else json.dumps(facts, sort_keys=True),
+        "group": group,
+    }
 
 
 def rows_to_dataset(rows: list[dict], columns: tuple[str, ...] = ("images", "texts", "fields", "group")):

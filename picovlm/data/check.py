@@ -190,7 +190,9 @@ def count_tokens(texts: list[str], tokenizer=None) -> list[int]:
     return counts
 
 
-def normalize_answer(text: str) -> str:
+def squeeze_lower(text: str) -> str:
+    """Lower-cased, whitespace squeezed: the data checks' "same answer" (punctuation and articles still
+    count, unlike the looser picovlm.eval.metrics.normalize_answer that scoring uses)."""
     return " ".join(text.lower().split())
 
 
@@ -208,7 +210,7 @@ def near_duplicate_pairs(
     word_ids: list[int] = []
     starts, lengths = [], []
     for text in texts:
-        words = normalize_answer(text).split()
+        words = squeeze_lower(text).split()
         starts.append(len(word_ids))
         lengths.append(len(words))
         word_ids.extend(vocabulary.setdefault(w, zlib.crc32(w.encode()) | 1) for w in words)
@@ -302,7 +304,7 @@ def check_dataset(
                     report.add("duplicate_row", row, f"same as row {first_row_with_content[key]}")
                 else:
                     first_row_with_content[key] = row
-                normalized = normalize_answer(answer)
+                normalized = squeeze_lower(answer)
                 if normalized and normalized in first_row_with_answer:
                     report.add(
                         "duplicate_answer", row, f"same answer as row {first_row_with_answer[normalized]}"

@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import bz2
 import functools
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from picovlm.config import DEFAULT_QUESTION
+from picovlm.data.cauldron import picture_row
 from picovlm.data.glyphs import FontFile, GlyphFont, png_bytes
 from picovlm.errors import DataError, PicovlmError
+from picovlm.eval.facts import register_fact_parser
 
 CJK_SOURCE = "cjk"
 CJK_INSTALL = "apt-get install fonts-noto-cjk fonts-wqy-microhei unicode-data"
@@ -66,7 +68,7 @@ CJK_FILES = (
     UNICODE_DIR / "UnicodeData.txt",
     UNICODE_DIR / "CJKRadicals.txt",
 )
-CJK_QUESTION = "Describe the image."
+CJK_QUESTION = DEFAULT_QUESTION
 MAX_DEFINITION_WORDS = 8  # meanings past this are left out from the end
 
 # Two templates, chosen per row by the seed. Each fact keeps its neighbours in both, which is how a
@@ -212,16 +214,12 @@ def make_cjk_rows(n: int = 1000, seed: int = 0, image_size: int = 112) -> list[d
         if any(picture is None for picture in pictures):
             continue
         taken += 1
-        fields = json.dumps(character_fields(character), sort_keys=True)
+        facts, code = character_fields(character), f"{ord(character.char):04x}"
         for spec, picture in zip(CJK_FONTS, pictures):
-            rows.append({
-                "images": [{"bytes": png_bytes(picture, image_size),
-                            "path": f"cjk-{ord(character.char):04x}-{spec.name.lower().replace(' ', '-')}.png"}],
-                "texts": [{"user": CJK_QUESTION, "assistant": character_answer(character, rng.randrange(len(TEMPLATES))),
-                           "source": CJK_SOURCE}],
-                "fields": fields,
-                "group": f"{CJK_SOURCE}/{ord(character.char):04x}",
-            })  # fmt: skip
+            file_name = f"cjk-{code}-{spec.name.lower().replace(' ', '-')}.png"
+            answer = character_answer(character, rng.randrange(len(TEMPLATES)))
+            png, group = png_bytes(picture, image_size), f"{CJK_SOURCE}/{code}"
+            rows.append(picture_row(png, file_name, CJK_QUESTION, answer, CJK_SOURCE, facts, group))
     if taken < n:
         raise PicovlmError(
             f"asked for {n} characters, but only {taken} have Unihan facts and all three typefaces: use --n {taken} or less"
@@ -242,3 +240,7 @@ def write_cjk(
     from picovlm.data.split import save_rows
 
     return save_rows(make_cjk_rows(n, seed, image_size), out_dir, seed=seed, split=split, overwrite=overwrite)
+
+
+# The answers state each fact of `fields` word for word: evaluation learns them (a ValueMatcher).
+register_fact_parser(CJK_SOURCE)

@@ -26,15 +26,17 @@ split: a test emoji is never a recoloured training one.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from picovlm.config import DEFAULT_QUESTION
+from picovlm.data.cauldron import picture_row
 from picovlm.data.glyphs import FontFile, GlyphFont, png_bytes
 from picovlm.errors import DataError, PicovlmError
+from picovlm.eval.facts import register_fact_parser
 
 EMOJI_SOURCE = "emoji"
 EMOJI_INSTALL = "apt-get install fonts-noto-color-emoji unicode-data unicode-cldr-core"
@@ -55,7 +57,7 @@ EMOJI_FILES = (
     CLDR_ANNOTATIONS / "annotations" / "en.xml",
     CLDR_ANNOTATIONS / "annotationsDerived" / "en.xml",
 )
-EMOJI_QUESTION = "Describe the image."
+EMOJI_QUESTION = DEFAULT_QUESTION
 MAX_WORDS = 47  # keywords are left out from the end past this
 MAX_KEYWORDS = 8
 
@@ -215,13 +217,9 @@ def make_emoji_rows(n: int | None = None, seed: int = 0, image_size: int = 112) 
         emoji = emoji_list[index]
         code = "-".join(f"{ord(ch):04x}" for ch in emoji.text)
         base = "-".join(f"{ord(ch):04x}" for ch in base_emoji(emoji.text))
-        rows.append({
-            "images": [{"bytes": png, "path": f"emoji-{code}.png"}],
-            "texts": [{"user": EMOJI_QUESTION, "assistant": emoji_answer(emoji, rng.randrange(len(TEMPLATES))),
-                       "source": EMOJI_SOURCE}],
-            "fields": json.dumps(emoji_fields(emoji), sort_keys=True),
-            "group": f"{EMOJI_SOURCE}/{base}",
-        })  # fmt: skip
+        answer = emoji_answer(emoji, rng.randrange(len(TEMPLATES)))
+        name, facts, group = f"emoji-{code}.png", emoji_fields(emoji), f"{EMOJI_SOURCE}/{base}"
+        rows.append(picture_row(png, name, EMOJI_QUESTION, answer, EMOJI_SOURCE, facts, group))
     return rows
 
 
@@ -239,3 +237,7 @@ def write_emoji(
     return save_rows(
         make_emoji_rows(n, seed, image_size), out_dir, seed=seed, split=split, overwrite=overwrite
     )
+
+
+# The answers state each fact of `fields` word for word: evaluation learns them (a ValueMatcher).
+register_fact_parser(EMOJI_SOURCE)

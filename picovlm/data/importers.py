@@ -14,8 +14,9 @@ number in the file); they never stop the import. Image bytes are stored as they 
 
 Every other column of the table (`category`, `colour`, ...) is kept as the row's facts, JSON in the
 `fields` column (a JSONL row may also give a `fields` object), so field accuracy, the verdict and
-`train.best_metric=gen_field_accuracy` work on the imported data (picovlm/eval/facts.py reads the facts
-back out of generated answers by their values).
+`train.best_metric=gen_field_accuracy` work on the imported data: picovlm/eval/facts.py reads the facts
+back out of generated answers by their values (a ValueMatcher), the reader of any source that registered
+no parser of its own, so imported rows need no registration whatever their `source`.
 
 From another dataset (Hub id + subset, parquet, save_to_disk folder): `import_dataset` loads it with
 load_cauldron (streaming and a row cap for large subsets) and saves a local copy.
@@ -29,12 +30,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.data.cauldron import cauldron_features, load_cauldron, materialize, save_cauldron
 from picovlm.errors import DataError
-from picovlm.eval.facts import facts_from_columns
 from picovlm.utils import ProgressFn, no_progress
-
-DEFAULT_QUESTION = "Describe the image."
 
 
 @dataclass
@@ -115,7 +114,7 @@ def import_folder(
         fact_columns = list(dict.fromkeys(k for _, row in table_rows for k in row if k not in not_facts))
     for line_number, row in table_rows:
         report.rows_read += 1
-        progress(report.rows_read, None, "importing rows")
+        progress(report.rows_read, len(table_rows), "importing rows")
         if "__error__" in row:
             report.skip(line_number, row["__error__"])
             continue
@@ -148,6 +147,17 @@ def import_folder(
         del columns["fields"]
     dataset = Dataset.from_dict(columns, features=cauldron_features(group=True, fields=has_facts))
     return dataset, report
+
+
+def facts_from_columns(row: dict, columns: list[str]) -> dict[str, str]:
+    """The extra table columns of an imported row as its facts (empty cells left out)."""
+    facts = {}
+    for column in columns:
+        value = row.get(column)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        facts[column] = value.strip() if isinstance(value, str) else str(value)
+    return facts
 
 
 def _row_turns(

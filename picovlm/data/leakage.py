@@ -24,7 +24,7 @@ import io
 from dataclasses import dataclass
 
 from picovlm.data.cauldron import image_bytes, image_hash, iter_column_batches, split_names
-from picovlm.data.check import normalize_answer
+from picovlm.data.check import squeeze_lower
 from picovlm.errors import DataError
 
 # Above this share of a held-out split's rows sharing an image with training, training refuses to start
@@ -100,7 +100,7 @@ def row_fingerprints(dataset, by_pixels: bool) -> list[tuple[frozenset[str], str
         for images, texts in zip(batch["images"], batch["texts"]):
             hashes = frozenset(content_hash(image_bytes(image)) for image in images or [])
             answer = " ".join(t.get("assistant") or "" for t in texts or [] if isinstance(t, dict))
-            rows.append((hashes, normalize_answer(answer)))
+            rows.append((hashes, squeeze_lower(answer)))
     return rows
 
 

@@ -1,6 +1,6 @@
 """Real-image datasets that are available offline: Fashion-MNIST from Debian's `dataset-fashion-mnist`.
 
-The demo set (picovlm/data/demo.py) is drawn by a program. This module builds a second set from real
+The demo set of scenes (picovlm/data/scenes.py) is drawn by a program. This module builds a second set from real
 photographs: Fashion-MNIST, 70,000 grayscale product photos from Zalando's catalogue (28 x 28 pixels,
 ten kinds of clothing, MIT/Expat licence), which Debian ships as a 31 MB package:
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import random
 import re
 from pathlib import Path
@@ -45,15 +44,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from picovlm.config import DEFAULT_QUESTION
+from picovlm.data.cauldron import picture_row, rows_to_dataset
 from picovlm.data.cjk import CJK_INSTALL, CJK_SOURCE, write_cjk
 from picovlm.data.emoji import EMOJI_INSTALL, EMOJI_SOURCE, write_emoji
 from picovlm.data.realsets_games import GAME_SETS
 from picovlm.errors import DataError, PicovlmError
+from picovlm.eval.facts import register_fact_parser
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
 FASHION_SOURCE = "fashion-mnist"
-FASHION_QUESTION = "Describe the image."  # the same fixed question as the demo set
+FASHION_QUESTION = DEFAULT_QUESTION  # the same fixed question as the demo set
 FASHION_FILES = {  # split -> (images file, labels file), as named by the dataset and the Debian package
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "t10k": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -290,17 +292,14 @@ def make_fashion_rows(
         images, labels = parts[split]
         pixels = images[index]
         fields = photo_fields(pixels, int(labels[index]))
-        fields_json = json.dumps(fields, sort_keys=True)
         group = f"{FASHION_SOURCE}/{split}/{index:05d}"  # one photo = one group, mirrored copy included
         for mirrored in [False, True] if mirror else [False]:
             answer = fashion_answer(fields, rng.randrange(len(OPENINGS)), rng.randrange(len(BODIES)))
-            rows.append({
-                "images": [{"bytes": _png(Image.fromarray(pixels, "L"), image_size, mirrored),
-                            "path": f"{split}-{index:05d}{'-mirrored' if mirrored else ''}.png"}],
-                "texts": [{"user": FASHION_QUESTION, "assistant": answer, "source": FASHION_SOURCE}],
-                "fields": fields_json,
-                "group": group,
-            })  # fmt: skip
+            file_name = f"{split}-{index:05d}{'-mirrored' if mirrored else ''}.png"
+            picture = _png(Image.fromarray(pixels, "L"), image_size, mirrored)
+            rows.append(
+                picture_row(picture, file_name, FASHION_QUESTION, answer, FASHION_SOURCE, fields, group)
+            )
     return rows
 
 
@@ -315,30 +314,19 @@ def _pair_rows(parts: dict, photos: list[tuple[str, int]], image_size: int, mirr
         fields = pair_fields(*(facts[::-1] if mirrored else facts))  # mirroring keeps each photo's facts
         answer = pair_answer(fields, rng.randrange(len(PAIR_OPENINGS)),
                              (rng.randrange(len(PAIR_SIDE_SENTENCES)), rng.randrange(len(PAIR_SIDE_SENTENCES))))  # fmt: skip
-        rows.append({
-            "images": [{"bytes": _png(picture, image_size, mirrored),
-                        "path": f"{name}{'-mirrored' if mirrored else ''}.png"}],
-            "texts": [{"user": FASHION_QUESTION, "assistant": answer, "source": PAIR_SOURCE}],
-            "fields": json.dumps(fields, sort_keys=True),
-            "group": f"{PAIR_SOURCE}/{name}",  # both photos appear in this picture only
-        })  # fmt: skip
+        file_name = f"{name}{'-mirrored' if mirrored else ''}.png"
+        group = f"{PAIR_SOURCE}/{name}"  # both photos appear in this picture only
+        png = _png(picture, image_size, mirrored)
+        rows.append(picture_row(png, file_name, FASHION_QUESTION, answer, PAIR_SOURCE, fields, group))
     return rows
 
 
-def make_fashion_dataset(
-    n: int = 3000,
-    seed: int = 0,
-    image_size: int = 112,
-    mirror: bool = False,
-    source_dir: str | Path | None = None,
-    pairs: bool = False,
-):
+def make_fashion_dataset(n: int = 3000, **options):
     """n Fashion-MNIST photos (2n rows with mirror) as a datasets.Dataset in the cauldron schema, plus the
-    `fields` and `group` columns. image_size: side of the stored PNG (0 keeps the native 28 pixels, or
-    the 112-pixel design size of a pair picture). pairs: n pictures of two photos side by side."""
-    from picovlm.data.cauldron import rows_to_dataset
-
-    return rows_to_dataset(make_fashion_rows(n, seed, image_size, mirror, source_dir, pairs))
+    `fields` and `group` columns; options are make_fashion_rows's (seed, image_size: side of the stored
+    PNG, 0 keeps the native 28 pixels or the 112-pixel design size of a pair picture; mirror; source_dir;
+    pairs: n pictures of two photos side by side)."""
+    return rows_to_dataset(make_fashion_rows(n, **options))
 
 
 def write_fashion(
@@ -434,8 +422,7 @@ def write_fashion_pairs(out_dir: str | Path, n: int = 3000, **options) -> Path:
 
 
 # The real-image sets, by the name the CLI takes: name -> (writer, install line). Every writer takes
-# (out_dir, n, seed, image_size, split, overwrite); the glyph sets (picovlm/data/emoji.py, cjk.py) read
-# their answers' facts with the generic ValueMatcher, so they need no entry in FIELD_PARSERS.
+# (out_dir, n, seed, image_size, split, overwrite).
 REAL_SETS = {
     FASHION_SOURCE: (write_fashion, FASHION_MNIST_INSTALL),
     PAIR_SOURCE: (write_fashion_pairs, FASHION_MNIST_INSTALL),
@@ -443,5 +430,6 @@ REAL_SETS = {
     CJK_SOURCE: (write_cjk, CJK_INSTALL),
     **GAME_SETS,  # wesnoth, freeciv-flags (picovlm/data/realsets_games.py)
 }
-# The answer parser of each set, by the `source` its rows carry (for field accuracy in evaluation).
-FIELD_PARSERS = {FASHION_SOURCE: extract_fields, PAIR_SOURCE: extract_pair_fields}
+# How evaluation reads each set's answers back into facts, by the `source` its rows carry.
+register_fact_parser(FASHION_SOURCE, extract_fields)
+register_fact_parser(PAIR_SOURCE, extract_pair_fields)

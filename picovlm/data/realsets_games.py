@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import random
 import re
 import unicodedata
@@ -39,8 +38,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from picovlm.data.cauldron import picture_row
 from picovlm.data.split import save_rows
 from picovlm.errors import DataError, PicovlmError
+from picovlm.eval.facts import register_fact_parser
 
 DESIGN_SIZE = 112  # side of the stored picture unless image_size says otherwise
 MIN_WORDS, MAX_WORDS = 10, 50  # every answer's length, in words
@@ -516,32 +517,36 @@ def make_wesnoth_rows(
                 if digest in seen:
                     continue
                 seen.add(digest)
-                rows.append({
-                    "images": [{"bytes": _png(shown, image_size),
-                                "path": path.replace("/", "_")[:-4] + ("-mirrored" if mirrored else "") + ".png"}],
-                    "texts": [{"user": WESNOTH_QUESTION,
-                               "assistant": wesnoth_answer(unit, answer_rng.randrange(len(WESNOTH_OPENINGS))),
-                               "source": WESNOTH_SOURCE}],
-                    "fields": json.dumps(unit.facts(), sort_keys=True),
-                    "group": f"{WESNOTH_SOURCE}/{unit.id}",
-                })  # fmt: skip
+                file_name = path.replace("/", "_")[:-4] + ("-mirrored" if mirrored else "") + ".png"
+                answer = wesnoth_answer(unit, answer_rng.randrange(len(WESNOTH_OPENINGS)))
+                png, facts, group = _png(shown, image_size), unit.facts(), f"{WESNOTH_SOURCE}/{unit.id}"
+                rows.append(
+                    picture_row(png, file_name, WESNOTH_QUESTION, answer, WESNOTH_SOURCE, facts, group)
+                )
     return rows
 
 
-def write_wesnoth(
-    out_dir: str | Path,
-    n: int = 3000,
-    seed: int = 0,
-    image_size: int = DESIGN_SIZE,
-    mirror: bool = False,
-    split: bool = True,
-    source_dir: str | Path | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Build the Wesnoth set and save it to out_dir (train/validation/test grouped by unit when split)."""
-    return save_rows(
-        make_wesnoth_rows(n, seed, image_size, mirror, source_dir), out_dir, seed, split, overwrite
-    )
+def set_writer(make_rows, item: str):
+    """The `picovlm realset` writer of a game set: make_rows' rows saved to out_dir, grouped by `item`
+    into train/validation/test when split (one Dataset otherwise). Returns out_dir."""
+
+    def write(
+        out_dir: str | Path,
+        n: int = 3000,
+        seed: int = 0,
+        image_size: int = DESIGN_SIZE,
+        mirror: bool = False,
+        split: bool = True,
+        source_dir: str | Path | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        return save_rows(make_rows(n, seed, image_size, mirror, source_dir), out_dir, seed, split, overwrite)
+
+    write.__doc__ = f"Build the set of {make_rows.__name__} and save it (split grouped by {item})."
+    return write
+
+
+write_wesnoth = set_writer(make_wesnoth_rows, "unit")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -777,31 +782,14 @@ def make_freeciv_rows(
             if len(rows) >= n:
                 break
             picture = flag_picture(root / "flags" / f"{nation.flag}{suffix}.png", rng, share)
-            rows.append({
-                "images": [{"bytes": _png(picture, image_size), "path": f"{nation.flag}{suffix}.png"}],
-                "texts": [{"user": FREECIV_QUESTION,
-                           "assistant": freeciv_answer(nation, answer_rng.randrange(len(FREECIV_OPENINGS))),
-                           "source": FREECIV_SOURCE}],
-                "fields": json.dumps(nation.facts(), sort_keys=True),
-                "group": f"{FREECIV_SOURCE}/{nation.flag}",
-            })  # fmt: skip
+            answer = freeciv_answer(nation, answer_rng.randrange(len(FREECIV_OPENINGS)))
+            png, name = _png(picture, image_size), f"{nation.flag}{suffix}.png"
+            facts, group = nation.facts(), f"{FREECIV_SOURCE}/{nation.flag}"
+            rows.append(picture_row(png, name, FREECIV_QUESTION, answer, FREECIV_SOURCE, facts, group))
     return rows
 
 
-def write_freeciv_flags(
-    out_dir: str | Path,
-    n: int = 3000,
-    seed: int = 0,
-    image_size: int = DESIGN_SIZE,
-    mirror: bool = False,
-    split: bool = True,
-    source_dir: str | Path | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Build the Freeciv flag set and save it to out_dir (train/validation/test grouped by flag)."""
-    return save_rows(
-        make_freeciv_rows(n, seed, image_size, mirror, source_dir), out_dir, seed, split, overwrite
-    )
+write_freeciv_flags = set_writer(make_freeciv_rows, "flag")
 
 
 # name -> (writer, install line), merged into realsets.REAL_SETS
@@ -809,3 +797,7 @@ GAME_SETS = {
     WESNOTH_SOURCE: (write_wesnoth, WESNOTH_INSTALL),
     FREECIV_SOURCE: (write_freeciv_flags, FREECIV_INSTALL),
 }
+
+# The answers state each fact of `fields` word for word: evaluation learns them (a ValueMatcher).
+register_fact_parser(WESNOTH_SOURCE)
+register_fact_parser(FREECIV_SOURCE)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from picovlm.data.cauldron import image_bytes, image_hash, iter_column_batches, row_sources
-from picovlm.data.check import count_tokens, near_duplicate_pairs, normalize_answer
+from picovlm.data.check import count_tokens, near_duplicate_pairs, squeeze_lower
 
 
 def dataset_stats(dataset, tokenizer=None, near_duplicate_threshold: float = 0.8, bins: int = 20) -> dict:
@@ -38,12 +38,12 @@ def dataset_stats(dataset, tokenizer=None, near_duplicate_threshold: float = 0.8
         "images": n_images,
         "sources": dict(sources.most_common()),
         "answer_words": _summary(words, bins),
-        "vocabulary_size": len({word for answer in answers for word in normalize_answer(answer).split()}),
+        "vocabulary_size": len({word for answer in answers for word in squeeze_lower(answer).split()}),
     }
     if tokenizer is not None:
         stats["answer_tokens"] = _summary(np.array(count_tokens(answers, tokenizer), dtype=np.int64), bins)
     near = near_duplicate_pairs(answers, near_duplicate_threshold)
-    exact = len(answers) - len({normalize_answer(a) for a in answers})
+    exact = len(answers) - len({squeeze_lower(a) for a in answers})
     repeated_images = sum(count - 1 for count in image_counts.values())
     stats["redundancy"] = {
         "duplicate_answers": exact,

@@ -38,6 +38,7 @@ from PIL import Image
 
 from picovlm.errors import DataError, PicovlmError
 from picovlm.eval import metrics as M
+from picovlm.eval.facts import fact_parser_for
 from picovlm.generation import GenerationConfig, generation_config
 from picovlm.utils import ProgressFn, no_progress
 
@@ -406,11 +407,21 @@ def _load_items(data_dir, split: str, max_items: int | None, progress: ProgressF
     return dataset, items
 
 
-def detect_extract_fields(*datasets) -> M.ExtractFields | None:
-    """The reader of answers' facts for these rows (picovlm.eval.facts.fact_parser_for), else None."""
-    from picovlm.eval.facts import fact_parser_for
+def _load_train_split(data_dir, train_split: str | None):
+    """The training split; None when there is none or it is empty (the train-side metrics are skipped)."""
+    from picovlm.data.cauldron import load_cauldron
 
-    return fact_parser_for(*datasets)
+    if not train_split:
+        return None
+    try:
+        train = load_cauldron(data_dir, split=train_split)
+    except DataError:
+        return None
+    return train if len(train) else None
+
+
+# The old name of picovlm.eval.facts.fact_parser_for, kept for code written against it.
+detect_extract_fields = fact_parser_for
 
 
 def load_model(path: str | Path, device: str = "cpu", threads: int | None = None):
@@ -478,19 +489,10 @@ def evaluate(
     config = generation_config(generation or getattr(model, "generation", None), **generation_options)
     generation = {"generation": config}  # what generate_answers and image_reliance pass to model.answer
 
-    from picovlm.data.cauldron import load_cauldron
-
     dataset, items = _load_items(data_dir, split, max_items, progress)
-    train = None
-    if train_split:
-        try:
-            train = load_cauldron(data_dir, split=train_split)
-        except DataError:
-            train = None  # no training split: skip the train-side metrics
-    if train is not None and len(train) == 0:
-        train = None
+    train = _load_train_split(data_dir, train_split)
     if extract_fields == "auto":  # the facts' values are learned from both splits
-        extract_fields = detect_extract_fields(dataset, train)
+        extract_fields = fact_parser_for(dataset, train)
     # Training answers come from the text column alone: no image is decoded for them.
     train_answers = None
     if train is not None:
@@ -515,22 +517,8 @@ def evaluate(
     baselines: dict[str, Any] = {}
     if baseline == "nearest" and train is not None:
         progress(len(items), len(items), "nearest-neighbour baseline")
-        train_items, train_pixels, train_vision = lookup_index(train, model)
-        test_vision = vision_features(model, items, center=False)
-        vision_mean = train_vision.mean(axis=0)  # the direction every image shares
-        spaces = {
-            "nearest-pixels": (pixel_features(items), train_pixels),
-            "nearest-vision": (_unit(test_vision - vision_mean), _unit(train_vision - vision_mean)),
-        }
-        for baseline_name, (test_vectors, train_vectors) in spaces.items():
-            looked_up = nearest_answers(items, train_items, test_vectors, train_vectors)
-            b_metrics, b_rows = score_answers(items, looked_up, train_answers, extract_fields)
-            baselines[baseline_name] = {"metrics": add_verdict(b_metrics), "items": b_rows}
-        best = max(baselines, key=lambda b: baselines[b]["metrics"]["token_f1"])
-        metrics["baseline_token_f1"] = baselines[best]["metrics"]["token_f1"]
-        metrics["baseline_name"] = best
-        if "field_accuracy" in baselines[best]["metrics"]:
-            metrics["baseline_field_accuracy"] = baselines[best]["metrics"]["field_accuracy"]
+        baselines = nearest_baselines(model, items, train, train_answers, extract_fields)
+        metrics.update(best_baseline(baselines))
     elif baseline == "nearest":
         raise DataError(f"--baseline nearest needs a training split: {data_dir} has no split {train_split!r}")
 
@@ -551,6 +539,36 @@ def evaluate(
             if item.image_key not in result["thumbnails"]:
                 result["thumbnails"][item.image_key] = thumbnail_data_uri(item.images[0])
     return result
+
+
+def nearest_baselines(
+    model, items: Sequence[EvalItem], train, train_answers, extract_fields: M.ExtractFields | None
+) -> dict[str, Any]:
+    """The nearest-neighbour lookup in two spaces, each scored like the model: {"nearest-pixels",
+    "nearest-vision"} -> {"metrics" (with their verdict), "items"}."""
+    train_items, train_pixels, train_vision = lookup_index(train, model)
+    test_vision = vision_features(model, items, center=False)
+    vision_mean = train_vision.mean(axis=0)  # the direction every image shares
+    spaces = {
+        "nearest-pixels": (pixel_features(items), train_pixels),
+        "nearest-vision": (_unit(test_vision - vision_mean), _unit(train_vision - vision_mean)),
+    }
+    baselines = {}
+    for baseline_name, (test_vectors, train_vectors) in spaces.items():
+        looked_up = nearest_answers(items, train_items, test_vectors, train_vectors)
+        b_metrics, b_rows = score_answers(items, looked_up, train_answers, extract_fields)
+        baselines[baseline_name] = {"metrics": add_verdict(b_metrics), "items": b_rows}
+    return baselines
+
+
+def best_baseline(baselines: dict[str, Any]) -> dict[str, Any]:
+    """The stronger lookup's scores under the keys the verdict reads ("baseline_token_f1",
+    "baseline_name", "baseline_field_accuracy" where the rows have facts)."""
+    best = max(baselines, key=lambda b: baselines[b]["metrics"]["token_f1"])
+    scores = {"baseline_token_f1": baselines[best]["metrics"]["token_f1"], "baseline_name": best}
+    if "field_accuracy" in baselines[best]["metrics"]:
+        scores["baseline_field_accuracy"] = baselines[best]["metrics"]["field_accuracy"]
+    return scores
 
 
 def evaluate_many(

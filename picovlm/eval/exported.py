@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.errors import PicovlmError
 from picovlm.generation import GenerationConfig
 
@@ -63,7 +64,7 @@ class ExportedModel:
     def answer(
         self,
         images,
-        questions: str | Sequence[str] = "Describe the image.",
+        questions: str | Sequence[str] = DEFAULT_QUESTION,
         generation: GenerationConfig | None = None,
         **options: Any,
     ):

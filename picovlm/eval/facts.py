@@ -4,12 +4,18 @@ Every dataset may state its rows' facts as JSON in a `fields` column ({"category
 "level": "2"}); field accuracy then asks whether a generated answer states the same values. Two kinds
 of reader turn an answer into facts:
 
-  * a parser written for a set's own templates, registered by the `source` its rows carry
-    (`register_fact_parser`; the demo scenes and the Fashion-MNIST sets register theirs);
-  * for any other data, `ValueMatcher`: it learns each fact's known values from the rows (and the words
+  * a parser written for a set's own templates (the demo scenes', Fashion-MNIST's);
+  * `ValueMatcher`, for any other data: it learns each fact's known values from the rows (and the words
     around each value in the reference answers) and finds them in an answer.
 
-`fact_parser_for(dataset, ...)` picks one of them for a dataset, or None when it has no facts.
+The registry is the seam between evaluation and the datasets: each dataset module declares, by the
+`source` its rows' turns carry, how its answers are read (`register_fact_parser(source, parser)`, or
+`register_fact_parser(source)` for "a ValueMatcher over my `fields`"), and `fact_parser_for(dataset,
+...)` picks the reader for rows. Evaluation, training and export call only that, so they name no
+dataset. The built-in sets register themselves when imported; picovlm/data/registry.py lists them, and
+`fact_parser_for` imports that list once. Rows from `picovlm data import` (any source) and any source
+nobody registered get the ValueMatcher when they have `fields`.
+
 Pure Python: no torch, so the runtime and a notebook can use it.
 """
 
@@ -24,25 +30,28 @@ from picovlm.eval.metrics import normalize_answer
 
 ExtractFields = Callable[[str], dict[str, Any]]
 
-_PARSERS: dict[str, ExtractFields] = {}
+# source -> its parser; None: the set's facts are learned from its `fields` (a ValueMatcher)
+_PARSERS: dict[str, ExtractFields | None] = {}
 
 
-def register_fact_parser(source: str, parser: ExtractFields) -> None:
-    """Read the facts of answers from rows whose turns carry `source` with `parser` (answer -> facts)."""
+def register_fact_parser(source: str, parser: ExtractFields | None = None) -> None:
+    """Read the facts of answers from rows whose turns carry `source` with `parser` (answer -> facts);
+    without a parser, with a ValueMatcher learnt from the rows' `fields` (what unregistered sources get
+    too: registering says so out loud, and lets a test check that every built-in set did)."""
     _PARSERS[source] = parser
 
 
 def registered_parser(source: str | None) -> ExtractFields | None:
-    _load_builtin_parsers()
-    return _PARSERS.get(source) if source else None
+    """The parser registered for `source`, None when it has none (its facts are then learned)."""
+    return registered_sources().get(source) if source else None
 
 
-def _load_builtin_parsers() -> None:
-    """The built-in sets' parsers: the demo scenes' and each real set's (realsets.FIELD_PARSERS)."""
-    from picovlm.data import demo, realsets
+def registered_sources() -> dict[str, ExtractFields | None]:
+    """Every registered source and its parser (None: learned from `fields`), built-in sets included."""
+    from picovlm.data.registry import load_builtin_datasets
 
-    for source, parser in {demo.DEMO_SOURCE: demo.extract_fields, **realsets.FIELD_PARSERS}.items():
-        _PARSERS.setdefault(source, parser)
+    load_builtin_datasets()  # they register on import; a no-op after the first call
+    return dict(_PARSERS)
 
 
 class ValueMatcher:
@@ -150,14 +159,3 @@ def fact_parser_for(*datasets) -> ExtractFields | None:
                 rows.append((facts, _first_answer(row)))
     matcher = ValueMatcher(rows)
     return matcher if matcher.names else None
-
-
-def facts_from_columns(row: dict, columns: Iterable[str]) -> dict[str, str]:
-    """The extra table columns of an imported row as its facts (empty cells left out)."""
-    facts = {}
-    for column in columns:
-        value = row.get(column)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        facts[column] = value.strip() if isinstance(value, str) else str(value)
-    return facts

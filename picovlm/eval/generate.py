@@ -16,10 +16,9 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.errors import PicovlmError
 from picovlm.generation import GenerationConfig
-
-DEFAULT_QUESTION = "Describe the image."
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:

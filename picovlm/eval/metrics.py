@@ -275,7 +275,7 @@ def field_accuracy(
     """Share of the reference's facts that the prediction states with the same value.
 
     `extract_fields(text) -> {"background": "white", "objects": [{"colour": "red", ...}], ...}` reads the
-    facts out of an answer (for the demo set: `picovlm.data.demo.extract_fields`); nested facts are
+    facts out of an answer (`picovlm.eval.facts.fact_parser_for` picks it for a dataset); nested facts are
     compared leaf by leaf. Returns {"all": overall share, "<field>": share per field}. A fact the
     prediction does not state counts as wrong.
     """
@@ -424,99 +424,110 @@ def collapse_verdict(metrics: dict[str, Any], thresholds: dict[str, float] | Non
     nothing to judge). The sentence lists every finding.
     """
     t = {**THRESHOLDS, **(thresholds or {})}
-    findings: list[tuple[str, str]] = []
-    m = metrics
+    findings = [(status, sentence) for status, check in _FINDINGS if (sentence := check(metrics, t))]
+    if findings:
+        return findings[0][0], "; ".join(sentence for _, sentence in findings)
+    judged = {"top_answer_share", "image_gap_shuffled", "answers_changed_share", "train_test_loss_gap"}
+    if not judged & metrics.keys():
+        return "unknown", "unknown: no collapse signals were computed"
+    return "healthy", "healthy: answers vary with the image and no collapse signal fired"
 
-    if "top_answer_share" in m:
-        share, ref_share = m["top_answer_share"], m.get("reference_top_answer_share", 0.0)
-        ratio = m["distinct_answer_share"] / max(m.get("reference_distinct_answer_share", 1.0), 1e-9)
-        if share >= t["top_answer_share"] and share >= ref_share + t["top_answer_excess"]:
-            findings.append(("collapsed", f"collapsed: {share:.0%} of test images got the same answer"))
-        elif ratio < t["distinct_ratio"]:
-            n_images = m.get("n_images", m.get("n_items", 0))
-            n_distinct = round(m["distinct_answer_share"] * n_images)
-            findings.append(
-                (
-                    "collapsed",
-                    f"collapsed: only {n_distinct} distinct answers for {n_images} distinct images "
-                    f"(the references have {m.get('reference_distinct_answer_share', 1.0):.0%} distinct)",
-                )
-            )
+
+# Each check reads the metrics it needs (and passes when they are missing): its sentence, else None.
+
+
+def _collapsed(m: dict[str, Any], t: dict[str, float]) -> str | None:
+    if "top_answer_share" not in m:
+        return None
+    share, ref_share = m["top_answer_share"], m.get("reference_top_answer_share", 0.0)
+    ratio = m["distinct_answer_share"] / max(m.get("reference_distinct_answer_share", 1.0), 1e-9)
+    if share >= t["top_answer_share"] and share >= ref_share + t["top_answer_excess"]:
+        return f"collapsed: {share:.0%} of test images got the same answer"
+    if ratio < t["distinct_ratio"]:
+        n_images = m.get("n_images", m.get("n_items", 0))
+        n_distinct = round(m["distinct_answer_share"] * n_images)
+        return (
+            f"collapsed: only {n_distinct} distinct answers for {n_images} distinct images "
+            f"(the references have {m.get('reference_distinct_answer_share', 1.0):.0%} distinct)"
+        )
+    return None
+
+
+def _ignores_image(m: dict[str, Any], t: dict[str, float]) -> str | None:
     if "image_gap_shuffled" in m and m["image_gap_shuffled"] < t["image_gap_nats"]:
         gap = m["image_gap_shuffled"]
         how_much = (
             f"only {gap:.2f} nats/token higher" if gap >= 0.005 else f"no higher ({gap:+.2f} nats/token)"
         )
-        findings.append(("ignores-image", f"ignores the image: loss with shuffled images is {how_much}"))
-    elif "answers_changed_share" in m and m["answers_changed_share"] < t["answers_changed_share"] * m.get(
-        "reference_answers_changed_share", 1.0
-    ):
-        findings.append(
-            (
-                "ignores-image",
-                f"ignores the image: only {m['answers_changed_share']:.0%} of answers change when the "
-                "image is swapped",
-            )
-        )
+        return f"ignores the image: loss with shuffled images is {how_much}"
+    if "answers_changed_share" in m:  # else: answers that stay the same whatever the image
+        changed, limit = m["answers_changed_share"], t["answers_changed_share"]
+        if changed < limit * m.get("reference_answers_changed_share", 1.0):
+            return f"ignores the image: only {changed:.0%} of answers change when the image is swapped"
+    return None
+
+
+def _seen_in_training(m: dict[str, Any], t: dict[str, float]) -> str | None:
     # Rows whose picture the model trained on measure memory: every score below is inflated (a lookup
     # finds the very picture), so this outranks what the scores say. Identical answers alone are only
     # reported (leakage_shared_answer_share): in a set of facts the same sentence fits many pictures.
     leaked = m.get("leakage_shared_image_share")
-    if leaked is not None and leaked > t["leaked_image_share"]:
-        answers = m.get("leakage_shared_answer_rows")
-        findings.append(
-            (
-                "seen-in-training",
-                f"seen in training: {m.get('leakage_shared_image_rows', 0)} of "
-                f"{m.get('leakage_compared_rows', '?')} scored rows ({leaked:.0%}) share a picture with the "
-                "training split"
-                + (f", {answers} an identical answer" if answers is not None else "")
-                + ": these scores measure memory; re-split with `picovlm data split`",
-            )
-        )
+    if leaked is None or leaked <= t["leaked_image_share"]:
+        return None
+    answers = m.get("leakage_shared_answer_rows")
+    return (
+        f"seen in training: {m.get('leakage_shared_image_rows', 0)} of "
+        f"{m.get('leakage_compared_rows', '?')} scored rows ({leaked:.0%}) share a picture with the "
+        "training split"
+        + (f", {answers} an identical answer" if answers is not None else "")
+        + ": these scores measure memory; re-split with `picovlm data split`"
+    )
+
+
+def _recalls_training(m: dict[str, Any], t: dict[str, float]) -> str | None:
     # A model that answers unseen images with training answers word for word is a retrieval system:
     # no better than the nearest-image lookup at best, and it cannot describe a new object.
     copied, ref_copied = m.get("copied_from_train_share"), m.get("reference_copied_from_train_share", 0.0)
-    if copied is not None and copied >= t["copied_share"] and copied >= ref_copied + t["copied_excess"]:
-        findings.append(
-            (
-                "recalls-training",
-                f"recalls training answers: {copied:.0%} of answers are verbatim training answers, "
-                f"while {ref_copied:.0%} of the references are",
-            )
-        )
+    if copied is None or copied < t["copied_share"] or copied < ref_copied + t["copied_excess"]:
+        return None
+    return (
+        f"recalls training answers: {copied:.0%} of answers are verbatim training answers, "
+        f"while {ref_copied:.0%} of the references are"
+    )
+
+
+def _below_baseline(m: dict[str, Any], t: dict[str, float]) -> str | None:
     # Against the lookup, facts decide when both sides have them: answers that share a template give a
     # lookup a high token F1 whatever the image (0.85 on fashion-mnist-pairs), so F1 alone can call a
     # model that states more facts right "below baseline".
     baseline_fields, baseline_f1 = m.get("baseline_field_accuracy"), m.get("baseline_token_f1")
     if baseline_fields is not None and "field_accuracy" in m:
         if m["field_accuracy"] < baseline_fields:
-            findings.append(
-                (
-                    "below-baseline",
-                    f"below baseline: a nearest-image lookup states {baseline_fields:.0%} of the facts "
-                    f"right, the model {m['field_accuracy']:.0%}",
-                )
+            return (
+                f"below baseline: a nearest-image lookup states {baseline_fields:.0%} of the facts "
+                f"right, the model {m['field_accuracy']:.0%}"
             )
-    elif baseline_f1 is not None and "token_f1" in m and m["token_f1"] < baseline_f1:
-        findings.append(
-            (
-                "below-baseline",
-                f"below baseline: a nearest-image lookup scores token-F1 {baseline_f1:.2f}, the model "
-                f"{m['token_f1']:.2f}",
-            )
+        return None
+    if baseline_f1 is not None and "token_f1" in m and m["token_f1"] < baseline_f1:
+        return (
+            f"below baseline: a nearest-image lookup scores token-F1 {baseline_f1:.2f}, the model "
+            f"{m['token_f1']:.2f}"
         )
-    if "train_test_loss_gap" in m and m["train_test_loss_gap"] > t["loss_gap_nats"]:
-        findings.append(
-            (
-                "overfitting",
-                f"overfitting: test loss is {m['train_test_loss_gap']:.2f} nats/token above train loss",
-            )
-        )
+    return None
 
-    if findings:
-        return findings[0][0], "; ".join(sentence for _, sentence in findings)
-    judged = {"top_answer_share", "image_gap_shuffled", "answers_changed_share", "train_test_loss_gap"}
-    if not judged & m.keys():
-        return "unknown", "unknown: no collapse signals were computed"
-    return "healthy", "healthy: answers vary with the image and no collapse signal fired"
+
+def _overfitting(m: dict[str, Any], t: dict[str, float]) -> str | None:
+    if "train_test_loss_gap" in m and m["train_test_loss_gap"] > t["loss_gap_nats"]:
+        return f"overfitting: test loss is {m['train_test_loss_gap']:.2f} nats/token above train loss"
+    return None
+
+
+# The findings from the most serious down: the verdict's status is the first that fires.
+_FINDINGS = (
+    ("collapsed", _collapsed),
+    ("ignores-image", _ignores_image),
+    ("seen-in-training", _seen_in_training),
+    ("recalls-training", _recalls_training),
+    ("below-baseline", _below_baseline),
+    ("overfitting", _overfitting),
+)

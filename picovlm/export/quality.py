@@ -85,12 +85,12 @@ def compare_on_data(
     from picovlm.eval import metrics as M
     from picovlm.eval.evaluate import (
         answer_token_budget,
-        detect_extract_fields,
         generate_answers,
         items_from_rows,
         score_answers,
     )
     from picovlm.eval.exported import ExportedModel
+    from picovlm.eval.facts import fact_parser_for
     from picovlm.generation import GenerationConfig
 
     dataset = load_cauldron(data_dir, split=split, max_rows=n_items)
@@ -103,7 +103,7 @@ def compare_on_data(
             train = load_cauldron(data_dir, split=train_split)
         except DataError:
             train = None
-    extract_fields = detect_extract_fields(dataset, train)
+    extract_fields = fact_parser_for(dataset, train)
     models = {"fp32": ExportedModel.load(fp32_dir), "int8": ExportedModel.load(int8_dir)}
     budget = max_new_tokens or answer_token_budget(models["fp32"], items)
     # Greedy, whatever config the manifests carry: sampled answers would differ by chance, not by int8.

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.errors import PicovlmError
 from picovlm.utils import ProgressFn, atomic_path, atomic_write_text, no_progress
 
@@ -232,7 +233,7 @@ def check_with_transformers(model, out: Path, tolerance: float = 1e-4) -> dict[s
     processor = AutoProcessor.from_pretrained(out, backend="pil")  # PIL resizes as picovlm does
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))
-    question = "Describe the image."
+    question = DEFAULT_QUESTION
     ours = model.prepare_prompts([image], [question])
     theirs = transformers_inputs(processor, [image], [model.retrieval_questions([question], [[image]])[0]])
     if theirs["input_ids"].tolist() != ours["input_ids"].tolist():

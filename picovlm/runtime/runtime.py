@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.data.processor import IGNORE_INDEX, AnswerStream, Processor
 from picovlm.data.tokenizer import load_tokenizer
 from picovlm.errors import PicovlmError
@@ -286,7 +287,7 @@ class Runtime:
     def answer(
         self,
         image,
-        question: str = "Describe the image.",
+        question: str = DEFAULT_QUESTION,
         generation: GenerationConfig | None = None,
         **options,
     ) -> str:

@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from picovlm.config import DEFAULT_QUESTION
 from picovlm.errors import ConfigError
 from picovlm.generation import GenerationConfig
 from picovlm.runtime import ImageError, Runtime, open_image
@@ -279,7 +280,7 @@ async def parse_answer_request(
             415,
             f"content type {content_type!r} is not accepted: use multipart/form-data or application/json.",
         )
-    question = check_question(fields.get("question") or "Describe the image.")
+    question = check_question(fields.get("question") or DEFAULT_QUESTION)
     stream = str(fields.get("stream", "false")).lower() in ("1", "true", "yes")
     return image, question, generation_options(fields, limits, base), stream
 
@@ -319,7 +320,7 @@ def parse_chat_request(data: dict) -> tuple[bytes, str]:
             raise ApiError(400, f"content[{i}] has type {kind!r}: use 'text' or 'image_url'.")
     if len(images) != 1:
         raise ApiError(400, f"send exactly one image_url part (got {len(images)}).")
-    return images[0], check_question(" ".join(t for t in texts if t).strip() or "Describe the image.")
+    return images[0], check_question(" ".join(t for t in texts if t).strip() or DEFAULT_QUESTION)
 
 
 MAX_QUESTION_CHARS = 2000  # a prompt longer than the model was trained on only costs time

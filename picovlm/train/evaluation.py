@@ -19,7 +19,8 @@ import torch
 
 from picovlm.config import TrainConfig, replace
 from picovlm.errors import ConfigError
-from picovlm.eval.evaluate import detect_extract_fields, pixel_baseline, quick_eval
+from picovlm.eval.evaluate import pixel_baseline, quick_eval
+from picovlm.eval.facts import fact_parser_for
 from picovlm.train.checkpoint import save_model
 from picovlm.train.setup import Dist
 from picovlm.train.state import TrainState
@@ -33,7 +34,7 @@ def settle_best_metric(train_cfg: TrainConfig, train_ds, val_ds):
 
     Fails before training, not silently after it, when best/ could never be chosen by best_metric.
     The parser is read once here (from the rows' source) and used by every answer check."""
-    field_parser = detect_extract_fields(train_ds, val_ds) if val_ds is not None else None
+    field_parser = fact_parser_for(train_ds, val_ds) if val_ds is not None else None
     if train_cfg.best_metric == "auto":
         train_cfg = replace(train_cfg, best_metric=resolve_best_metric(train_cfg, val_ds))
     metric = train_cfg.best_metric

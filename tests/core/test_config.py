@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import yaml
 
 from picovlm.config import PRESETS, TrainConfig, VLMConfig, load_config, parse_overrides, preset, save_config
 from picovlm.errors import ConfigError
@@ -79,6 +80,29 @@ def test_unknown_keys_in_an_old_config_warn_instead_of_failing(tmp_path):
     with pytest.warns(UserWarning, match="lm_use_tokens"):
         cfg = build_vlm_config(json.loads(json.dumps(values)))
     assert cfg == preset("tiny")
+
+
+def test_retired_fields_in_old_files_load_quietly(tmp_path, caplog):
+    """vit_model_type, lm_model_type and lm_tokenizer were written by older versions and read by none:
+    an old run's config.yaml and an old model folder's config.json still load, with a debug note only."""
+    import logging
+    import warnings
+
+    from picovlm.config import build_vlm_config
+
+    old = {"vit_model_type": "google/siglip-base-patch16-224", "lm_model_type": "HuggingFaceTB/SmolLM2-135M",
+           "lm_tokenizer": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # fmt: skip
+    run_config = tmp_path / "config.yaml"
+    run_config.write_text(yaml.safe_dump({"preset": "tiny", "model": old, "train": {"max_steps": 3}}))
+    model_config = tmp_path / "config.json"
+    model_config.write_text(json.dumps({**preset("tiny").to_dict(), **old}))
+    with warnings.catch_warnings(), caplog.at_level(logging.DEBUG, logger="picovlm.config"):
+        warnings.simplefilter("error")  # not even a warning
+        model_cfg, train_cfg = load_config(path=run_config)
+        from_folder = build_vlm_config(json.loads(model_config.read_text()), str(model_config))
+    assert model_cfg == from_folder == preset("tiny") and train_cfg.max_steps == 3
+    assert "lm_tokenizer" in caplog.text
+    assert not set(old) & set(preset("tiny").to_dict())  # gone from what new files hold
 
 
 def test_values_of_the_wrong_type_are_config_errors():

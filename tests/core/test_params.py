@@ -87,7 +87,7 @@ def test_params_reports_the_model_the_default_recipe_trains(capsys):
 
 def test_params_with_data_counts_the_bpe_the_trainer_would_train(tmp_path, capsys):
     from picovlm.data.cauldron import load_cauldron
-    from picovlm.data.demo import write_demo
+    from picovlm.data.scenes import write_demo
     from picovlm.data.tokenizer import train_tokenizer
     from picovlm.train.loop import training_texts
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from picovlm.data.cauldron import cauldron_features
-from picovlm.data.demo import make_demo_dataset, write_demo
+from picovlm.data.scenes import make_demo_dataset, write_demo
 
 QUESTION = "Describe the image."
 LONG_ANSWER = (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from picovlm.data.demo import make_demo_dataset
 from picovlm.data.pipeline import CauldronTorchDataset, ResumableSampler, make_dataloader
+from picovlm.data.scenes import make_demo_dataset
 
 BATCH = 32
 

@@ -4,8 +4,8 @@ from collections import Counter
 import pytest
 
 from picovlm.data.cauldron import load_cauldron, save_cauldron
-from picovlm.data.demo import make_demo_dataset
 from picovlm.data.mix import MixInput, mix_datasets
+from picovlm.data.scenes import make_demo_dataset
 from picovlm.data.stats import dataset_stats, format_stats, plot_histograms
 from picovlm.errors import DataError
 

@@ -39,7 +39,7 @@ from picovlm.data.realsets import (
 )
 from picovlm.data.split import find_leaks, split_dataset
 from picovlm.errors import DataError, PicovlmError
-from picovlm.eval.evaluate import detect_extract_fields
+from picovlm.eval.facts import fact_parser_for
 from picovlm.eval.metrics import field_accuracy
 
 needs_package = pytest.mark.usefixtures("fashion_mnist")  # fails where Debian's package is missing
@@ -267,7 +267,7 @@ def test_pair_set_is_factual_and_its_pictures_are_told_apart(tmp_path, capsys):
     splits = load_cauldron_splits(out)
     assert find_leaks(splits) == {"image": 0, "group": 0}
     rows = [row for split in splits.values() for row in split]
-    assert detect_extract_fields(splits["test"]) is extract_pair_fields
+    assert fact_parser_for(splits["test"]) is extract_pair_fields
     for row in rows:
         turn = row["texts"][0]
         assert (turn["user"], turn["source"]) == (FASHION_QUESTION, PAIR_SOURCE)

@@ -37,8 +37,7 @@ from picovlm.data.emoji import (
 from picovlm.data.glyphs import FontFile, GlyphFont
 from picovlm.data.split import find_leaks
 from picovlm.errors import DataError, PicovlmError
-from picovlm.eval.evaluate import detect_extract_fields
-from picovlm.eval.facts import ValueMatcher
+from picovlm.eval.facts import ValueMatcher, fact_parser_for
 from picovlm.eval.metrics import field_accuracy, flatten_fields
 
 needs_emoji = pytest.mark.usefixtures("emoji_sources")
@@ -291,7 +290,7 @@ def test_field_accuracy_of_the_references_is_1_and_a_wrong_answer_scores_less(tm
     out = tmp_path / name
     assert main(["realset", name, "--out", str(out), "--n", str(n)]) == 0
     splits = load_cauldron_splits(out)
-    reader = detect_extract_fields(splits["test"], splits["train"])
+    reader = fact_parser_for(splits["test"], splits["train"])
     assert isinstance(reader, ValueMatcher)
     references = [texts[0]["assistant"] for texts in splits["test"]["texts"]]
     assert field_accuracy(references, references, reader)["all"] == 1.0

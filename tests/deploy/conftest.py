@@ -21,7 +21,7 @@ def trained_model_dir(tmp_path_factory) -> Path:
     import torch
 
     from picovlm.config import preset
-    from picovlm.data.demo import make_demo_row
+    from picovlm.data.scenes import make_demo_row
     from picovlm.data.tokenizer import train_tokenizer
     from picovlm.model.vlm import VLM
 
@@ -80,7 +80,7 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path]:
     model's own validation data through it.
     """
     from picovlm.config import load_config
-    from picovlm.data.demo import write_demo
+    from picovlm.data.scenes import write_demo
     from picovlm.train.loop import train
 
     root = tmp_path_factory.mktemp("trained-run")

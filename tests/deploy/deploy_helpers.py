@@ -13,7 +13,7 @@ from PIL import Image
 
 
 def demo_image(index: int, seed: int = 1) -> Image.Image:
-    from picovlm.data.demo import make_demo_row
+    from picovlm.data.scenes import make_demo_row
 
     return Image.open(io.BytesIO(make_demo_row(seed, index, image_size=64)["images"][0]["bytes"])).convert(
         "RGB"

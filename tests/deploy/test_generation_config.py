@@ -17,7 +17,7 @@ EVAL = dict(split="test", train_split=None, max_items=6, swap_items=2, thumbnail
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
-    from picovlm.data.demo import write_demo
+    from picovlm.data.scenes import write_demo
 
     return write_demo(tmp_path_factory.mktemp("gen-data") / "data", n=60, seed=3, image_size=32)
 

@@ -160,7 +160,7 @@ def test_pixel_features_are_unit_length_and_find_the_same_picture(square_rows):
 def test_demo_set_gets_field_accuracy_automatically(tmp_path):
     """On `picovlm demo` data, evaluate finds the demo's field parser and reports facts right."""
     from picovlm.config import preset
-    from picovlm.data.demo import write_demo
+    from picovlm.data.scenes import write_demo
     from picovlm.data.tokenizer import train_tokenizer
     from picovlm.model.vlm import VisionLanguageModel
 

@@ -143,7 +143,7 @@ def test_copied_from_train_share_and_loss_gap():
 
 
 def test_field_accuracy_with_demo_extractor():
-    from picovlm.data.demo import extract_fields
+    from picovlm.data.scenes import extract_fields
 
     ref = "The image shows two shapes on a white background. A large red circle is at the top left. A small blue star is at the center."
     # right: count, background, object 1 (4 facts); wrong: object 2 colour -> 6 + 3 of 4 = 9/10

@@ -43,7 +43,7 @@ def city_rows() -> list[dict]:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     from picovlm.data.cauldron import save_cauldron
-    from picovlm.data.demo import make_demo_dataset
+    from picovlm.data.scenes import make_demo_dataset
 
     path = tmp_path_factory.mktemp("data") / "demo"
     save_cauldron(make_demo_dataset(8, seed=1, image_size=32), path)

