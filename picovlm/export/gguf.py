@@ -270,18 +270,25 @@ def llama_mtmd_command(cli: str, gguf_dir, image_path, question: str, max_new_to
 
 
 def llama_mtmd_answer(
-    cli: str, gguf_dir, image_path, question: str, max_new_tokens: int, threads: int = 1
+    cli: str, gguf_dir, image_path, question: str, max_new_tokens: int, threads: int = 1, tries: int = 5
 ) -> str:
-    """llama-mtmd-cli's greedy answer (the text it prints, without the end token)."""
+    """llama-mtmd-cli's greedy answer: the text it prints after the marker, newlines at either end dropped
+    (it prints its own around the answer and at the end token, which an answer's own cannot be told from).
+
+    llama.cpp logs through a queue that a worker thread drains, and does not drain it at exit: on a busy
+    machine the printed answer is sometimes cut short (its own newlines at the very end missing, exit 0).
+    Greedy answers are deterministic, so such a run is simply run again."""
     import subprocess
 
     env = {**os.environ, "MTMD_TEST_RESPONSE_MARKER": RESPONSE_MARKER}
     command = llama_mtmd_command(cli, gguf_dir, image_path, question, max_new_tokens, threads)
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    if done.returncode != 0 or RESPONSE_MARKER not in done.stdout:
-        raise PicovlmError(f"llama-mtmd-cli failed (exit {done.returncode}): {done.stderr[-2000:]}")
-    answer = done.stdout.split(RESPONSE_MARKER, 1)[1]
-    return answer[1:-1] if answer.startswith("\n") and answer.endswith("\n") else answer
+    for _ in range(tries):
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        if done.returncode != 0:
+            raise PicovlmError(f"llama-mtmd-cli failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        if RESPONSE_MARKER in done.stdout and done.stdout.endswith("\n\n"):  # printed to the end
+            return done.stdout.split(RESPONSE_MARKER, 1)[1].strip("\n")
+    raise PicovlmError(f"llama-mtmd-cli's output was cut short {tries} times: {done.stdout[-500:]!r}")
 
 
 def llama_cpp_tokenize(tool: str, gguf_dir, text: str) -> list[int]:

@@ -200,15 +200,17 @@ def test_llama_mtmd_cli_answers_equal_picovlms_on_32_held_out_pictures(trained_m
     expected = model.generate(
         **model.prepare_prompts(images, [QUESTION] * N_IMAGES), max_new_tokens=MAX_NEW_TOKENS
     )
+    eos, answers = model.cfg.eos_token_id, []
     for index, (image, row) in enumerate(zip(images, expected.tolist())):
         path = tmp_path / f"{index}.png"
         picture_for_llama_cpp(image, model.cfg.vit_img_size).save(path)
         got = llama_mtmd_answer(llama_cpp_tool("llama-mtmd-cli"), gguf_dir, path, QUESTION, MAX_NEW_TOKENS)
-        assert got == model.tokenizer.decode(
-            _until_eos(row, model.cfg.eos_token_id), skip_special_tokens=False
-        ), f"picture {index}"
-        ids = model.tokenizer.tokenizer.encode(got, add_special_tokens=False).ids
-        assert ids == _until_eos(row, model.cfg.eos_token_id)  # the same text is the same tokens here
+        ours = model.tokenizer.decode(_until_eos(row, eos), skip_special_tokens=False).strip("\n")
+        assert got == ours, f"picture {index}"
+        # the same text, and that text encodes to picovlm's very tokens: llama.cpp picked those tokens
+        assert model.tokenizer.tokenizer.encode(got, add_special_tokens=False).ids == _until_eos(row, eos)
+        answers.append(got)
+    assert len(set(answers)) >= 3 and sum(eos in row for row in expected.tolist()) >= N_IMAGES // 2
 
 
 def _until_eos(tokens: list[int], eos: int) -> list[int]:
