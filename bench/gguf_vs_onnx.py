@@ -1,8 +1,8 @@
 """llama.cpp (GGUF) against picovlm's ONNX runtime: one core, a 50-token answer, latency and peak RSS.
 
 The models of bench/deploy_budget.py (random weights; a 2,048-token byte-level BPE trained on demo answers;
-the preset's own vocabulary rows), exported by `picovlm.export.gguf` (fp32) and by `picovlm export` (ONNX
-fp32 and int8). Each backend runs as its own process pinned to core 0 (`taskset -c 0`), one thread, on
+the preset's own vocabulary rows), exported by `picovlm.export.gguf` (fp32, and q8_0: the language model's
+matrices in llama.cpp's 8-bit blocks, the mmproj fp32) and by `picovlm export` (ONNX fp32 and int8). Each backend runs as its own process pinned to core 0 (`taskset -c 0`), one thread, on
 one 224 px picture, generating exactly 50 tokens (end token ignored):
 
     process   start -> exit of a one-shot CLI answer (load included), and its peak RSS (VmHWM, from wait4)
@@ -23,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,46 +36,54 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_N
 
 
 def timed_process(command: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
-    """Run pinned to core 0; return (result, wall seconds, peak RSS MB of that process alone)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        ["taskset", "-c", "0", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
-    )
-    out, err = proc.stdout.read(), proc.stderr.read()  # small outputs: no pipe deadlock
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return subprocess.CompletedProcess(command, proc.returncode, out, err), wall, usage.ru_maxrss / 1024
+    """Run pinned to core 0; return (result, wall seconds, peak RSS MB of that process alone).
+
+    The peak comes from GNU time (%M), whose child starts from time's few MB: wait4 here would report this
+    Python process's own peak, which Linux carries across exec. Output goes to files, not pipes: llama.cpp
+    loses the end of its output at exit far more often into a pipe (picovlm.export.gguf.llama_mtmd_answer)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rss, out, err = (Path(tmp) / name for name in ("rss", "out", "err"))
+        started = time.perf_counter()
+        with out.open("w") as stdout, err.open("w") as stderr:
+            code = subprocess.run(
+                ["/usr/bin/time", "-o", str(rss), "-f", "%M", "taskset", "-c", "0", *command],
+                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=ENV,
+            ).returncode  # fmt: skip
+        wall = time.perf_counter() - started
+        rss_kb = rss.read_text().strip().splitlines()[-1]
+        result = subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
+    return result, wall, int(rss_kb) / 1024 if rss_kb.isdigit() else float("nan")
 
 
-def llama_cpp_timings(stderr: str) -> dict[str, float]:
-    """ms figures llama-mtmd-cli prints: image encode/decode, prompt eval, eval (one line each)."""
-    found = {}
-    for key, pattern in {
-        "image_encode_ms": r"image slice encoded in (\d+) ms",
-        "image_decode_ms": r"image decoded \(batch \d+/\d+\) in (\d+) ms",
-        "load_ms": r"load time =\s+([\d.]+) ms",
-        "prompt_eval_ms": r"prompt eval time =\s+([\d.]+) ms",
-        "eval_ms": r"\beval time =\s+([\d.]+) ms",
-    }.items():
-        values = re.findall(pattern, stderr)
-        if values:
-            found[key] = float(values[-1])
-    return found
+def log_seconds(stderr: str, text: str) -> float | None:
+    """When llama.cpp logged the first line holding `text`: its -lv 4 prefix is minutes.seconds.ms.us."""
+    for line in stderr.splitlines():
+        stamp = re.match(r"(\d+)\.(\d+)\.(\d+)\.(\d+) ", line)
+        if stamp and text in line:
+            minutes, seconds, ms, us = (int(g) for g in stamp.groups())
+            return minutes * 60 + seconds + ms / 1e3 + us / 1e6
+    return None
 
 
-def run_llama_cpp(cli: str, gguf_dir: Path, image: Path) -> dict:
-    from picovlm.export.gguf import llama_mtmd_command
+def run_llama_cpp(cli: str, gguf_dir: Path, image: Path, tries: int = 5) -> dict:
+    """One-shot llama-mtmd-cli. answer = from the line it logs before reading the picture ("experimental
+    CLI") to its first timing line, logged after the 50th token: picture in -> last token, load excluded.
+    (Its own per-phase timings overlap one another, so they are not summed.)"""
+    from picovlm.export.gguf import LLAMA_CPP_LAST_LOG, llama_mtmd_command
 
-    command = llama_mtmd_command(cli, gguf_dir, image, QUESTION, NEW_TOKENS, threads=1) + ["--ignore-eos"]
-    result, wall, rss = timed_process(command)
-    if result.returncode != 0:
-        return {"error": result.stderr.strip().splitlines()[-3:]}
-    t = llama_cpp_timings(result.stderr)
-    answer_ms = sum(
-        t.get(k, 0.0) for k in ("image_encode_ms", "image_decode_ms", "prompt_eval_ms", "eval_ms")
-    )
-    return {"process_s": wall, "answer_s": answer_ms / 1000, "peak_rss_mb": rss, **t}
+    command = llama_mtmd_command(cli, gguf_dir, image, QUESTION, NEW_TOKENS, threads=1)
+    command += ["--ignore-eos", "-lv", "4"]  # 50 tokens whatever the weights; -lv 4: timestamps, timings
+    for _ in range(tries):  # llama.cpp may drop its last log lines at exit (see llama_mtmd_answer): rerun
+        result, wall, rss = timed_process(command)
+        if result.returncode != 0:
+            return {"error": result.stderr.strip().splitlines()[-3:]}
+        start = log_seconds(result.stderr, "experimental CLI")
+        end = log_seconds(result.stderr, "llama_perf_context_print")
+        if LLAMA_CPP_LAST_LOG in result.stderr and start is not None and end is not None:
+            encode = re.search(r"mtmd batch encoding done in (\d+) ms", result.stderr)
+            return {"process_s": wall, "answer_s": end - start, "load_s": start, "peak_rss_mb": rss,
+                    "image_encode_ms": float(encode.group(1)) if encode else None}  # fmt: skip
+    return {"error": ["no timings printed"]}
 
 
 def run_onnx(directory: Path) -> dict:
@@ -116,13 +125,15 @@ def main() -> None:
     rows = []
     for name in args.models:
         model_dir, exports = deploy_budget.prepare(name, work)
-        gguf_dir = work / f"{name}-gguf"
-        if not (gguf_dir / "model.gguf").is_file():
-            export_gguf(model_dir, gguf_dir)
         size = preset(name).vit_img_size
         image = work / f"red-{size}.png"
         Image.new("RGB", (size, size), (200, 40, 40)).save(image)  # deploy_budget's picture
-        runs = {"llama.cpp gguf fp32": lambda g=gguf_dir, i=image: run_llama_cpp(cli, g, i)}
+        runs = {}
+        for outtype, suffix in (("f32", "gguf"), ("q8_0", "gguf-q8_0")):
+            gguf_dir = work / f"{name}-{suffix}"
+            if not (gguf_dir / "model.gguf").is_file():
+                export_gguf(model_dir, gguf_dir, outtype=outtype)
+            runs[f"llama.cpp gguf {outtype}"] = lambda g=gguf_dir, i=image: run_llama_cpp(cli, g, i)
         runs.update({label: (lambda d=d: run_onnx(d)) for label, d in exports.items()})
         for label, run in runs.items():
             results = [run() for _ in range(args.repeats)]

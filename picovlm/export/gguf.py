@@ -9,23 +9,26 @@
                   picovlm's: SigLIP-style ViT (biases, tanh GELU, final LayerNorm), pixel shuffle, one linear.
 
 The tensor and metadata names are llama.cpp's (its converter, convert_hf_to_gguf.py, and tools/mtmd/clip.cpp
-read them); the weights are picovlm's, float32 (the models are small; the check wants no rounding), with two
-layout changes llama.cpp expects:
+read them); the weights are picovlm's, float32 by default (exact; outtype="f16" or "q8_0" stores the language
+model's matrices smaller, no longer exact), with two layout changes llama.cpp expects:
   - q_proj and k_proj rows are permuted per head from the half-split RoPE layout (picovlm and transformers
     rotate channel i with channel i + hd/2) to the interleaved one llama.cpp's "llama" rotates (2i with 2i+1);
   - the fused ViT qkv is split into attn_q, attn_k, attn_v; the position embedding loses its batch axis.
 
-What llama.cpp does NOT do as picovlm: its Idefics3 image preprocessing always tiles. For a picture of the
-model's own size it sends a 1x1 grid of tiles *and* the overview, so the prompt holds the image twice
+What stock llama.cpp does NOT do as picovlm: its Idefics3 image preprocessing always tiles. For a picture
+of the model's own size it sends a 1x1 grid of tiles *and* the overview, so the prompt holds the image twice
 (`<fake_token_around_image><row_1_col_1>` + tile, then `\\n\\n<fake_token_around_image><global-img>` +
-overview + `<fake_token_around_image>`), where picovlm (and transformers' Idefics3Processor without
-splitting) writes it once. There is no metadata key that turns the tiling off. So llama-mtmd-cli answers
-what the model answers to another prompt; docs/deploy.md says this, and `picovlm export` does not offer
-the format (bench/ and tests/deploy/test_export_gguf.py measure what it does).
+overview + `<fake_token_around_image>`), where picovlm (and transformers' Idefics3Processor, which does not
+split an image that fits one tile) writes it once; no metadata key turns the tiling off. And it looks that
+`\\n\\n` up as a single token, which picovlm's small BPE lacks: the lookup fails and llama-mtmd-cli aborts.
+bench/llama_cpp_idefics3_unsplit.patch fixes both (an image that fits one tile is sent once, as transformers
+sends it); with it, llama-mtmd-cli's greedy answers equal picovlm's (tests/deploy/test_export_gguf.py, opt-in).
+Until llama.cpp has that fix, `picovlm export` does not offer the format (docs/deploy.md).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -40,13 +43,22 @@ from picovlm.utils import ProgressFn, atomic_path, no_progress
 
 MODEL_FILE = "model.gguf"
 MMPROJ_FILE = "mmproj.gguf"
+OUTTYPES = ("f32", "f16", "q8_0")
 PRE_TOKENIZER = "gpt-2"  # llama.cpp's name for the GPT-2 split regex (tokenizers' ByteLevel, use_regex=True)
 
 
 def export_gguf(
-    model_dir: str | os.PathLike, out_dir: str | os.PathLike, progress: ProgressFn = no_progress
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    outtype: str = "f32",
+    progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
-    """Write `out_dir`/model.gguf and mmproj.gguf (atomically) from a save_pretrained folder; return a report."""
+    """Write `out_dir`/model.gguf and mmproj.gguf (atomically) from a save_pretrained folder; return a report.
+
+    outtype: the language model's matrices in "f32" (exact), "f16" or "q8_0" (llama.cpp's 8-bit blocks:
+    a quarter of the bytes, answers no longer guaranteed equal). Norms and the mmproj stay float32."""
+    if outtype not in OUTTYPES:
+        raise PicovlmError(f"outtype={outtype!r}: choose one of {', '.join(OUTTYPES)}.")
     from picovlm.export.transformers import CHAT_TEMPLATE, refuse_unexportable
     from picovlm.model.vlm import VisionLanguageModel
 
@@ -62,12 +74,12 @@ def export_gguf(
     with atomic_path(out_dir) as out:
         out.mkdir(parents=True)
         progress(1, 3, "writing the language model")
-        write_language_model(model, out / MODEL_FILE, CHAT_TEMPLATE)
+        write_language_model(model, out / MODEL_FILE, CHAT_TEMPLATE, outtype)
         progress(2, 3, "writing the vision tower and projector")
         write_mmproj(model, out / MMPROJ_FILE)
     progress(3, 3, "done")
     return {
-        "format": "gguf (llama.cpp: llama + clip/idefics3)",
+        "format": f"gguf (llama.cpp: llama {outtype} + clip/idefics3 f32)",
         "seconds": round(time.perf_counter() - started, 2),
         "file_sizes": {p.name: p.stat().st_size for p in sorted(Path(out_dir).iterdir()) if p.is_file()},
     }
@@ -86,11 +98,12 @@ def rope_interleave(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, hd // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def write_language_model(model, path: Path, chat_template: str) -> None:
+def write_language_model(model, path: Path, chat_template: str, outtype: str = "f32") -> None:
     import gguf
 
     cfg, lm = model.cfg, model.decoder
-    writer = _new_writer(path, "llama", gguf.GGUFType.MODEL, "picovlm language model")
+    writer = _new_writer(path, "llama", gguf.GGUFType.MODEL, "picovlm language model", outtype)
+    matrix = functools.partial(_add_matrix, writer, outtype=outtype)
     hparams = {  # llama.<key> in the file
         writer.add_context_length: cfg.lm_max_position_embeddings,
         writer.add_embedding_length: cfg.lm_hidden_dim,
@@ -108,10 +121,10 @@ def write_language_model(model, path: Path, chat_template: str) -> None:
     write_tokenizer(writer, model.tokenizer, cfg, chat_template)
 
     state = lm.state_dict()
-    writer.add_tensor("token_embd.weight", _f32(state["embed_tokens.weight"]))
+    matrix("token_embd.weight", state["embed_tokens.weight"])
     writer.add_tensor("output_norm.weight", _f32(state["norm.weight"]))
     if not cfg.lm_tie_weights:  # tied: llama.cpp reads token_embd for the output when `output` is absent
-        writer.add_tensor("output.weight", _f32(state["lm_head.weight"]))
+        matrix("output.weight", state["lm_head.weight"])
     for i in range(cfg.lm_n_blocks):
         b = f"blocks.{i}."
         tensors = {
@@ -126,7 +139,10 @@ def write_language_model(model, path: Path, chat_template: str) -> None:
             "ffn_down": state[b + "mlp.down_proj.weight"],
         }
         for name, tensor in tensors.items():
-            writer.add_tensor(f"blk.{i}.{name}.weight", _f32(tensor))
+            if tensor.dim() == 1:  # the norms
+                writer.add_tensor(f"blk.{i}.{name}.weight", _f32(tensor))
+            else:
+                matrix(f"blk.{i}.{name}.weight", tensor)
     _finish(writer)
 
 
@@ -244,9 +260,10 @@ def write_mmproj(model, path: Path) -> None:
 
 # --- Running llama.cpp on the export (the opt-in test and bench/gguf_vs_onnx.py) -------------------------
 
-RESPONSE_MARKER = (
-    "<<picovlm-answer>>"  # llama-mtmd-cli prints it before the answer (MTMD_TEST_RESPONSE_MARKER)
-)
+# llama-mtmd-cli prints RESPONSE_MARKER before the answer (MTMD_TEST_RESPONSE_MARKER), and at -lv 4 its
+# timings after it, LLAMA_CPP_LAST_LOG among them
+RESPONSE_MARKER = "<<picovlm-answer>>"
+LLAMA_CPP_LAST_LOG = "total time ="
 
 
 def picture_for_llama_cpp(image, size: int):
@@ -275,20 +292,28 @@ def llama_mtmd_answer(
     """llama-mtmd-cli's greedy answer: the text it prints after the marker, newlines at either end dropped
     (it prints its own around the answer and at the end token, which an answer's own cannot be told from).
 
-    llama.cpp logs through a queue that a worker thread drains, and does not drain it at exit: on a busy
-    machine the printed answer is sometimes cut short (its own newlines at the very end missing, exit 0).
-    Greedy answers are deterministic, so such a run is simply run again."""
+    llama.cpp logs through a queue that a worker thread drains, and does not drain it at exit: the printed
+    answer is sometimes cut short (exit status 0; about every other run when the output is a pipe, 1 in 20
+    into a file, so files here). At -lv 4 it logs its timings after the answer, through the same queue: a
+    run whose timings came out printed all of its answer, and one whose timings did not is run again
+    (greedy answers are deterministic)."""
     import subprocess
+    import tempfile
 
     env = {**os.environ, "MTMD_TEST_RESPONSE_MARKER": RESPONSE_MARKER}
-    command = llama_mtmd_command(cli, gguf_dir, image_path, question, max_new_tokens, threads)
+    command = llama_mtmd_command(cli, gguf_dir, image_path, question, max_new_tokens, threads) + ["-lv", "4"]
     for _ in range(tries):
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-        if done.returncode != 0:
-            raise PicovlmError(f"llama-mtmd-cli failed (exit {done.returncode}): {done.stderr[-2000:]}")
-        if RESPONSE_MARKER in done.stdout and done.stdout.endswith("\n\n"):  # printed to the end
-            return done.stdout.split(RESPONSE_MARKER, 1)[1].strip("\n")
-    raise PicovlmError(f"llama-mtmd-cli's output was cut short {tries} times: {done.stdout[-500:]!r}")
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            code = subprocess.run(
+                command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, timeout=600
+            )
+            out.seek(0), err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        if code.returncode != 0:
+            raise PicovlmError(f"llama-mtmd-cli failed (exit {code.returncode}): {stderr[-2000:]}")
+        if RESPONSE_MARKER in stdout and LLAMA_CPP_LAST_LOG in stderr:
+            return stdout.split(RESPONSE_MARKER, 1)[1].strip("\n")
+    raise PicovlmError(f"llama-mtmd-cli's output was cut short {tries} times: {stdout[-500:]!r}")
 
 
 def llama_cpp_tokenize(tool: str, gguf_dir, text: str) -> list[int]:
@@ -312,14 +337,29 @@ def llama_cpp_tokenize(tool: str, gguf_dir, text: str) -> list[int]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _new_writer(path: Path, arch: str, kind: str, name: str):
+def _new_writer(path: Path, arch: str, kind: str, name: str, outtype: str = "f32"):
     import gguf
 
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_type(kind)
     writer.add_name(name)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}[outtype]
+    writer.add_file_type(getattr(gguf.LlamaFileType, file_type))
     return writer
+
+
+def _add_matrix(writer, name: str, t: torch.Tensor, outtype: str) -> None:
+    """A weight matrix in `outtype`; q8_0 needs rows of a multiple of 32 (its block), else float16."""
+    import gguf
+
+    data = _f32(t)
+    if outtype == "q8_0" and data.shape[-1] % 32 == 0:
+        qtype = gguf.GGMLQuantizationType.Q8_0
+        writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+    elif outtype in ("f16", "q8_0"):
+        writer.add_tensor(name, data.astype(np.float16))
+    else:
+        writer.add_tensor(name, data)
 
 
 def _finish(writer) -> None:

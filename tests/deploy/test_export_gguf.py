@@ -103,6 +103,25 @@ def test_the_mmproj_gguf_is_llama_cpps_idefics3_projector_with_picovlms_vision_w
     assert len(tensors) == 3 + 16 * cfg.vit_n_blocks + 2 + 1
 
 
+def test_q8_0_stores_the_language_models_matrices_in_8_bit_blocks(trained_model_dir, gguf_dir, tmp_path):
+    import gguf
+
+    from picovlm.export.gguf import export_gguf
+    from picovlm.model.vlm import VLM
+
+    export_gguf(trained_model_dir, tmp_path / "q8", outtype="q8_0")
+    state = VLM.from_pretrained(trained_model_dir).decoder.state_dict()
+    reader = gguf.GGUFReader(tmp_path / "q8" / "model.gguf")
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    assert types["blk.0.ffn_up.weight"] == types["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32  # norms stay exact
+    up = next(t for t in reader.tensors if t.name == "blk.0.ffn_up.weight")
+    weight = state["blocks.0.mlp.up_proj.weight"].numpy()
+    back = gguf.quants.dequantize(up.data, up.tensor_type).reshape(weight.shape)
+    assert np.abs(back - weight).max() <= np.abs(weight).max() / 127  # half a step of the largest block
+    assert (tmp_path / "q8" / "model.gguf").stat().st_size < 0.6 * (gguf_dir / "model.gguf").stat().st_size
+
+
 def test_interleaved_q_k_rows_give_llama_cpps_rope_the_same_attention_scores():
     """picovlm rotates channel i with i + hd/2; llama.cpp's "llama" rotates 2i with 2i+1. The permuted
     weights under llama.cpp's rotation must give the scores the originals give under picovlm's."""
