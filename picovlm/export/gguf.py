@@ -65,7 +65,8 @@ def export_gguf(
     started = time.perf_counter()
     progress(0, 3, "loading the model")
     model = VisionLanguageModel.from_pretrained(model_dir).float().eval()
-    refuse_unexportable(model, model_dir)  # the same limits as the Idefics3 layout llama.cpp shares
+    # the Idefics3 layout's limits (wrapper tokens, no CLS); llama.cpp gives patch i position i on any grid
+    refuse_unexportable(model, model_dir, position_grid=False)
     if model.retrieval is not None:
         raise PicovlmError(
             f"{model_dir}: a retrieving model (retrieval_k > 0) builds 'Similar: ...' prompts that llama.cpp "
