@@ -47,8 +47,11 @@ def timed_process(command: list[str]) -> tuple[subprocess.CompletedProcess, floa
         with out.open("w") as stdout, err.open("w") as stderr:
             code = subprocess.run(
                 ["/usr/bin/time", "-o", str(rss), "-f", "%M", "taskset", "-c", "0", *command],
-                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=ENV,
-            ).returncode  # fmt: skip
+                stdout=stdout,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                env=ENV,
+            ).returncode
         wall = time.perf_counter() - started
         rss_kb = rss.read_text().strip().splitlines()[-1]
         result = subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
@@ -81,8 +84,13 @@ def run_llama_cpp(cli: str, gguf_dir: Path, image: Path, tries: int = 5) -> dict
         end = log_seconds(result.stderr, "llama_perf_context_print")
         if LLAMA_CPP_LAST_LOG in result.stderr and start is not None and end is not None:
             encode = re.search(r"mtmd batch encoding done in (\d+) ms", result.stderr)
-            return {"process_s": wall, "answer_s": end - start, "load_s": start, "peak_rss_mb": rss,
-                    "image_encode_ms": float(encode.group(1)) if encode else None}  # fmt: skip
+            return {
+                "process_s": wall,
+                "answer_s": end - start,
+                "load_s": start,
+                "peak_rss_mb": rss,
+                "image_encode_ms": float(encode.group(1)) if encode else None,
+            }
     return {"error": ["no timings printed"]}
 
 
@@ -92,8 +100,13 @@ def run_onnx(directory: Path) -> dict:
     if result.returncode != 0:
         return {"error": result.stderr.strip().splitlines()[-3:]}
     child = json.loads(result.stdout.splitlines()[-1])
-    return {"process_s": wall, "answer_s": child["e2e_s"], "warm_answer_s": child["warm_e2e_s"],
-            "peak_rss_mb": rss, "load_s": child["load_s"]}  # fmt: skip
+    return {
+        "process_s": wall,
+        "answer_s": child["e2e_s"],
+        "warm_answer_s": child["warm_e2e_s"],
+        "peak_rss_mb": rss,
+        "load_s": child["load_s"],
+    }
 
 
 def main() -> None:
@@ -151,8 +164,10 @@ def main() -> None:
         if "error" in r:
             print(f"| {r['model']} | {r['backend']} | error: {r['error']} | | |")
             continue
-        print(f"| {r['model']} | {r['backend']} | {r['peak_rss_mb']:.0f} MB | {r['process_s'] * 1000:.0f} ms "
-              f"| {r['answer_s'] * 1000:.0f} ms |")  # fmt: skip
+        print(
+            f"| {r['model']} | {r['backend']} | {r['peak_rss_mb']:.0f} MB | {r['process_s'] * 1000:.0f} ms "
+            f"| {r['answer_s'] * 1000:.0f} ms |"
+        )
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ def export_gguf(
     a quarter of the bytes, answers no longer guaranteed equal). Norms and the mmproj stay float32."""
     if outtype not in OUTTYPES:
         raise PicovlmError(f"outtype={outtype!r}: choose one of {', '.join(OUTTYPES)}.")
+    try:
+        import gguf  # noqa: F401  - llama.cpp's own writer package
+    except ImportError:
+        raise PicovlmError("GGUF export needs the gguf package: pip install gguf") from None
     from picovlm.export.transformers import CHAT_TEMPLATE, refuse_unexportable
     from picovlm.model.vlm import VisionLanguageModel
 
@@ -282,9 +286,26 @@ def picture_for_llama_cpp(image, size: int):
 def llama_mtmd_command(cli: str, gguf_dir, image_path, question: str, max_new_tokens: int, threads: int = 1):
     """llama-mtmd-cli's arguments for one greedy answer, as a user would type them."""
     gguf_dir = Path(gguf_dir)
-    return [cli, "-m", str(gguf_dir / MODEL_FILE), "--mmproj", str(gguf_dir / MMPROJ_FILE),
-            "--image", str(image_path), "-p", question, "--temp", "0", "-n", str(max_new_tokens),
-            "-t", str(threads), "--seed", "0", "--no-warmup"]  # fmt: skip
+    return [
+        cli,
+        "-m",
+        str(gguf_dir / MODEL_FILE),
+        "--mmproj",
+        str(gguf_dir / MMPROJ_FILE),
+        "--image",
+        str(image_path),
+        "-p",
+        question,
+        "--temp",
+        "0",
+        "-n",
+        str(max_new_tokens),
+        "-t",
+        str(threads),
+        "--seed",
+        "0",
+        "--no-warmup",
+    ]
 
 
 def llama_mtmd_answer(

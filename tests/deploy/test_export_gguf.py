@@ -51,12 +51,20 @@ def test_the_language_model_gguf_is_a_llama_with_picovlms_weights_and_tokenizer(
     cfg, state = model.cfg, model.decoder.state_dict()
     fields, tensors = read(gguf_dir / "model.gguf")
     assert fields["general.architecture"] == "llama"
-    expected = {"llama.embedding_length": cfg.lm_hidden_dim, "llama.block_count": cfg.lm_n_blocks,
-                "llama.attention.head_count": cfg.lm_n_heads, "llama.attention.head_count_kv": cfg.lm_n_kv_heads,
-                "llama.feed_forward_length": cfg.lm_inter_dim, "llama.rope.dimension_count": cfg.lm_head_dim,
-                "llama.rope.freq_base": cfg.lm_re_base, "tokenizer.ggml.eos_token_id": cfg.eos_token_id,
-                "tokenizer.ggml.padding_token_id": cfg.pad_token_id, "tokenizer.ggml.model": "gpt2",
-                "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.add_bos_token": False}  # fmt: skip
+    expected = {
+        "llama.embedding_length": cfg.lm_hidden_dim,
+        "llama.block_count": cfg.lm_n_blocks,
+        "llama.attention.head_count": cfg.lm_n_heads,
+        "llama.attention.head_count_kv": cfg.lm_n_kv_heads,
+        "llama.feed_forward_length": cfg.lm_inter_dim,
+        "llama.rope.dimension_count": cfg.lm_head_dim,
+        "llama.rope.freq_base": cfg.lm_re_base,
+        "tokenizer.ggml.eos_token_id": cfg.eos_token_id,
+        "tokenizer.ggml.padding_token_id": cfg.pad_token_id,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt-2",
+        "tokenizer.ggml.add_bos_token": False,
+    }
     assert {k: fields[k] for k in expected} == pytest.approx(expected)
     vocab = model.tokenizer.tokenizer.get_vocab(with_added_tokens=True)
     assert fields["tokenizer.ggml.tokens"] == sorted(vocab, key=vocab.get)  # every id, in byte-level form
@@ -86,19 +94,29 @@ def test_the_mmproj_gguf_is_llama_cpps_idefics3_projector_with_picovlms_vision_w
     cfg, vit = model.cfg, model.vision_encoder.state_dict()
     fields, tensors = read(gguf_dir / "mmproj.gguf")
     assert fields["general.architecture"] == "clip" and fields["clip.projector_type"] == "idefics3"
-    expected = {"clip.vision.image_size": cfg.vit_img_size, "clip.vision.patch_size": cfg.vit_patch_size,
-                "clip.vision.embedding_length": cfg.vit_hidden_dim, "clip.vision.block_count": cfg.vit_n_blocks,
-                "clip.vision.projector.scale_factor": cfg.mp_pixel_shuffle_factor, "clip.use_gelu": True,
-                "clip.vision.projection_dim": cfg.lm_hidden_dim, "clip.vision.image_mean": [0.5] * 3}  # fmt: skip
+    expected = {
+        "clip.vision.image_size": cfg.vit_img_size,
+        "clip.vision.patch_size": cfg.vit_patch_size,
+        "clip.vision.embedding_length": cfg.vit_hidden_dim,
+        "clip.vision.block_count": cfg.vit_n_blocks,
+        "clip.vision.projector.scale_factor": cfg.mp_pixel_shuffle_factor,
+        "clip.use_gelu": True,
+        "clip.vision.projection_dim": cfg.lm_hidden_dim,
+        "clip.vision.image_mean": [0.5] * 3,
+    }
     assert {k: fields[k] for k in expected} == expected
     D = cfg.vit_hidden_dim
     q, k, v = vit["blocks.0.attn.qkv.weight"].split(D)
-    for name, tensor in {"v.blk.0.attn_q.weight": q, "v.blk.0.attn_k.weight": k, "v.blk.0.attn_v.weight": v,
-                         "v.patch_embd.weight": vit["patch_embedding.conv.weight"],
-                         "v.position_embd.weight": vit["patch_embedding.position_embedding"][0],
-                         "v.blk.0.ffn_up.weight": vit["blocks.0.mlp.fc1.weight"],
-                         "v.post_ln.bias": vit["layer_norm.bias"],
-                         "mm.model.fc.weight": model.projector.proj.weight}.items():  # fmt: skip
+    for name, tensor in {
+        "v.blk.0.attn_q.weight": q,
+        "v.blk.0.attn_k.weight": k,
+        "v.blk.0.attn_v.weight": v,
+        "v.patch_embd.weight": vit["patch_embedding.conv.weight"],
+        "v.position_embd.weight": vit["patch_embedding.position_embedding"][0],
+        "v.blk.0.ffn_up.weight": vit["blocks.0.mlp.fc1.weight"],
+        "v.post_ln.bias": vit["layer_norm.bias"],
+        "mm.model.fc.weight": model.projector.proj.weight,
+    }.items():
         np.testing.assert_array_equal(tensors[name], tensor.detach().numpy(), err_msg=name)
     assert len(tensors) == 3 + 16 * cfg.vit_n_blocks + 2 + 1
 
@@ -161,8 +179,10 @@ def test_a_tokenizer_llama_cpp_would_split_otherwise_is_refused(trained_model_di
 
     model = VLM.from_pretrained(trained_model_dir)
     data = json.loads(model.tokenizer.tokenizer.to_str())
-    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
-                                                                    data["pre_tokenizer"]]}  # fmt: skip
+    data["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Digits", "individual_digits": True}, data["pre_tokenizer"]],
+    }
     model.attach_tokenizer(TextTokenizer(Tokenizer.from_str(json.dumps(data))))
     model.save_pretrained(tmp_path / "digits")
     with pytest.raises(PicovlmError, match="pre-tokenizer"):
@@ -199,8 +219,13 @@ def test_llama_cpp_tokenizes_prompts_and_answers_as_picovlm(trained_model_dir, g
             **model.prepare_prompts([demo_image(i) for i in range(8)], [QUESTION] * 8), max_new_tokens=64
         ).tolist()
     ]
-    texts += ["<|im_start|>user\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n", "  two  spaces, 42 digits",
-              "Ünïcode — and émoji 🙂\n\n\ttabs", "don't they'll WE'RE", "<global-img><|image|>x<|im_end|>"]  # fmt: skip
+    texts += [
+        "<|im_start|>user\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n",
+        "  two  spaces, 42 digits",
+        "Ünïcode — and émoji 🙂\n\n\ttabs",
+        "don't they'll WE'RE",
+        "<global-img><|image|>x<|im_end|>",
+    ]
     for text in texts:
         assert (
             llama_cpp_tokenize(llama_cpp_tool("llama-tokenize"), gguf_dir, text)
