@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the two llama.cpp tools picovlm's GGUF export is checked with: llama-mtmd-cli (a GGUF language model
-# + an mmproj file, one image, one answer) and llama-tokenize. From llama-cpp-python's source release, whose
-# vendor/llama.cpp is a complete llama.cpp tree (converter, tools/mtmd); CPU only, no curl.
+# Build the llama.cpp tools picovlm's GGUF export is checked with: llama-mtmd-cli (a GGUF language model + an
+# mmproj file, one image, one answer), llama-server (the same behind an OpenAI-style HTTP API) and
+# llama-tokenize. From llama-cpp-python's source release, whose vendor/llama.cpp is a complete llama.cpp
+# tree (converter, tools/mtmd); CPU only, no curl.
 #
 #   bench/build_llama_cpp.sh [--patched] [--sdist FILE] [--jobs N] [DIR]
 #
@@ -13,7 +14,7 @@
 #              picovlm does without it (docs/deploy.md, "GGUF / llama.cpp").
 #   --sdist    llama_cpp_python-*.tar.gz to build from (default: `pip download` of LLAMA_CPP_PYTHON_VERSION)
 #
-# Takes ~5 min on 2 cores. Needs cmake, ninja and a C++17 compiler.
+# Takes ~6 min on 2 cores. Needs cmake, ninja and a C++17 compiler.
 set -euo pipefail
 
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -61,5 +62,5 @@ fi
 
 cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF
-cmake --build "$BUILD" --target llama-mtmd-cli llama-tokenize -j "$JOBS"
+cmake --build "$BUILD" --target llama-mtmd-cli llama-server llama-tokenize -j "$JOBS"
 echo "built: $BUILD/bin (export PICOVLM_LLAMA_CPP=$BUILD/bin)"

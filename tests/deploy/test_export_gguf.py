@@ -3,11 +3,11 @@
 Default CI: the two files are read back with gguf.GGUFReader and checked against the model (names, shapes,
 values, tokenizer, metadata), and the q/k row permutation is checked to keep attention scores.
 
-Opt-in (marked llama_cpp; skipped unless PICOVLM_LLAMA_CPP=<folder holding llama-mtmd-cli and
-llama-tokenize>, which bench/build_llama_cpp.sh builds): llama.cpp tokenizes as picovlm does, and llama-mtmd-cli answers 32
-held-out pictures greedily as picovlm does. The second needs bench/build_llama_cpp.sh --patched: stock
-llama.cpp (0.3.36's tree) aborts on these models (its Idefics3 prompt wants a "\\n\\n" token picovlm's small
-BPE lacks) and, where it runs, shows each picture twice (a 1x1 tile plus the overview). docs/deploy.md.
+Opt-in (marked llama_cpp; skipped unless PICOVLM_LLAMA_CPP names the bin folder bench/build_llama_cpp.sh
+builds): llama-tokenize tokenizes as picovlm does; llama-mtmd-cli, and llama-server through its OpenAI API,
+answer 32 held-out pictures greedily as picovlm does. Those two need the --patched build: stock llama.cpp
+(0.3.36's tree) aborts on these models (its Idefics3 prompt wants a "\\n\\n" token picovlm's small BPE
+lacks) and, where it runs, shows each picture twice (a 1x1 tile plus the overview). docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -233,28 +233,98 @@ def test_llama_cpp_tokenizes_prompts_and_answers_as_picovlm(trained_model_dir, g
         ), text
 
 
-@pytest.mark.llama_cpp
-@needs_llama_cpp
-def test_llama_mtmd_cli_answers_equal_picovlms_on_32_held_out_pictures(trained_model_dir, gguf_dir, tmp_path):
-    from picovlm.export.gguf import llama_mtmd_answer, picture_for_llama_cpp
+@pytest.fixture(scope="module")
+def pictures_and_answers(trained_model_dir, tmp_path_factory):
+    """32 held-out pictures saved at the model's size (as llama.cpp is to get them), and picovlm's greedy
+    answers to them: (model, paths, answer texts, answer ids without the end token)."""
+    from picovlm.export.gguf import picture_for_llama_cpp
     from picovlm.model.vlm import VLM
 
     model = VLM.from_pretrained(trained_model_dir)
     images = [demo_image(i) for i in range(N_IMAGES)]  # seed 1: scenes the model never trained on
-    expected = model.generate(
+    rows = model.generate(
         **model.prepare_prompts(images, [QUESTION] * N_IMAGES), max_new_tokens=MAX_NEW_TOKENS
-    )
-    eos, answers = model.cfg.eos_token_id, []
-    for index, (image, row) in enumerate(zip(images, expected.tolist())):
-        path = tmp_path / f"{index}.png"
+    ).tolist()
+    eos = model.cfg.eos_token_id
+    assert sum(eos in row for row in rows) >= N_IMAGES // 2  # most answers end on their own
+    ids = [_until_eos(row, eos) for row in rows]
+    texts = [model.tokenizer.decode(row, skip_special_tokens=False).strip("\n") for row in ids]
+    assert len(set(texts)) >= 3  # the model reads its pictures: agreement on one answer would prove little
+    folder = tmp_path_factory.mktemp("pictures")
+    paths = [folder / f"{i}.png" for i in range(N_IMAGES)]
+    for image, path in zip(images, paths):
         picture_for_llama_cpp(image, model.cfg.vit_img_size).save(path)
+    return model, paths, texts, ids
+
+
+@pytest.mark.llama_cpp
+@needs_llama_cpp
+def test_llama_mtmd_cli_answers_equal_picovlms_on_32_held_out_pictures(gguf_dir, pictures_and_answers):
+    from picovlm.export.gguf import llama_mtmd_answer
+
+    model, paths, texts, ids = pictures_and_answers
+    for index, path in enumerate(paths):
         got = llama_mtmd_answer(llama_cpp_tool("llama-mtmd-cli"), gguf_dir, path, QUESTION, MAX_NEW_TOKENS)
-        ours = model.tokenizer.decode(_until_eos(row, eos), skip_special_tokens=False).strip("\n")
-        assert got == ours, f"picture {index}"
+        assert got == texts[index], f"picture {index}"
         # the same text, and that text encodes to picovlm's very tokens: llama.cpp picked those tokens
-        assert model.tokenizer.tokenizer.encode(got, add_special_tokens=False).ids == _until_eos(row, eos)
-        answers.append(got)
-    assert len(set(answers)) >= 3 and sum(eos in row for row in expected.tolist()) >= N_IMAGES // 2
+        assert model.tokenizer.tokenizer.encode(got, add_special_tokens=False).ids == ids[index]
+
+
+@pytest.mark.llama_cpp
+@needs_llama_cpp
+def test_llama_server_answers_the_same_through_its_openai_api(gguf_dir, pictures_and_answers):
+    """llama-server (when built beside llama-mtmd-cli): /v1/chat/completions with the picture as a data
+    URL, temperature 0, as an OpenAI client sends it."""
+    import base64
+    import subprocess
+    import time
+
+    import httpx
+    from deploy_helpers import free_port
+
+    server = Path(LLAMA_CPP) / "llama-server"
+    if not server.is_file():
+        pytest.skip(f"{server} is missing: bench/build_llama_cpp.sh --patched builds it")
+    _, paths, texts, _ = pictures_and_answers
+    port = free_port()
+    command = [
+        str(server),
+        "-m",
+        str(gguf_dir / "model.gguf"),
+        "--mmproj",
+        str(gguf_dir / "mmproj.gguf"),
+        "--port",
+        str(port),
+        "-t",
+        "1",
+        "--no-warmup",
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        for index, path in enumerate(paths):
+            picture = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+            content = [
+                {"type": "image_url", "image_url": {"url": picture}},
+                {"type": "text", "text": QUESTION},
+            ]
+            body = {
+                "messages": [{"role": "user", "content": content}],
+                "temperature": 0,
+                "max_tokens": MAX_NEW_TOKENS,
+            }
+            answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+            assert answer["choices"][0]["message"]["content"] == texts[index], f"picture {index}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def _until_eos(tokens: list[int], eos: int) -> list[int]:
