@@ -155,22 +155,24 @@ def write_tokenizer(writer, tokenizer, cfg, chat_template: str) -> None:
     """picovlm's byte-level BPE as llama.cpp's "gpt2" tokenizer.
 
     The token strings stay in byte-level form ('Ġ' for a space), as llama.cpp's BPE expects; merges are
-    "left right" strings in rank order; the special (added) tokens are CONTROL, so llama.cpp splits a prompt
-    on them before the regex, as tokenizers does. Rows of the embedding beyond the tokenizer (a vocabulary
+    "left right" strings in rank order; added tokens are CONTROL (special) or USER_DEFINED, so llama.cpp
+    splits a prompt on them before the regex, as tokenizers does. Rows of the embedding beyond the tokenizer (a vocabulary
     rounded up) get unused placeholder tokens."""
     import gguf
 
     data = json.loads(tokenizer.tokenizer.to_str())
     refuse_other_tokenizers(data)
     vocab: dict[str, int] = data["model"]["vocab"]
-    special = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+    added = {t["content"]: t for t in data.get("added_tokens", [])}
     tokens = [""] * cfg.lm_vocab_size
     types = [gguf.TokenType.UNUSED] * cfg.lm_vocab_size
-    for text, i in {**vocab, **special}.items():
+    for text, i in {**vocab, **{k: t["id"] for k, t in added.items()}}.items():
         if i >= cfg.lm_vocab_size:
             raise PicovlmError(f"token {text!r} has id {i}, outside the model's {cfg.lm_vocab_size} rows.")
         tokens[i] = text
-        types[i] = gguf.TokenType.CONTROL if text in special else gguf.TokenType.NORMAL
+        types[i] = gguf.TokenType.NORMAL
+        if text in added:  # split out before the regex either way; special ones are skipped in decoding
+            types[i] = gguf.TokenType.CONTROL if added[text].get("special") else gguf.TokenType.USER_DEFINED
     for i, text in enumerate(tokens):
         if not text:
             tokens[i] = f"[PAD{i}]"
