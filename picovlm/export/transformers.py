@@ -115,8 +115,9 @@ def export_transformers(
     return report
 
 
-def refuse_unexportable(model, model_dir) -> None:
-    """Raise, naming the reason and the fix, where transformers would not answer as picovlm does."""
+def refuse_unexportable(model, model_dir, position_grid: bool = True) -> None:
+    """Raise, naming the reason and the fix, where transformers would not answer as picovlm does.
+    position_grid=False skips the grid check, a quirk of transformers alone (the GGUF export's case)."""
     tokenizer, cfg = model.tokenizer, model.cfg
     if tokenizer is None:
         raise PicovlmError(f"{model_dir} has no tokenizer.json: save the model with its tokenizer.")
@@ -131,7 +132,7 @@ def refuse_unexportable(model, model_dir) -> None:
     if cfg.vit_cls_flag:
         raise PicovlmError(f"{model_dir}: vit_cls_flag=True; Idefics3's vision tower has no CLS token.")
     grid = cfg.vit_img_size // cfg.vit_patch_size
-    buckets = idefics3_position_buckets(grid)
+    buckets = idefics3_position_buckets(grid) if position_grid else list(range(grid))
     if buckets != list(range(grid)):
         raise PicovlmError(
             f"{model_dir}: a {grid}x{grid} patch grid (vit_img_size / vit_patch_size) meets a rounding quirk in "
