@@ -3,7 +3,7 @@
 Default CI: the two files are read back with gguf.GGUFReader and checked against the model (names, shapes,
 values, tokenizer, metadata), and the q/k row permutation is checked to keep attention scores.
 
-Opt-in (marked llama_cpp; skipped unless PICOVLM_LLAMA_CPP names the bin folder bench/build_llama_cpp.sh
+Opt-in (marked llama_cpp; deselected unless PICOVLM_LLAMA_CPP names the bin folder bench/build_llama_cpp.sh
 builds): llama-tokenize tokenizes as picovlm does; llama-mtmd-cli, and llama-server through its OpenAI API,
 answer 32 held-out pictures greedily as picovlm does. Those two need the --patched build: stock llama.cpp
 (0.3.36's tree) aborts on these models (its Idefics3 prompt wants a "\\n\\n" token picovlm's small BPE
@@ -193,11 +193,6 @@ def test_a_tokenizer_llama_cpp_would_split_otherwise_is_refused(trained_model_di
 # --- Opt-in: llama.cpp itself -------------------------------------------------------------------------------
 
 LLAMA_CPP = os.environ.get("PICOVLM_LLAMA_CPP")
-needs_llama_cpp = pytest.mark.skipif(
-    not LLAMA_CPP,
-    reason="opt-in: set PICOVLM_LLAMA_CPP to a folder holding llama-mtmd-cli and llama-tokenize "
-    "(bench/build_llama_cpp.sh --patched builds them)",
-)
 
 
 def llama_cpp_tool(name: str) -> str:
@@ -207,7 +202,6 @@ def llama_cpp_tool(name: str) -> str:
 
 
 @pytest.mark.llama_cpp
-@needs_llama_cpp
 def test_llama_cpp_tokenizes_prompts_and_answers_as_picovlm(trained_model_dir, gguf_dir):
     from picovlm.export.gguf import llama_cpp_tokenize
     from picovlm.model.vlm import VLM
@@ -258,7 +252,6 @@ def pictures_and_answers(trained_model_dir, tmp_path_factory):
 
 
 @pytest.mark.llama_cpp
-@needs_llama_cpp
 def test_llama_mtmd_cli_answers_equal_picovlms_on_32_held_out_pictures(gguf_dir, pictures_and_answers):
     from picovlm.export.gguf import llama_mtmd_answer
 
@@ -271,7 +264,6 @@ def test_llama_mtmd_cli_answers_equal_picovlms_on_32_held_out_pictures(gguf_dir,
 
 
 @pytest.mark.llama_cpp
-@needs_llama_cpp
 def test_llama_server_answers_the_same_through_its_openai_api(gguf_dir, pictures_and_answers):
     """llama-server (when built beside llama-mtmd-cli): /v1/chat/completions with the picture as a data
     URL, temperature 0, as an OpenAI client sends it."""
