@@ -262,8 +262,7 @@ def export_model(
         raise PicovlmError(
             f"{model_dir} has no tokenizer.json: the runtime needs it; save the model with its tokenizer."
         )
-    cfg = model.cfg
-    in_names, out_names = decoder_io_names(cfg.lm_n_blocks)
+    in_names, out_names = decoder_io_names(model.cfg.lm_n_blocks)
     steps = 4 + (quantize is not None) + (eval_on is not None)
     started = time.perf_counter()
 
@@ -272,30 +271,7 @@ def export_model(
         fp32 = Path(scratch) / "fp32" if quantize else out
         fp32.mkdir(exist_ok=True)
 
-        progress(0, steps, "exporting the vision tower + projector")
-        pixels = torch.zeros(2, 3, cfg.vit_img_size, cfg.vit_img_size)
-        _onnx_export(
-            VisionEncoder(model), (pixels,), fp32 / VISION_FILE, ["pixel_values"], ["image_embeds"],
-            ({0: "images"},),
-        )  # fmt: skip
-        vision_diff = check_vision(model, fp32 / VISION_FILE)
-
-        progress(1, steps, "exporting the decoder step")
-        cache_axes = tuple({0: "batch", 2: "past"} for _ in range(2 * cfg.lm_n_blocks))
-        _onnx_export(
-            DecoderStep(model), sample_decoder_inputs(cfg, 2, 3, 4), fp32 / DECODER_FILE, in_names, out_names,
-            ({0: "batch", 1: "new"}, {0: "batch", 1: "new"}, {0: "batch", 1: "total"}, cache_axes),
-        )  # fmt: skip
-        decoder_diffs = check_decoder(model, fp32 / DECODER_FILE)
-
-        progress(2, steps, "checking parity with torch")
-        parity = {"vision": vision_diff, **{f"decoder_{k}": v for k, v in decoder_diffs.items()}}
-        worst = max(parity.values())
-        if not worst <= tolerance:  # `not <=` also catches NaN
-            raise PicovlmError(
-                f"the ONNX graphs differ from the torch model by up to {worst:.3g} relative ({parity}), over the tolerance "
-                f"{tolerance:g}: the export is wrong; report it with the model's config.json."
-            )
+        parity = export_graphs(model, fp32, tolerance, progress, steps)
 
         progress(3, steps, "writing the embedding, tokenizer and manifest")
         np.save(out / EMBED_FILE, model.decoder.embed_tokens.weight.detach().float().numpy())
@@ -305,19 +281,7 @@ def export_model(
         manifest = build_manifest(model, in_names, out_names, parity)
         manifest["generation"] = (generation or GenerationConfig()).to_dict()
         if quantize:
-            progress(4, steps, "quantising to int8")
-            for name in (VISION_FILE, DECODER_FILE):
-                quantize_int8(fp32 / name, out / name)
-            shutil.copy(out / EMBED_FILE, fp32 / EMBED_FILE)
-            shutil.copy(out / "tokenizer.json", fp32 / "tokenizer.json")
-            if model.retrieval is not None:
-                model.retrieval.save(fp32)
-            atomic_write_text(fp32 / MANIFEST_FILE, json.dumps(manifest, indent=2))
-            manifest["quantization"] = {"method": "onnxruntime dynamic", "weights": "int8", "ops": ["MatMul"]}
-            manifest["parity"]["int8_vs_torch"] = {
-                "vision": check_vision(model, out / VISION_FILE),
-                **{f"decoder_{k}": v for k, v in check_decoder(model, out / DECODER_FILE).items()},
-            }
+            quantize_beside(model, fp32, out, manifest, progress, steps)
             if eval_on is not None:
                 data_dir, split, _ = eval_on
                 progress(
@@ -332,6 +296,59 @@ def export_model(
         atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2))
     progress(steps, steps, "done")
     return manifest
+
+
+def export_graphs(model, out: Path, tolerance: float, progress: ProgressFn, steps: int) -> dict[str, float]:
+    """The vision graph and the decoder-step graph in `out`, each checked against torch; returns the
+    parity figures (relative differences), or raises when one is over `tolerance`."""
+    cfg = model.cfg
+    in_names, out_names = decoder_io_names(cfg.lm_n_blocks)
+    progress(0, steps, "exporting the vision tower + projector")
+    pixels = torch.zeros(2, 3, cfg.vit_img_size, cfg.vit_img_size)
+    _onnx_export(
+        VisionEncoder(model),
+        (pixels,),
+        out / VISION_FILE,
+        ["pixel_values"],
+        ["image_embeds"],
+        ({0: "images"},),
+    )
+    vision_diff = check_vision(model, out / VISION_FILE)
+
+    progress(1, steps, "exporting the decoder step")
+    cache_axes = tuple({0: "batch", 2: "past"} for _ in range(2 * cfg.lm_n_blocks))
+    dynamic_axes = ({0: "batch", 1: "new"}, {0: "batch", 1: "new"}, {0: "batch", 1: "total"}, cache_axes)
+    decoder_inputs = sample_decoder_inputs(cfg, 2, 3, 4)
+    _onnx_export(DecoderStep(model), decoder_inputs, out / DECODER_FILE, in_names, out_names, dynamic_axes)
+    decoder_diffs = check_decoder(model, out / DECODER_FILE)
+
+    progress(2, steps, "checking parity with torch")
+    parity = {"vision": vision_diff, **{f"decoder_{k}": v for k, v in decoder_diffs.items()}}
+    worst = max(parity.values())
+    if not worst <= tolerance:  # `not <=` also catches NaN
+        raise PicovlmError(
+            f"the ONNX graphs differ from the torch model by up to {worst:.3g} relative ({parity}), over the tolerance "
+            f"{tolerance:g}: the export is wrong; report it with the model's config.json."
+        )
+    return parity
+
+
+def quantize_beside(model, fp32: Path, out: Path, manifest: dict, progress: ProgressFn, steps: int) -> None:
+    """int8 graphs in `out` from the fp32 ones in `fp32`, which becomes a complete fp32 folder too (for
+    the comparison on data); the int8 graphs' parity with torch goes into `manifest`."""
+    progress(4, steps, "quantising to int8")
+    for name in (VISION_FILE, DECODER_FILE):
+        quantize_int8(fp32 / name, out / name)
+    shutil.copy(out / EMBED_FILE, fp32 / EMBED_FILE)
+    shutil.copy(out / "tokenizer.json", fp32 / "tokenizer.json")
+    if model.retrieval is not None:
+        model.retrieval.save(fp32)
+    atomic_write_text(fp32 / MANIFEST_FILE, json.dumps(manifest, indent=2))
+    manifest["quantization"] = {"method": "onnxruntime dynamic", "weights": "int8", "ops": ["MatMul"]}
+    manifest["parity"]["int8_vs_torch"] = {
+        "vision": check_vision(model, out / VISION_FILE),
+        **{f"decoder_{k}": v for k, v in check_decoder(model, out / DECODER_FILE).items()},
+    }
 
 
 def build_manifest(model, input_names: list[str], output_names: list[str], parity: dict) -> dict[str, Any]:
