@@ -8,8 +8,9 @@ import sys
 class ProgressBar:
     """A ProgressFn (done, total, message) drawn with tqdm on stderr, so stdout keeps only results.
 
-    A call with a total moves the bar, the message beside it; a new total starts a new bar (the next
-    stage, the next model, the next file). A call without a total prints its message as a line above
+    A call with a total moves the bar, the message beside it. A count that goes back (the next stage,
+    the next model, the next file) starts a new bar; a total that changes while the count goes on only
+    resizes the bar (training with `max_minutes` refits its step count as steps get timed). A call without a total prints its message as a line above
     the bar (a stage starts, data loads). Use it as a context manager, or call close() when done.
     leave=False clears each finished bar, for commands that run many stages in a row.
     """
@@ -26,7 +27,9 @@ class ProgressBar:
             if message:
                 self.tqdm.write(message, file=sys.stderr)
             return
-        if self.bar is None or self.bar.total != total:
+        if self.bar is not None and self.bar.total != total and done >= self.bar.n > 0:
+            self.bar.total = total
+        elif self.bar is None or self.bar.total != total or done < self.bar.n:
             self.close()
             self.bar = self.tqdm(
                 desc=self.label,
