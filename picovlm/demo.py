@@ -25,6 +25,7 @@ from typing import Any
 
 from picovlm.config import DEFAULT_QUESTION
 from picovlm.errors import PicovlmError
+from picovlm.generation import GenerationConfig
 from picovlm.utils import ProgressFn, atomic_write_text, no_progress
 
 
@@ -62,7 +63,7 @@ def run_demo(
     progress: ProgressFn = no_progress,
     preset: str | None = None,
     eval_items: int = 100,
-    max_new_tokens: int = 96,
+    max_new_tokens: int = GenerationConfig.max_new_tokens,
     samples: int = 4,
     overwrite: bool = False,
     threads: int = 0,

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from picovlm.commands.progress import ProgressBar
+from picovlm.generation import GenerationConfig
 
 
 def add_parser(subparsers) -> None:
@@ -39,7 +40,10 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--eval-items", type=int, default=100, help="held-out test scenes evaluated (default 100)")
     p.add_argument(
-        "--max-new-tokens", type=int, default=96, help="longest generated answer in tokens (default 96)"
+        "--max-new-tokens",
+        type=int,
+        default=GenerationConfig.max_new_tokens,
+        help=f"longest generated answer in tokens (default {GenerationConfig.max_new_tokens})",
     )
     p.add_argument(
         "--samples", type=int, default=4, help="held-out images answered by the runtime (default 4)"
