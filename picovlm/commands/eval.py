@@ -29,7 +29,10 @@ def add_parser(subparsers) -> None:
         "to the terminal token by token. Several images: answered in batches, one 'path<TAB>answer' line each.",
     )
     p.add_argument(
-        "--model", required=True, help="model folder written by `picovlm train` (or save_pretrained)"
+        "--model",
+        required=True,
+        help="model folder written by `picovlm train` (or save_pretrained), or a folder from `picovlm export` "
+        "(answered by the torch-free runtime)",
     )
     p.add_argument("--image", required=True, nargs="+", metavar="PATH", help="one or more image files")
     p.add_argument(
@@ -93,36 +96,61 @@ def _setup_torch(args: argparse.Namespace) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from picovlm.eval.exported import is_exported_dir
+
+    if is_exported_dir(args.model):
+        answer_many, stream_one = _exported_answering(args)
+    else:
+        answer_many, stream_one = _torch_answering(args)
+    if len(args.image) == 1 and not args.json:
+        stream_one(args.image[0], lambda piece: print(piece, end="", flush=True))
+        print()
+        return 0
+    answers = answer_many(args.image)
+    if args.json:
+        pairs = [{"image": path, "answer": answer} for path, answer in zip(args.image, answers)]
+        print(json.dumps(pairs, ensure_ascii=False))
+    else:
+        for path, answer in zip(args.image, answers):
+            print(f"{path}\t{answer}")
+    return 0
+
+
+def _torch_answering(args: argparse.Namespace):
+    """(answer many image files, stream one) with a torch model folder or Hub id."""
     from picovlm.eval.generate import answer_files, stream_answer
     from picovlm.model.vlm import VisionLanguageModel
 
     _setup_torch(args)
     model = VisionLanguageModel.from_pretrained(args.model, device=args.device)
     generation = generation_from_args(args)
-    if len(args.image) == 1 and not args.json:
-        stream_answer(
-            model,
-            args.image[0],
-            args.question,
-            on_text=lambda piece: print(piece, end="", flush=True),
-            generation=generation,
-        )
-        print()
-        return 0
-    answers = answer_files(
-        model, args.image, args.question, batch_size=args.batch_size, generation=generation
-    )
-    if args.json:
-        print(
-            json.dumps(
-                [{"image": path, "answer": answer} for path, answer in zip(args.image, answers)],
-                ensure_ascii=False,
-            )
-        )
-    else:
-        for path, answer in zip(args.image, answers):
-            print(f"{path}\t{answer}")
-    return 0
+
+    def answer_many(paths):
+        return answer_files(model, paths, args.question, batch_size=args.batch_size, generation=generation)
+
+    def stream_one(path, on_text):
+        stream_answer(model, path, args.question, on_text=on_text, generation=generation)
+
+    return answer_many, stream_one
+
+
+def _exported_answering(args: argparse.Namespace):
+    """(answer many image files, stream one) with a folder from `picovlm export`: the torch-free runtime,
+    with the folder's own generation config under the flags given, as `picovlm serve` answers."""
+    from picovlm.eval.generate import load_image
+    from picovlm.runtime import Runtime
+
+    runtime = Runtime.load(args.model, threads=args.threads or 1)
+    generation = generation_from_args(args, base=runtime.generation)
+
+    def answer_many(paths):
+        return [runtime.answer(load_image(path), args.question, generation) for path in paths]
+
+    def stream_one(path, on_text):
+        for piece in runtime.stream(load_image(path), args.question, generation):
+            on_text(piece)
+
+    return answer_many, stream_one
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -61,6 +61,27 @@ def test_greedy_answers_match_the_torch_model(trained_model_dir, exported_dir):
     assert stopped_early, "no answer ended at <|im_end|> before max_new_tokens"
 
 
+def test_generate_cli_answers_with_an_exported_folder_as_with_the_torch_model(
+    trained_model_dir, exported_dir, tmp_path, capsys
+):
+    from picovlm.cli import main
+
+    paths = []
+    for index in range(3):
+        paths.append(str(tmp_path / f"scene{index}.png"))
+        demo_image(index).save(paths[-1])
+    answers = {}
+    for model in (trained_model_dir, exported_dir):
+        assert main(["generate", "--model", str(model), "--image", *paths, "--json"]) == 0
+        answers[model] = [item["answer"] for item in json.loads(capsys.readouterr().out)]
+        assert main(["generate", "--model", str(model), "--image", paths[0]]) == 0  # streamed
+        assert capsys.readouterr().out == answers[model][0] + "\n"
+    assert answers[exported_dir] == answers[trained_model_dir]
+    assert all(
+        answer.startswith(("The image", "We can see", "This picture")) for answer in answers[exported_dir]
+    )
+
+
 def test_stops_at_the_end_token_like_torch(trained_model_dir, exported_dir):
     """Make the 4th generated token the end token in both: both must stop right before it."""
     from picovlm.model.vlm import VLM
