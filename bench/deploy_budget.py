@@ -62,10 +62,10 @@ def child(backend: str, directory: str) -> dict:
             )
 
     else:
-        from picovlm.runtime import GenerationOptions, Runtime
+        from picovlm.runtime import GenerationConfig, Runtime
 
         runtime = Runtime.load(directory, threads=1)
-        options = GenerationOptions(max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+        options = GenerationConfig(max_new_tokens=NEW_TOKENS, stop_at_eos=False)
 
         def run() -> None:
             for _ in runtime.generate_ids(image, QUESTION, options):

@@ -420,10 +420,6 @@ def _load_train_split(data_dir, train_split: str | None):
     return train if len(train) else None
 
 
-# The old name of picovlm.eval.facts.fact_parser_for, kept for code written against it.
-detect_extract_fields = fact_parser_for
-
-
 def load_model(path: str | Path, device: str = "cpu", threads: int | None = None):
     """A folder from `picovlm export` (manifest.json) as an ExportedModel, else a torch model
     (save_pretrained folder or Hub id)."""

@@ -11,11 +11,10 @@ Imports onnxruntime, numpy, tokenizers and Pillow only (a test checks that torch
 """
 
 from picovlm.generation import GenerationConfig
-from picovlm.runtime.runtime import GenerationOptions, ImageError, Runtime, open_image, sample_next_token
+from picovlm.runtime.runtime import ImageError, Runtime, open_image, sample_next_token
 
 __all__ = [
     "GenerationConfig",
-    "GenerationOptions",
     "ImageError",
     "Runtime",
     "open_image",

@@ -69,9 +69,6 @@ def open_image(
     return image
 
 
-GenerationOptions = GenerationConfig  # the runtime's former name for it
-
-
 def apply_repetition_penalty(logits: np.ndarray, seen: list[int], penalty: float) -> np.ndarray:
     """The torch model's rule: seen tokens' positive logits divided by `penalty`, negative ones multiplied
     (each seen token once, however often it was seen)."""

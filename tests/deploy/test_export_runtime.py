@@ -100,7 +100,7 @@ def test_stops_at_the_end_token_like_torch(trained_model_dir, exported_dir):
 
 
 def test_sampling_is_seeded_and_respects_top_k(exported_dir):
-    from picovlm.runtime import GenerationOptions, Runtime, sample_next_token
+    from picovlm.runtime import GenerationConfig, Runtime, sample_next_token
 
     runtime = Runtime.load(exported_dir)
     image = demo_image(1)
@@ -110,12 +110,12 @@ def test_sampling_is_seeded_and_respects_top_k(exported_dir):
     )
     logits = np.array([0.0, 5.0, 4.0, -1.0, 3.0])
     picks = {
-        sample_next_token(logits, GenerationOptions(temperature=2.0, top_k=2), np.random.default_rng(s))
+        sample_next_token(logits, GenerationConfig(temperature=2.0, top_k=2), np.random.default_rng(s))
         for s in range(200)
     }
     assert picks == {1, 2}
     picks = {
-        sample_next_token(logits, GenerationOptions(temperature=1.0, top_p=0.5), np.random.default_rng(s))
+        sample_next_token(logits, GenerationConfig(temperature=1.0, top_p=0.5), np.random.default_rng(s))
         for s in range(50)
     }
     assert picks == {1}
