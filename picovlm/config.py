@@ -198,7 +198,12 @@ class TrainConfig:
     out_dir: str = "runs/picovlm"
     tokenizer: str | None = None
     tokenizer_vocab_size: int = 1024
+    # Each training picture slightly shifted and scaled every time it is read (never flipped, rotated
+    # or recoloured: those can change the facts). picovlm/data/image_jitter.py; measured in docs/recipes.md.
     image_augment: bool = False
+    # Share of a uniform target mixed into each answer token's one-hot target: a model that memorises
+    # its few thousand answers is kept from becoming certain of them. The logged train loss includes it.
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -220,6 +225,8 @@ class TrainConfig:
             raise ConfigError(f"report_to={self.report_to!r}: use one of none, wandb, trackio, tensorboard.")
         if self.threads < 0:
             raise ConfigError(f"threads={self.threads} is negative: use 0 for torch's default, or a count.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1) (e.g. 0.1).")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1).")
         if self.best_metric not in BEST_METRICS:

@@ -3,6 +3,8 @@
 # retrieval recipe, 10 minutes each, two at a time on one thread each, then `picovlm eval --baseline
 # nearest` of model/ and best/ on the test split; one JSON line per run in real_results.jsonl.
 #   bench/recipes/real_suite.sh DATA_ROOT [SEED] [SETS...]    e.g. bench/recipes/real_suite.sh data 0 emoji cjk
+# Variants: RECIPES="retrieval" (default: "default retrieval") picks the recipes, EXTRA="train.image_augment=true"
+# adds overrides to every run and TAG=aug names them (emoji-retrieval-aug-s0); two runs at a time.
 # DATA_ROOT holds the sets built by `picovlm realset NAME --out DATA_ROOT/NAME`. freeciv-flags is the
 # held-out set: run it only for a final recipe, and report it apart.
 set -euo pipefail
@@ -20,11 +22,20 @@ one() {  # one NAME DATA OVERRIDES...
     --out "$out/eval" --threads 1 > "$out.eval.log" 2>&1
   python "$HERE/real_table.py" --append "$out" --overrides "$*" --seed "$SEED"
 }
+RECIPES=${RECIPES:-default retrieval}
+EXTRA=${EXTRA:-}
+TAG=${TAG:+-$TAG}
 mkdir -p "$RUNS"
+running=0
 for set in $SETS; do
-  one "$set-default-s$SEED" "$ROOT/$set" &
-  # shellcheck disable=SC2086
-  one "$set-retrieval-s$SEED" "$ROOT/$set" $RETRIEVAL &
-  wait
+  for recipe in $RECIPES; do
+    overrides=$EXTRA
+    [ "$recipe" = retrieval ] && overrides="$RETRIEVAL $EXTRA"
+    # shellcheck disable=SC2086
+    one "$set-$recipe$TAG-s$SEED" "$ROOT/$set" $overrides &
+    running=$((running + 1))
+    if [ "$running" -eq 2 ]; then wait; running=0; fi
+  done
 done
+wait
 python "$HERE/real_table.py"

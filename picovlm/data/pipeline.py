@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -36,9 +37,15 @@ BAD_ROW_ERRORS = (PicovlmError, OSError, SyntaxError, ValueError, TypeError, Ima
 class CauldronTorchDataset(torch.utils.data.Dataset):
     """A cauldron-schema datasets.Dataset (one split) as encoded samples for training."""
 
-    def __init__(self, hf_dataset, processor):
+    def __init__(self, hf_dataset, processor, augment=None, seed: int = 0):
         self.dataset = hf_dataset
         self.processor = processor
+        # augment(image, rng) -> image, applied to every image of a row each time it is read
+        # (train.image_augment: picovlm.data.image_jitter). Visit v of row i draws from the generator
+        # seeded (seed, i, v), so a run is repeatable; a resumed run starts counting visits again.
+        self.augment = augment
+        self.seed = seed
+        self._visits: dict[int, int] = {}
         self.bad_rows = 0  # counted in this process only; with workers, read batch["skipped_rows"]
         self.bad_row_examples: list[tuple[int, str]] = []  # the first few (row, reason), for a log line
         self._lengths: list[int] | None = None
@@ -48,7 +55,13 @@ class CauldronTorchDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict | None:
         try:
-            return self.processor.encode_example(self.dataset[int(index)])
+            row = self.dataset[int(index)]
+            if self.augment is not None and row.get("images"):
+                visit = self._visits.get(int(index), 0)
+                self._visits[int(index)] = visit + 1
+                rng = np.random.default_rng([self.seed, int(index), visit])
+                row = {**row, "images": [self.augment(image, rng) for image in row["images"]]}
+            return self.processor.encode_example(row)
         except BAD_ROW_ERRORS as err:
             self.bad_rows += 1
             if len(self.bad_row_examples) < 20:

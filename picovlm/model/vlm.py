@@ -48,16 +48,22 @@ class VLMOutput:
 
 
 def chunked_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 2048
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 2048,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Sum of cross-entropy of (hidden @ weight.T) against targets, never holding all logits at once.
 
     hidden (N, D), weight (V, D), targets (N,). Each chunk's logits are recomputed in the backward pass
-    instead of stored, so peak memory is one chunk of logits, not N x V.
+    instead of stored, so peak memory is one chunk of logits, not N x V. label_smoothing > 0 mixes that
+    share of a uniform target into each one-hot target (train.label_smoothing; training only).
     """
 
     def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(F.linear(h, weight).float(), t, reduction="sum")
+        logits = F.linear(h, weight).float()
+        return F.cross_entropy(logits, t, reduction="sum", label_smoothing=label_smoothing)
 
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
@@ -183,6 +189,7 @@ class VisionLanguageModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
         reduction: str = "mean",
+        label_smoothing: float = 0.0,
     ) -> VLMOutput:
         embeds = self.embed(input_ids, pixel_values)
         if position_ids is None:
@@ -198,7 +205,8 @@ class VisionLanguageModel(nn.Module):
             supervised &= segment_ids[:, 1:] == segment_ids[:, :-1]
         n_tokens = int(supervised.sum())
         total = chunked_cross_entropy(
-            hidden[:, :-1][supervised], self.decoder.lm_head.weight, targets[supervised]
+            hidden[:, :-1][supervised], self.decoder.lm_head.weight, targets[supervised],
+            label_smoothing=label_smoothing,
         )
         if reduction == "sum":
             return VLMOutput(loss=total, n_tokens=n_tokens)

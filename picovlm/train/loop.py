@@ -166,8 +166,9 @@ def _train(
             data_time = time.perf_counter() - data_start
             lr_factor = budget.lr_factor(state.step)
             figures = train_step(
-                train_model, optimizer, step_batches, lr_factor, train_cfg.max_grad_norm, dist_, amp_dtype
-            )
+                train_model, optimizer, step_batches, lr_factor, train_cfg.max_grad_norm, dist_, amp_dtype,
+                label_smoothing=train_cfg.label_smoothing,
+            )  # fmt: skip
             wall = time.perf_counter() - last_step_end  # data loading included
             state.step += 1
             out_of_time = budget.after_step(state.step, dist_)

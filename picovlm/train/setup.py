@@ -264,7 +264,10 @@ def make_loaders(model, train_rows, val_rows, train_cfg: TrainConfig, dist_: Dis
     interleaved share of each global batch (batch_size x gradient_accumulation_steps x processes)."""
     from picovlm.data.pipeline import CauldronTorchDataset, make_dataloader
 
-    train_set = CauldronTorchDataset(train_rows, model.processor)
+    from picovlm.data.image_jitter import jitter_image
+
+    augment = jitter_image if train_cfg.image_augment else None
+    train_set = CauldronTorchDataset(train_rows, model.processor, augment=augment, seed=train_cfg.seed)
     micro, accum = train_cfg.batch_size, train_cfg.gradient_accumulation_steps
     steps_per_epoch = (len(train_set) // dist_.world_size) // (micro * accum)
     if steps_per_epoch == 0:

@@ -92,6 +92,7 @@ def train_step(
     max_grad_norm: float,
     dist_: Dist,
     amp_dtype: torch.dtype | None,
+    label_smoothing: float = 0.0,
 ) -> StepFigures:
     """One optimisation step at `lr_factor` x the peak learning rates: forward and backward of every
     micro-batch, gradient clipping, the AdamW update."""
@@ -111,7 +112,7 @@ def train_step(
         sync = i == len(step_batches) - 1 or not hasattr(train_model, "no_sync")
         with contextlib.nullcontext() if sync else train_model.no_sync():
             with autocast(device, amp_dtype):
-                out = train_model(**to_device(batch, device), reduction="sum")
+                out = train_model(**to_device(batch, device), reduction="sum", label_smoothing=label_smoothing)
             # DDP averages gradients over ranks; the world_size factor turns that into a sum.
             (out.loss * (dist_.world_size / max(n_supervised, 1))).backward()
         loss_sum += float(out.loss.detach())

@@ -123,3 +123,5 @@ def test_no_preset_means_the_recipe_default_and_threads_are_checked(tmp_path):
     assert load_config(path=tmp_path / "f.yaml")[0] == preset(DEFAULT_PRESET, lm_hidden_dim=144)
     with pytest.raises(ConfigError, match="threads=-1"):
         TrainConfig(threads=-1)
+    with pytest.raises(ConfigError, match=r"label_smoothing=1.5 must be in \[0, 1\)"):
+        TrainConfig(label_smoothing=1.5)

@@ -171,6 +171,11 @@ def test_loss_covers_only_supervised_tokens(tokenizer):
     (gb,) = torch.autograd.grad(b, h)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)
+    # label smoothing (train.label_smoothing) is torch's, chunked or not, and raises the loss of a target
+    smoothed = chunked_cross_entropy(h, w, t, chunk_size=8, label_smoothing=0.1)
+    expected = F.cross_entropy(h @ w.T, t, reduction="sum", label_smoothing=0.1)
+    torch.testing.assert_close(smoothed, expected, atol=1e-4, rtol=1e-5)
+    assert not torch.allclose(smoothed, a)
 
 
 def test_packed_samples_do_not_see_each_other(tokenizer):

@@ -142,3 +142,13 @@ def image_folder(tmp_path):
     ]  # fmt: skip
     jsonl_path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     return images, csv_path, jsonl_path
+
+
+@pytest.fixture(scope="module")
+def processor(demo_dataset):
+    """A processor for 32 px images with 4 image tokens and a BPE trained on the demo answers."""
+    from picovlm.data.processor import Processor
+    from picovlm.data.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer([t[0]["assistant"] for t in demo_dataset["texts"]], vocab_size=400)
+    return Processor(tokenizer, image_size=32, image_token_length=4, max_length=96)

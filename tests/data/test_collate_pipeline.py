@@ -61,15 +61,6 @@ def test_pack_collate_positions_segments_and_pixel_order():
     assert mask[1, 6, 5] and not mask[1, 6, 4] and not mask[1, 4, 6] and not mask[1, 8].any()
 
 
-@pytest.fixture(scope="module")
-def processor(demo_dataset):
-    from picovlm.data.processor import Processor
-    from picovlm.data.tokenizer import train_tokenizer
-
-    tokenizer = train_tokenizer([t[0]["assistant"] for t in demo_dataset["texts"]], vocab_size=400)
-    return Processor(tokenizer, image_size=32, image_token_length=4, max_length=96)
-
-
 def test_labels_are_correct_token_by_token_for_a_real_row(demo_dataset, processor):
     row = demo_dataset[0]
     encoded = CauldronTorchDataset(demo_dataset, processor)[0]

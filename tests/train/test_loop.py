@@ -149,6 +149,35 @@ def test_gradient_accumulation_matches_a_big_batch(demo_dir, tmp_path, tiny_conf
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
 
 
+def test_image_augment_jitters_the_training_pictures_only(demo_dir, tmp_path, tiny_configs):
+    """train.image_augment changes what the model sees in training (the first step's loss differs from a
+    plain run with the same seed), and repeats itself with the same seed."""
+    runs = {}
+    for name, augment in (("plain", False), ("jitter", True), ("jitter_again", True)):
+        model_cfg, train_cfg = tiny_configs(
+            demo_dir, tmp_path / name, max_steps=4, eval_interval=4, image_augment=augment
+        )
+        train(model_cfg, train_cfg)
+        runs[name] = read_metrics(tmp_path / name)
+    losses = {name: [r["loss"] for r in records] for name, records in runs.items()}
+    assert losses["jitter"] == losses["jitter_again"]
+    assert losses["jitter"][0] != losses["plain"][0]
+    assert all(loss == loss and loss > 0 for loss in losses["jitter"])  # finite, trains
+
+
+def test_label_smoothing_reaches_the_training_loss(demo_dir, tmp_path, tiny_configs):
+    """At initialisation the smoothing term equals the loss (both are about log V); once the model grows
+    confident, the uniform share of the target costs more and more, so the smoothed run logs a higher
+    training loss than the plain one with the same seed."""
+    losses = {}
+    for name, smoothing in (("plain", 0.0), ("smoothed", 0.3)):
+        model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / name, max_steps=16, label_smoothing=smoothing)
+        train(model_cfg, train_cfg)
+        losses[name] = [r["loss"] for r in read_metrics(tmp_path / name)]
+    assert losses["smoothed"][0] == pytest.approx(losses["plain"][0], abs=0.01)
+    assert sum(losses["smoothed"][-4:]) > sum(losses["plain"][-4:]) + 0.2
+
+
 def test_zero_lr_keeps_the_vision_tower_fixed_and_a_given_tokenizer_resizes_the_vocab(
     demo_dir, tmp_path, tiny_configs
 ):
