@@ -204,6 +204,9 @@ class TrainConfig:
     # Share of a uniform target mixed into each answer token's one-hot target: a model that memorises
     # its few thousand answers is kept from becoming certain of them. The logged train loss includes it.
     label_smoothing: float = 0.0
+    # Weight of the auxiliary fact loss: linear heads on the vision tower's pooled features learn each
+    # row's `fields` (picovlm/train/facts.py); 0 = off. Needs a dataset with a `fields` column.
+    fact_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -225,6 +228,8 @@ class TrainConfig:
             raise ConfigError(f"report_to={self.report_to!r}: use one of none, wandb, trackio, tensorboard.")
         if self.threads < 0:
             raise ConfigError(f"threads={self.threads} is negative: use 0 for torch's default, or a count.")
+        if self.fact_loss_weight < 0:
+            raise ConfigError(f"fact_loss_weight={self.fact_loss_weight} is negative: use 0 (off) or e.g. 0.5.")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1) (e.g. 0.1).")
         if not 0 <= self.warmup_ratio < 1:

@@ -52,7 +52,7 @@ def pad_collate(samples: list[dict | None], pad_token_id: int) -> dict[str, torc
         input_ids[row, :length] = torch.as_tensor(sample["input_ids"], dtype=torch.long)
         labels[row, :length] = torch.as_tensor(sample["labels"], dtype=torch.long)
         attention_mask[row, :length] = 1
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
@@ -60,6 +60,12 @@ def pad_collate(samples: list[dict | None], pad_token_id: int) -> dict[str, torc
         "n_samples": batch_size,
         "skipped_rows": len(samples) - batch_size,
     }
+    if kept and "fact_labels" in kept[0]:  # the auxiliary fact loss (picovlm/train/facts.py)
+        batch["fact_labels"] = torch.tensor([s["fact_labels"] for s in kept], dtype=torch.long)
+        counts = [len(s["pixel_values"]) for s in kept]
+        starts = np.cumsum([0, *counts[:-1]])
+        batch["first_image"] = torch.tensor([int(a) if n else -1 for a, n in zip(starts, counts)], dtype=torch.long)
+    return batch
 
 
 def first_fit(lengths: list[int], max_length: int) -> list[list[int]]:

@@ -37,9 +37,12 @@ BAD_ROW_ERRORS = (PicovlmError, OSError, SyntaxError, ValueError, TypeError, Ima
 class CauldronTorchDataset(torch.utils.data.Dataset):
     """A cauldron-schema datasets.Dataset (one split) as encoded samples for training."""
 
-    def __init__(self, hf_dataset, processor, augment=None, seed: int = 0):
+    def __init__(self, hf_dataset, processor, augment=None, seed: int = 0, facts=None):
         self.dataset = hf_dataset
         self.processor = processor
+        # facts: a picovlm.train.facts.FactVocabulary; each sample then carries its row's fact classes
+        # ("fact_labels") for the auxiliary fact loss.
+        self.facts = facts
         # augment(image, rng) -> image, applied to every image of a row each time it is read
         # (train.image_augment: picovlm.data.image_jitter). Visit v of row i draws from the generator
         # seeded (seed, i, v), so a run is repeatable; a resumed run starts counting visits again.
@@ -61,7 +64,10 @@ class CauldronTorchDataset(torch.utils.data.Dataset):
                 self._visits[int(index)] = visit + 1
                 rng = np.random.default_rng([self.seed, int(index), visit])
                 row = {**row, "images": [self.augment(image, rng) for image in row["images"]]}
-            return self.processor.encode_example(row)
+            sample = self.processor.encode_example(row)
+            if self.facts is not None:
+                sample["fact_labels"] = self.facts.encode(row.get("fields"))
+            return sample
         except BAD_ROW_ERRORS as err:
             self.bad_rows += 1
             if len(self.bad_row_examples) < 20:

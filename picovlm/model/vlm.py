@@ -45,6 +45,7 @@ class VLMOutput:
     loss: torch.Tensor | None = None  # mean over supervised tokens (or their sum, with reduction="sum")
     n_tokens: int = 0  # supervised tokens in the batch
     logits: torch.Tensor | None = None  # (B, T, V), only when no labels are given
+    aux_loss: torch.Tensor | None = None  # a training-only extra loss (picovlm/train/facts.py), same scale as loss
 
 
 def chunked_cross_entropy(
@@ -164,14 +165,22 @@ class VisionLanguageModel(nn.Module):
 
     # --- Forward and loss --------------------------------------------------------------------------
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings (B, T, D) with image embeddings at the <|image|> positions."""
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        vision_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings (B, T, D) with image embeddings at the <|image|> positions. vision_features:
+        the vision tower's output for pixel_values, when the caller already computed it."""
         embeds = self.decoder.embed_tokens(input_ids)
         if pixel_values is None or pixel_values.shape[0] == 0:
             return embeds
         if self.cfg.image_token_id is None:
             raise PicovlmError("config.image_token_id is not set: attach a tokenizer before feeding images.")
-        image_embeds = self.projector(self.vision_encoder(pixel_values.to(embeds.dtype)))  # (n, L, D)
+        if vision_features is None:
+            vision_features = self.vision_encoder(pixel_values.to(embeds.dtype))  # (n, N, D_vit)
+        image_embeds = self.projector(vision_features)  # (n, L, D)
         slots = input_ids == self.cfg.image_token_id
         if int(slots.sum()) != image_embeds.shape[0] * image_embeds.shape[1]:
             raise PicovlmError(
@@ -190,8 +199,9 @@ class VisionLanguageModel(nn.Module):
         segment_ids: torch.Tensor | None = None,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
+        vision_features: torch.Tensor | None = None,
     ) -> VLMOutput:
-        embeds = self.embed(input_ids, pixel_values)
+        embeds = self.embed(input_ids, pixel_values, vision_features)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, input_ids.shape).to(input_ids.device)
         # Right padding needs no mask: under causal attention no real token ever sees a later pad.

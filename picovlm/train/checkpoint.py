@@ -90,27 +90,35 @@ def load_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.device
 
 
 def save_training_state(
-    run_dir: str | os.PathLike, model, optimizer, schedule: dict[str, Any], state: TrainState
+    run_dir: str | os.PathLike, model, optimizer, schedule: dict[str, Any], state: TrainState, extra=None
 ) -> Path:
-    """The run's checkpoint.pt at state.step: what `restore_training_state` continues from."""
-    return save_checkpoint(
-        run_dir,
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": state.step,
-            "schedule": schedule,
-            "train_state": state.to_dict(),
-        },
-    )
+    """The run's checkpoint.pt at state.step: what `restore_training_state` continues from. `extra`:
+    a training-only module beside the model (the fact heads), kept so a resumed run continues exactly."""
+    saved = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": state.step,
+        "schedule": schedule,
+        "train_state": state.to_dict(),
+    }
+    if extra is not None:
+        saved["extra"] = extra.state_dict()
+    return save_checkpoint(run_dir, saved)
 
 
 def restore_training_state(
-    run_dir: str | os.PathLike, model, optimizer, best_metric: str
+    run_dir: str | os.PathLike, model, optimizer, best_metric: str, extra=None
 ) -> tuple[TrainState, dict[str, Any]]:
     """Load checkpoint.pt into the model, the optimizer and the random generators; return the run's
     TrainState (converted from an older checkpoint's dict if need be) and the saved schedule."""
     saved = load_checkpoint(run_dir)
+    if (extra is None) != ("extra" not in saved):
+        raise PicovlmError(
+            f"{Path(run_dir) / CHECKPOINT_FILE} was saved with train.fact_loss_weight "
+            f"{'on' if 'extra' in saved else 'off'}: resume with the run's own config.yaml, or start a new out_dir."
+        )
+    if extra is not None:
+        extra.load_state_dict(saved["extra"])
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     state = TrainState.from_checkpoint(saved, best_metric)

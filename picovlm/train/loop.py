@@ -33,6 +33,7 @@ from picovlm.config import TrainConfig, VLMConfig, save_config
 from picovlm.train import checkpoint as ckpt
 from picovlm.train.budget import Budget
 from picovlm.train.evaluation import EvalHook, settle_best_metric
+from picovlm.train.facts import build_fact_heads
 from picovlm.train.interrupt import StopOnSignal, TrainingInterrupted
 from picovlm.train.optim import build_optimizer
 from picovlm.train.setup import (
@@ -132,21 +133,28 @@ def _train(
     train_cfg, field_parser = settle_best_metric(train_cfg, train_ds, val_ds)
     model, train_rows, val_rows = build_model(model_cfg, tokenizer, train_ds, val_ds, progress)
     report = param_report(model.cfg)
-    optimizer = build_optimizer(model, train_cfg)  # also freezes towers whose learning rate is 0
+    fact_heads = build_fact_heads(model, train_ds, train_cfg)  # None unless train.fact_loss_weight > 0
+    optimizer = build_optimizer(model, train_cfg, extra=fact_heads)  # also freezes towers whose lr is 0
     check_memory(model, train_cfg, report.total, device)
     model.to(device)
-    loader, val_loader, steps_per_epoch = make_loaders(model, train_rows, val_rows, train_cfg, dist_)
+    if fact_heads is not None:
+        fact_heads.to(device)
+    loader, val_loader, steps_per_epoch = make_loaders(
+        model, train_rows, val_rows, train_cfg, dist_, facts=fact_heads.vocabulary if fact_heads else None
+    )
     budget = Budget(train_cfg, steps_per_epoch)
     state = TrainState()
     if resume:
-        state, schedule = ckpt.restore_training_state(run_dir, model, optimizer, train_cfg.best_metric)
+        state, schedule = ckpt.restore_training_state(
+            run_dir, model, optimizer, train_cfg.best_metric, extra=fact_heads
+        )
         if note := budget.load_state_dict(schedule):
             notes.append(note)
         notes.append(f"resumed from step {state.step}")
 
     tracker = _start_tracking(run_dir, model.cfg, train_cfg, state.step) if dist_.main else None
     amp_dtype = autocast_dtype(train_cfg.precision, device)
-    train_model = wrap_model(model, train_cfg, dist_)
+    train_model = wrap_model(model, train_cfg, dist_, fact_heads)
     evaluate = EvalHook(
         model, train_cfg, train_ds, val_ds, val_loader, field_parser, run_dir, dist_, amp_dtype
     )
@@ -175,12 +183,16 @@ def _train(
 
             # --- Log ---
             # a signal to any rank stops every rank after this same step (the sum doubles as the vote)
-            loss_sum, signalled = dist_.sum([figures.loss_sum, float(stop.signum is not None)])
+            loss_sum, signalled, aux_sum = dist_.sum(
+                [figures.loss_sum, float(stop.signum is not None), figures.aux_loss_sum]
+            )
             last_loss = loss_sum / max(figures.supervised, 1)
             state.count(last_loss, figures.tokens, figures.seconds, figures.skipped_rows)
             record = step_record(
                 state, figures, last_loss, optimizer, steps_per_epoch, data_time, wall, device
             )
+            if fact_heads is not None:  # the heads' mean cross-entropy per field, unweighted
+                record["fact_loss"] = aux_sum / max(figures.supervised, 1) / train_cfg.fact_loss_weight
 
             # --- Evaluate, keep the best, early-stop, checkpoint ---
             is_last = state.step == budget.total_steps
@@ -191,7 +203,7 @@ def _train(
             ending = is_last or stopped_early or out_of_time or signalled
             if state.step % train_cfg.checkpoint_interval == 0 or ending:
                 if dist_.main:
-                    ckpt.save_training_state(run_dir, model, optimizer, budget.state_dict(), state)
+                    ckpt.save_training_state(run_dir, model, optimizer, budget.state_dict(), state, fact_heads)
                 dist_.barrier()
             if signalled:
                 raise TrainingInterrupted(stop.signum or signal.SIGTERM, state.step, run_dir)

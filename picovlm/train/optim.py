@@ -33,8 +33,9 @@ def no_weight_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or "embed_tokens" in name or "position_embedding" in name or "cls_token" in name
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over up to six groups (tower x decay/no-decay); towers with lr 0 are frozen, not grouped."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig, extra: nn.Module | None = None) -> torch.optim.AdamW:
+    """AdamW over up to six groups (tower x decay/no-decay); towers with lr 0 are frozen, not grouped.
+    `extra`: a training-only module beside the model (the fact heads), at the projector's rate."""
     rates = group_learning_rates(cfg)
     groups: list[dict] = []
     for tower, prefix in GROUP_PREFIXES.items():
@@ -50,6 +51,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
                 groups.append(
                     {"params": params, "lr": rates[tower], "weight_decay": wd, "name": tower + suffix}
                 )
+    if extra is not None:
+        for params, wd, suffix in (([p for p in extra.parameters() if p.ndim >= 2], cfg.weight_decay, ""),
+                                   ([p for p in extra.parameters() if p.ndim < 2], 0.0, "_no_decay")):  # fmt: skip
+            if params:
+                groups.append({"params": params, "lr": cfg.lr_mp, "weight_decay": wd, "name": "extra" + suffix})
     if not groups:
         from picovlm.errors import ConfigError
 

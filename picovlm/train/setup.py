@@ -259,15 +259,18 @@ def peak_memory_mb(device: torch.device) -> tuple[float, float | None]:
     return rss, cuda
 
 
-def make_loaders(model, train_rows, val_rows, train_cfg: TrainConfig, dist_: Dist):
+def make_loaders(model, train_rows, val_rows, train_cfg: TrainConfig, dist_: Dist, facts=None):
     """(train loader, val loader or None, optimizer steps per epoch). Every rank reads its own
-    interleaved share of each global batch (batch_size x gradient_accumulation_steps x processes)."""
+    interleaved share of each global batch (batch_size x gradient_accumulation_steps x processes).
+    facts: the FactVocabulary of the auxiliary fact loss; training samples then carry their classes."""
     from picovlm.data.pipeline import CauldronTorchDataset, make_dataloader
 
     from picovlm.data.image_jitter import jitter_image
 
     augment = jitter_image if train_cfg.image_augment else None
-    train_set = CauldronTorchDataset(train_rows, model.processor, augment=augment, seed=train_cfg.seed)
+    train_set = CauldronTorchDataset(
+        train_rows, model.processor, augment=augment, seed=train_cfg.seed, facts=facts
+    )
     micro, accum = train_cfg.batch_size, train_cfg.gradient_accumulation_steps
     steps_per_epoch = (len(train_set) // dist_.world_size) // (micro * accum)
     if steps_per_epoch == 0:
@@ -297,12 +300,16 @@ def make_loaders(model, train_rows, val_rows, train_cfg: TrainConfig, dist_: Dis
     return loader, val_loader if len(val_set) >= dist_.world_size else None, steps_per_epoch
 
 
-def wrap_model(model, train_cfg: TrainConfig, dist_: Dist) -> torch.nn.Module:
-    """What the steps call: the model, compiled if asked, inside DDP under torchrun. The model itself
-    stays unwrapped for evaluation and saving."""
+def wrap_model(model, train_cfg: TrainConfig, dist_: Dist, fact_heads=None) -> torch.nn.Module:
+    """What the steps call: the model (with the fact heads' loss beside it, when there are heads),
+    compiled if asked, inside DDP under torchrun. The model itself stays unwrapped for evaluation and saving."""
     train_model: torch.nn.Module = model
+    if fact_heads is not None:
+        from picovlm.train.facts import FactSupervised
+
+        train_model = FactSupervised(model, fact_heads, train_cfg.fact_loss_weight)
     if train_cfg.compile:
-        train_model = torch.compile(model)
+        train_model = torch.compile(train_model)
     if dist_.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 

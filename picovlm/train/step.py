@@ -18,7 +18,10 @@ from picovlm.config import TrainConfig
 from picovlm.train.optim import set_learning_rates
 from picovlm.train.setup import Dist
 
-MODEL_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids", "segment_ids")
+MODEL_KEYS = (
+    "input_ids", "attention_mask", "labels", "pixel_values", "position_ids", "segment_ids",
+    "fact_labels", "first_image",  # only in batches for the auxiliary fact loss (picovlm/train/facts.py)
+)  # fmt: skip
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -82,6 +85,7 @@ class StepFigures:
     samples: float
     skipped_rows: float
     seconds: float  # compute time of the step, data loading excluded
+    aux_loss_sum: float = 0.0  # this rank's summed auxiliary (fact) loss, weighted as in the backward pass
 
 
 def train_step(
@@ -106,20 +110,24 @@ def train_step(
         sum(b["skipped_rows"] for b in step_batches),
     ]
     n_supervised, n_tokens, n_slots, n_samples, n_skipped = dist_.sum(local)
-    loss_sum = 0.0
+    loss_sum = aux_loss_sum = 0.0
     for i, batch in enumerate(step_batches):
         # Under DDP, the gradient all-reduce runs only on the last micro-batch of the step.
         sync = i == len(step_batches) - 1 or not hasattr(train_model, "no_sync")
         with contextlib.nullcontext() if sync else train_model.no_sync():
             with autocast(device, amp_dtype):
                 out = train_model(**to_device(batch, device), reduction="sum", label_smoothing=label_smoothing)
+            loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
             # DDP averages gradients over ranks; the world_size factor turns that into a sum.
-            (out.loss * (dist_.world_size / max(n_supervised, 1))).backward()
+            (loss * (dist_.world_size / max(n_supervised, 1))).backward()
         loss_sum += float(out.loss.detach())
+        aux_loss_sum += 0.0 if out.aux_loss is None else float(out.aux_loss.detach())
     grad_norm = float(torch.nn.utils.clip_grad_norm_(train_model.parameters(), max_grad_norm))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # so that `seconds` times the GPU's work, not its queueing
     seconds = time.perf_counter() - start
-    return StepFigures(loss_sum, grad_norm, n_supervised, n_tokens, n_slots, n_samples, n_skipped, seconds)
+    return StepFigures(
+        loss_sum, grad_norm, n_supervised, n_tokens, n_slots, n_samples, n_skipped, seconds, aux_loss_sum
+    )

@@ -4,7 +4,9 @@ metrics.jsonl has one JSON object per optimizer step:
     {"step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "tokens_per_s_wall",
      "samples_per_s", "padding_share", "step_time_s", "data_time_s", "peak_rss_mb", "peak_cuda_mb", ...}
 and, on evaluation steps, also "val_loss" and "train_val_gap" (val loss minus the mean training loss
-since the previous evaluation), plus "gen_*" metrics from the in-training generation check.
+since the previous evaluation), plus "gen_*" metrics from the in-training generation check. With
+train.fact_loss_weight > 0 every step also logs "fact_loss" (the fact heads' cross-entropy; "loss" stays
+the answers' own).
 
 On resume the file is cut back to the checkpoint's step, so every step appears exactly once.
 

@@ -1,0 +1,127 @@
+"""The auxiliary fact loss (`train.fact_loss_weight`): the vision tower also learns to name each row's facts.
+
+On real data a few thousand answers are memorised, not generalised: the model learns which training
+answer goes with which exact picture, and on an unseen object recalls a wrong one (docs/recipes.md).
+The rows' `fields` (the facts an answer states: a unit's race, an emoji's group, a glyph's radical) are
+a far stronger signal per picture than the words of an answer, and one that transfers: classes are
+shared between objects, names are not. So beside the answer loss, one linear head per field reads the
+vision tower's mean-pooled features of the row's first picture and predicts that field's value:
+
+    features (B, D_vit) = mean over patches of ViT(first picture of each row)
+    loss per token      = answer cross-entropy + fact_loss_weight x (mean over the row's fields of the
+                          heads' cross-entropy), each row weighted by its answer tokens
+
+The heads exist only while training: model/ and best/ hold the VLM alone, so export, the runtime and
+the server never see them. The checkpoint keeps them, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from picovlm.errors import ConfigError, DataError
+from picovlm.eval.facts import row_facts
+from picovlm.eval.metrics import flatten_fields
+
+IGNORE = -100
+# A field whose values are mostly one-offs (a name, a free-text note) cannot be learned as classes
+# that carry over to new objects: keep a field only when its values repeat, on average this often.
+MIN_ROWS_PER_VALUE = 2.0
+
+
+@dataclass
+class FactVocabulary:
+    """The classes of each fact field, read from the training rows' `fields`."""
+
+    values: dict[str, list[str]]  # field path -> its values, in a fixed order
+
+    @classmethod
+    def from_rows(cls, fields_column) -> FactVocabulary:
+        counts: dict[str, Counter[str]] = {}
+        for raw in fields_column:
+            for path, value in flatten_fields(row_facts({"fields": raw}) or {}).items():
+                counts.setdefault(path, Counter())[str(value)] += 1
+        values = {
+            path: sorted(c)
+            for path, c in sorted(counts.items())
+            if len(c) >= 2 and c.total() / len(c) >= MIN_ROWS_PER_VALUE
+        }
+        return cls(values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def encode(self, raw_fields) -> list[int]:
+        """One class id per field (IGNORE where the row lacks the field or has a value never trained on)."""
+        facts = flatten_fields(row_facts({"fields": raw_fields}) or {})
+        out = []
+        for path, values in self.values.items():
+            value = facts.get(path)
+            out.append(values.index(str(value)) if value is not None and str(value) in values else IGNORE)
+        return out
+
+
+class FactHeads(nn.Module):
+    """One linear classifier per fact field over the vision tower's pooled features."""
+
+    def __init__(self, vocabulary: FactVocabulary, vision_dim: int):
+        super().__init__()
+        self.vocabulary = vocabulary
+        self.heads = nn.ModuleList(nn.Linear(vision_dim, len(v)) for v in vocabulary.values.values())
+
+    def per_row_loss(self, features: torch.Tensor, fact_labels: torch.Tensor) -> torch.Tensor:
+        """(B, D) features, (B, F) class ids -> (B,) mean cross-entropy over each row's known fields."""
+        total = features.new_zeros(features.shape[0])
+        known = (fact_labels != IGNORE).float()
+        for j, head in enumerate(self.heads):
+            ce = F.cross_entropy(head(features).float(), fact_labels[:, j], ignore_index=IGNORE, reduction="none")
+            total = total + ce * known[:, j]
+        return total / known.sum(dim=1).clamp(min=1)
+
+
+class FactSupervised(nn.Module):
+    """What the training steps call when fact_loss_weight > 0: the VLM's forward, plus the fact loss
+    as `aux_loss` on the same scale as the answer loss (a sum over answer tokens with reduction="sum")."""
+
+    def __init__(self, model: nn.Module, heads: FactHeads, weight: float):
+        super().__init__()
+        self.model, self.heads, self.weight = model, heads, weight
+
+    def forward(self, *, pixel_values, labels, fact_labels, first_image, reduction="mean", **batch):
+        vision = self.model.vision_encoder(pixel_values)  # (n_images, N, D), computed once for both losses
+        out = self.model(pixel_values=pixel_values, labels=labels, reduction=reduction, vision_features=vision,
+                         **batch)  # fmt: skip
+        has_image = first_image >= 0
+        tokens = (labels[:, 1:] != IGNORE).sum(dim=1).float()  # each row's answer tokens
+        per_row = self.heads.per_row_loss(vision.mean(dim=1)[first_image[has_image]], fact_labels[has_image])
+        aux = self.weight * (per_row * tokens[has_image]).sum()
+        out.aux_loss = aux if reduction == "sum" else aux / tokens.sum().clamp(min=1)
+        return out
+
+
+def build_fact_heads(model, train_ds, train_cfg) -> FactHeads | None:
+    """The heads for train.fact_loss_weight > 0 (None when it is 0), with a clear error where the
+    training rows have no facts to learn."""
+    if not train_cfg.fact_loss_weight:
+        return None
+    if train_cfg.packing:
+        raise ConfigError("train.fact_loss_weight needs one row per sequence: set train.packing=false.")
+    if "fields" not in train_ds.column_names:
+        raise DataError(
+            f"train.fact_loss_weight={train_cfg.fact_loss_weight} but {train_cfg.data_dir} split "
+            f"{train_cfg.train_split!r} has no `fields` column: `picovlm data import` keeps a table's extra "
+            "columns (e.g. category, colour) as fields; or set train.fact_loss_weight=0."
+        )
+    vocabulary = FactVocabulary.from_rows(train_ds["fields"])
+    if not len(vocabulary):
+        raise DataError(
+            f"{train_cfg.data_dir} split {train_cfg.train_split!r}: no field of `fields` has values shared "
+            f"by at least {MIN_ROWS_PER_VALUE:g} rows on average, so there are no classes to learn; set "
+            "train.fact_loss_weight=0."
+        )
+    return FactHeads(vocabulary, model.cfg.vit_hidden_dim)
