@@ -171,11 +171,11 @@ def test_label_smoothing_reaches_the_training_loss(demo_dir, tmp_path, tiny_conf
     training loss than the plain one with the same seed."""
     losses = {}
     for name, smoothing in (("plain", 0.0), ("smoothed", 0.3)):
-        model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / name, max_steps=16, label_smoothing=smoothing)
+        model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / name, max_steps=8, label_smoothing=smoothing)
         train(model_cfg, train_cfg)
         losses[name] = [r["loss"] for r in read_metrics(tmp_path / name)]
     assert losses["smoothed"][0] == pytest.approx(losses["plain"][0], abs=0.01)
-    assert sum(losses["smoothed"][-4:]) > sum(losses["plain"][-4:]) + 0.2
+    assert sum(losses["smoothed"][-4:]) > sum(losses["plain"][-4:]) + 0.1  # 0.25 here
 
 
 def test_zero_lr_keeps_the_vision_tower_fixed_and_a_given_tokenizer_resizes_the_vocab(
