@@ -229,7 +229,9 @@ class TrainConfig:
         if self.threads < 0:
             raise ConfigError(f"threads={self.threads} is negative: use 0 for torch's default, or a count.")
         if self.fact_loss_weight < 0:
-            raise ConfigError(f"fact_loss_weight={self.fact_loss_weight} is negative: use 0 (off) or e.g. 0.5.")
+            raise ConfigError(
+                f"fact_loss_weight={self.fact_loss_weight} is negative: use 0 (off) or e.g. 0.5."
+            )
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1) (e.g. 0.1).")
         if not 0 <= self.warmup_ratio < 1:

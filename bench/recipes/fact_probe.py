@@ -48,7 +48,9 @@ def encoder(arch: str, size: int) -> tuple[nn.Module, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("data_dir")
     parser.add_argument("--arch", choices=("cnn", "vit"), default="cnn")
     parser.add_argument("--size", type=int, default=112, help="picture side in pixels")
@@ -76,7 +78,12 @@ def main() -> None:
     def pixels(images):
         return torch.from_numpy(np.stack([preprocess_image(im, args.size) for im in images]))
 
-    x_train, y_train, x_test, y_test = pixels(train_images), labels(train_facts), pixels(test_images), labels(test_facts)
+    x_train, y_train, x_test, y_test = (
+        pixels(train_images),
+        labels(train_facts),
+        pixels(test_images),
+        labels(test_facts),
+    )
     net, dim = encoder(args.arch, args.size)
     heads = nn.ModuleList(nn.Linear(dim, len(classes[k])) for k in keys)
     optimizer = torch.optim.AdamW([*net.parameters(), *heads.parameters()], lr=1e-3, weight_decay=0.05)
@@ -84,7 +91,9 @@ def main() -> None:
     while time.time() - start < args.minutes * 60:
         batch = rng.choice(len(x_train), 16, replace=False)
         features = net(x_train[batch])
-        loss = sum(F.cross_entropy(h(features), y_train[batch, j], ignore_index=-100) for j, h in enumerate(heads))
+        loss = sum(
+            F.cross_entropy(h(features), y_train[batch, j], ignore_index=-100) for j, h in enumerate(heads)
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

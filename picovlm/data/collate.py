@@ -64,7 +64,9 @@ def pad_collate(samples: list[dict | None], pad_token_id: int) -> dict[str, torc
         batch["fact_labels"] = torch.tensor([s["fact_labels"] for s in kept], dtype=torch.long)
         counts = [len(s["pixel_values"]) for s in kept]
         starts = np.cumsum([0, *counts[:-1]])
-        batch["first_image"] = torch.tensor([int(a) if n else -1 for a, n in zip(starts, counts)], dtype=torch.long)
+        batch["first_image"] = torch.tensor(
+            [int(a) if n else -1 for a, n in zip(starts, counts)], dtype=torch.long
+        )
     return batch
 
 

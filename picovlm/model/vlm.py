@@ -45,7 +45,9 @@ class VLMOutput:
     loss: torch.Tensor | None = None  # mean over supervised tokens (or their sum, with reduction="sum")
     n_tokens: int = 0  # supervised tokens in the batch
     logits: torch.Tensor | None = None  # (B, T, V), only when no labels are given
-    aux_loss: torch.Tensor | None = None  # a training-only extra loss (picovlm/train/facts.py), same scale as loss
+    aux_loss: torch.Tensor | None = (
+        None  # a training-only extra loss (picovlm/train/facts.py), same scale as loss
+    )
 
 
 def chunked_cross_entropy(
@@ -215,7 +217,9 @@ class VisionLanguageModel(nn.Module):
             supervised &= segment_ids[:, 1:] == segment_ids[:, :-1]
         n_tokens = int(supervised.sum())
         total = chunked_cross_entropy(
-            hidden[:, :-1][supervised], self.decoder.lm_head.weight, targets[supervised],
+            hidden[:, :-1][supervised],
+            self.decoder.lm_head.weight,
+            targets[supervised],
             label_smoothing=label_smoothing,
         )
         if reduction == "sum":

@@ -79,7 +79,9 @@ class FactHeads(nn.Module):
         total = features.new_zeros(features.shape[0])
         known = (fact_labels != IGNORE).float()
         for j, head in enumerate(self.heads):
-            ce = F.cross_entropy(head(features).float(), fact_labels[:, j], ignore_index=IGNORE, reduction="none")
+            ce = F.cross_entropy(
+                head(features).float(), fact_labels[:, j], ignore_index=IGNORE, reduction="none"
+            )
             total = total + ce * known[:, j]
         return total / known.sum(dim=1).clamp(min=1)
 

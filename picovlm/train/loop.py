@@ -203,7 +203,9 @@ def _train(
             ending = is_last or stopped_early or out_of_time or signalled
             if state.step % train_cfg.checkpoint_interval == 0 or ending:
                 if dist_.main:
-                    ckpt.save_training_state(run_dir, model, optimizer, budget.state_dict(), state, fact_heads)
+                    ckpt.save_training_state(
+                        run_dir, model, optimizer, budget.state_dict(), state, fact_heads
+                    )
                 dist_.barrier()
             if signalled:
                 raise TrainingInterrupted(stop.signum or signal.SIGTERM, state.step, run_dir)

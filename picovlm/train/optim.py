@@ -55,7 +55,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, extra: nn.Module | None 
         for params, wd, suffix in (([p for p in extra.parameters() if p.ndim >= 2], cfg.weight_decay, ""),
                                    ([p for p in extra.parameters() if p.ndim < 2], 0.0, "_no_decay")):  # fmt: skip
             if params:
-                groups.append({"params": params, "lr": cfg.lr_mp, "weight_decay": wd, "name": "extra" + suffix})
+                groups.append(
+                    {"params": params, "lr": cfg.lr_mp, "weight_decay": wd, "name": "extra" + suffix}
+                )
     if not groups:
         from picovlm.errors import ConfigError
 

@@ -263,9 +263,8 @@ def make_loaders(model, train_rows, val_rows, train_cfg: TrainConfig, dist_: Dis
     """(train loader, val loader or None, optimizer steps per epoch). Every rank reads its own
     interleaved share of each global batch (batch_size x gradient_accumulation_steps x processes).
     facts: the FactVocabulary of the auxiliary fact loss; training samples then carry their classes."""
-    from picovlm.data.pipeline import CauldronTorchDataset, make_dataloader
-
     from picovlm.data.image_jitter import jitter_image
+    from picovlm.data.pipeline import CauldronTorchDataset, make_dataloader
 
     augment = jitter_image if train_cfg.image_augment else None
     train_set = CauldronTorchDataset(

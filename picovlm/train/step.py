@@ -116,7 +116,9 @@ def train_step(
         sync = i == len(step_batches) - 1 or not hasattr(train_model, "no_sync")
         with contextlib.nullcontext() if sync else train_model.no_sync():
             with autocast(device, amp_dtype):
-                out = train_model(**to_device(batch, device), reduction="sum", label_smoothing=label_smoothing)
+                out = train_model(
+                    **to_device(batch, device), reduction="sum", label_smoothing=label_smoothing
+                )
             loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
             # DDP averages gradients over ranks; the world_size factor turns that into a sum.
             (loss * (dist_.world_size / max(n_supervised, 1))).backward()

@@ -18,7 +18,7 @@ def marked_picture() -> Image.Image:
 
 
 def centroid_x(pixels: np.ndarray, colour: tuple[int, int, int]) -> float:
-    mask = (np.abs(pixels.astype(int) - colour).sum(-1) < 60)
+    mask = np.abs(pixels.astype(int) - colour).sum(-1) < 60
     return float(np.nonzero(mask)[1].mean())
 
 

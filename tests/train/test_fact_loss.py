@@ -85,7 +85,9 @@ def test_a_run_keeps_the_heads_in_its_checkpoint_only_and_resumes_exactly(demo_d
     assert any(key.startswith("heads.") for key in saved["extra"])
     assert not any("heads" in key for key in VLM.from_pretrained(tmp_path / "full" / "model").state_dict())
 
-    _, cut_cfg = tiny_configs(demo_dir, tmp_path / "cut", max_steps=8, checkpoint_interval=4, fact_loss_weight=1.0)
+    _, cut_cfg = tiny_configs(
+        demo_dir, tmp_path / "cut", max_steps=8, checkpoint_interval=4, fact_loss_weight=1.0
+    )
 
     class Crash(Exception):
         pass
