@@ -45,9 +45,8 @@ class VLMOutput:
     loss: torch.Tensor | None = None  # mean over supervised tokens (or their sum, with reduction="sum")
     n_tokens: int = 0  # supervised tokens in the batch
     logits: torch.Tensor | None = None  # (B, T, V), only when no labels are given
-    aux_loss: torch.Tensor | None = (
-        None  # a training-only extra loss (picovlm/train/facts.py), same scale as loss
-    )
+    # a training-only extra loss on the same scale as `loss` (the fact heads: picovlm/train/facts.py)
+    aux_loss: torch.Tensor | None = None
 
 
 def chunked_cross_entropy(

@@ -40,6 +40,9 @@ class FactVocabulary:
 
     values: dict[str, list[str]]  # field path -> its values, in a fixed order
 
+    def __post_init__(self) -> None:
+        self._class_of = {path: {v: i for i, v in enumerate(vs)} for path, vs in self.values.items()}
+
     @classmethod
     def from_rows(cls, fields_column) -> FactVocabulary:
         counts: dict[str, Counter[str]] = {}
@@ -59,11 +62,9 @@ class FactVocabulary:
     def encode(self, raw_fields) -> list[int]:
         """One class id per field (IGNORE where the row lacks the field or has a value never trained on)."""
         facts = flatten_fields(row_facts({"fields": raw_fields}) or {})
-        out = []
-        for path, values in self.values.items():
-            value = facts.get(path)
-            out.append(values.index(str(value)) if value is not None and str(value) in values else IGNORE)
-        return out
+        return [
+            self._class_of[path].get(facts[path], IGNORE) if path in facts else IGNORE for path in self.values
+        ]
 
 
 class FactHeads(nn.Module):

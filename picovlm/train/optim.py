@@ -33,6 +33,19 @@ def no_weight_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or "embed_tokens" in name or "position_embedding" in name or "cls_token" in name
 
 
+def decay_groups(
+    named: list[tuple[str, nn.Parameter]], rate: float, weight_decay: float, name: str
+) -> list[dict]:
+    """The parameters' group with weight decay and the one without (see no_weight_decay), empty ones left out."""
+    decay = [p for n, p in named if not no_weight_decay(n, p)]
+    plain = [p for n, p in named if no_weight_decay(n, p)]
+    return [
+        {"params": params, "lr": rate, "weight_decay": wd, "name": name + suffix}
+        for params, wd, suffix in ((decay, weight_decay, ""), (plain, 0.0, "_no_decay"))
+        if params
+    ]
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, extra: nn.Module | None = None) -> torch.optim.AdamW:
     """AdamW over up to six groups (tower x decay/no-decay); towers with lr 0 are frozen, not grouped.
     `extra`: a training-only module beside the model (the fact heads), at the projector's rate."""
@@ -44,20 +57,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, extra: nn.Module | None 
             for _, p in named:
                 p.requires_grad_(False)
             continue
-        decay = [p for n, p in named if not no_weight_decay(n, p)]
-        plain = [p for n, p in named if no_weight_decay(n, p)]
-        for params, wd, suffix in ((decay, cfg.weight_decay, ""), (plain, 0.0, "_no_decay")):
-            if params:
-                groups.append(
-                    {"params": params, "lr": rates[tower], "weight_decay": wd, "name": tower + suffix}
-                )
+        groups += decay_groups(named, rates[tower], cfg.weight_decay, tower)
     if extra is not None:
-        for params, wd, suffix in (([p for p in extra.parameters() if p.ndim >= 2], cfg.weight_decay, ""),
-                                   ([p for p in extra.parameters() if p.ndim < 2], 0.0, "_no_decay")):  # fmt: skip
-            if params:
-                groups.append(
-                    {"params": params, "lr": cfg.lr_mp, "weight_decay": wd, "name": "extra" + suffix}
-                )
+        groups += decay_groups(list(extra.named_parameters()), cfg.lr_mp, cfg.weight_decay, "extra")
     if not groups:
         from picovlm.errors import ConfigError
 
