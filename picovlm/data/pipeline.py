@@ -202,6 +202,17 @@ def _worker_init(_worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def stop_workers(loader: torch.utils.data.DataLoader | None) -> None:
+    """End a DataLoader's persistent worker processes now. They ignore SIGTERM (_worker_init), so a
+    worker still alive when the interpreter exits keeps multiprocessing's exit handler, which
+    terminates and then joins them, waiting forever (seen after a resumed run with the fact loss)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()  # what the iterator's __del__ does; not left to the collector
+    if loader is not None:
+        loader._iterator = None
+
+
 def make_dataloader(
     dataset: CauldronTorchDataset,
     batch_size: int,

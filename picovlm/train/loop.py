@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from picovlm.config import TrainConfig, VLMConfig, save_config
+from picovlm.data.pipeline import stop_workers
 from picovlm.train import checkpoint as ckpt
 from picovlm.train.budget import Budget
 from picovlm.train.evaluation import EvalHook, settle_best_metric
@@ -218,6 +219,8 @@ def _train(
     finally:
         if tracker is not None:
             tracker.close()
+        stop_workers(loader)
+        stop_workers(val_loader)
     # The last step's checkpoint is on disk: a signal from here on stops at once, and one that came
     # after the last step's vote still stops the run (a resume only writes model/ and the summary).
     stop.deferring = False
