@@ -205,8 +205,9 @@ class TrainConfig:
     # its few thousand answers is kept from becoming certain of them. The logged train loss includes it.
     label_smoothing: float = 0.0
     # Weight of the auxiliary fact loss: linear heads on the vision tower's pooled features learn each
-    # row's `fields` (picovlm/train/facts.py); 0 = off. Needs a dataset with a `fields` column.
-    fact_loss_weight: float = 0.0
+    # row's `fields` (picovlm/train/facts.py); 0 = off. "auto": 1 where the training rows carry facts the
+    # heads can learn (a `fields` column, packing off), else off. Measured on real data: docs/recipes.md.
+    fact_loss_weight: float | str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -228,7 +229,11 @@ class TrainConfig:
             raise ConfigError(f"report_to={self.report_to!r}: use one of none, wandb, trackio, tensorboard.")
         if self.threads < 0:
             raise ConfigError(f"threads={self.threads} is negative: use 0 for torch's default, or a count.")
-        if self.fact_loss_weight < 0:
+        if isinstance(self.fact_loss_weight, str) and self.fact_loss_weight != "auto":
+            raise ConfigError(
+                f"fact_loss_weight={self.fact_loss_weight!r}: use auto, 0 (off) or a weight (e.g. 1)."
+            )
+        if not isinstance(self.fact_loss_weight, str) and self.fact_loss_weight < 0:
             raise ConfigError(
                 f"fact_loss_weight={self.fact_loss_weight} is negative: use 0 (off) or e.g. 0.5."
             )
@@ -298,22 +303,24 @@ for _it, (_h, _inter, _nh, _nkv, _vinter) in _SUPER_SMALL_TABLE.items():
         vit_inter_dim=_vinter,
     )  # fmt: skip
 
-# picovlm's default: the blog's iteration-11 language model (216 wide, one block, 6 heads, 1 kv head)
-# with a cheaper vision stem: 32 px patches (7x7 = 49 image tokens without pixel shuffle) and a
+# The blog's iteration-11 language model (216 wide, one block, 6 heads, 1 kv head) with a cheaper
+# vision stem (the default before retrieval, and the base of picovlm's default below): 32 px patches (7x7 = 49 image tokens without pixel shuffle) and a
 # 384-wide ViT. A training step costs ~4x less than 224/16 with a 768-wide ViT, so the 10-minute CPU
 # budget holds ~3,000 steps, and the model gets past "learned the templates" to "reads the image".
 # Measured in docs/recipes.md.
 PRESETS["picovlm-small"] = dict(
     PRESETS["super-small-11"], vit_patch_size=32, mp_pixel_shuffle_factor=1, vit_hidden_dim=384,
 )  # fmt: skip
-# picovlm-small that edits its neighbours' answers instead of recalling its own (picovlm/retrieval.py):
-# the answers of the 2 most similar training pictures in the prompt, a second LM block so it can copy
-# from them word by word, room for the longer prompt. On real data (emoji, cjk, wesnoth; 10 minutes)
-# it beat picovlm-small on token F1 and facts and never collapsed (docs/recipes.md, "Real data").
+# picovlm's default: picovlm-small that edits its neighbours' answers instead of recalling its own
+# (picovlm/retrieval.py): the answers of the 2 most similar training pictures in the prompt, a second
+# LM block so it can copy from them word by word, room for the longer prompt. On real data (emoji, cjk,
+# wesnoth; 10 minutes, two seeds) it beat picovlm-small on token F1 and facts, and with the fact loss
+# (TrainConfig.fact_loss_weight "auto") never collapsed (docs/recipes.md, "Real data"). 4 neighbours
+# instead of 2 did not help.
 PRESETS["picovlm-small-retrieval"] = dict(
     PRESETS["picovlm-small"], retrieval_k=2, lm_n_blocks=2, lm_max_length=512,
 )  # fmt: skip
-DEFAULT_PRESET = "picovlm-small"
+DEFAULT_PRESET = "picovlm-small-retrieval"
 
 
 def base_model_fields(preset_name: str | None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset, --config and free `section.field=value` overrides: shared by every verb that builds a model."""
     parser.add_argument(
         "--preset",
-        help="named preset, e.g. super-small-11 or nanovlm-222m (default picovlm-small; see docs/config.md)",
+        help="named preset, e.g. super-small-11 or nanovlm-222m (default picovlm-small-retrieval; see docs/config.md)",
     )
     parser.add_argument("--config", help="YAML or JSON config file with 'model' and/or 'train' sections")
     parser.add_argument(

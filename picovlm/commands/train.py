@@ -14,7 +14,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a model on a cauldron-schema dataset (CPU, one GPU, or torchrun DDP)",
-        description="Train a VLM from a preset (default picovlm-small, the recipe of docs/recipes.md) and/or a "
+        description="Train a VLM from a preset (default picovlm-small-retrieval, the recipe of docs/recipes.md) and/or a "
         "config file plus FIELD=VALUE overrides. The run folder "
         "(train.out_dir) gets config.yaml, tokenizer.json, metrics.jsonl, plots/, checkpoint.pt, best/ and "
         "model/. Ctrl-C or SIGTERM finishes the step, saves it to checkpoint.pt, prints the command that resumes "

@@ -2,7 +2,7 @@
 
 A sweep file (YAML):
 
-    preset: super-small-11          # the base model (optional; default picovlm-small)
+    preset: super-small-11          # the base model (optional; default picovlm-small-retrieval)
     model: {lm_n_blocks: 1}         # base model fields (optional)
     train: {data_dir: data/demo, max_steps: 40}   # base train fields
     out_dir: runs/sweep             # where runs and the report go (optional; --out wins)

@@ -125,3 +125,7 @@ def test_no_preset_means_the_recipe_default_and_threads_are_checked(tmp_path):
         TrainConfig(threads=-1)
     with pytest.raises(ConfigError, match=r"label_smoothing=1.5 must be in \[0, 1\)"):
         TrainConfig(label_smoothing=1.5)
+    # the fact loss takes "auto" (its default), 0 or a weight; from the command line too
+    assert load_config(overrides=["train.fact_loss_weight=0.5"])[1].fact_loss_weight == 0.5
+    with pytest.raises(ConfigError, match=r"fact_loss_weight='on': use auto, 0 \(off\) or a weight"):
+        TrainConfig(fact_loss_weight="on")

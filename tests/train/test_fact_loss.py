@@ -105,8 +105,34 @@ def test_a_run_keeps_the_heads_in_its_checkpoint_only_and_resumes_exactly(demo_d
     assert 0 < full[-1]["fact_loss"] < full[0]["fact_loss"]  # the heads learn the scenes' facts
     # resuming with the fact loss switched off is refused with a message, not a key error
     with pytest.raises(PicovlmError, match="fact_loss_weight"):
-        _, off_cfg = tiny_configs(demo_dir, tmp_path / "cut", max_steps=10, checkpoint_interval=4)
+        _, off_cfg = tiny_configs(
+            demo_dir, tmp_path / "cut", max_steps=10, checkpoint_interval=4, fact_loss_weight=0
+        )
         train(model_cfg, off_cfg, resume=True)
+
+
+def test_auto_weight_is_on_where_rows_have_facts_and_off_where_they_cannot(demo_dir, tmp_path, tiny_configs):
+    """The default ("auto") trains the heads on the scenes' facts and records the weight it chose, so
+    a resume reads it back; rows without `fields`, or packed rows, train without them and say why."""
+    import yaml
+
+    model_cfg, cfg = tiny_configs(demo_dir, tmp_path / "auto", max_steps=2)
+    assert cfg.fact_loss_weight == "auto"
+    train(model_cfg, cfg)
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["train"]["fact_loss_weight"] == 1.0
+    assert "extra" in load_checkpoint(tmp_path / "auto")
+    assert all(r["fact_loss"] > 0 for r in read_metrics(tmp_path / "auto"))
+
+    from datasets import load_from_disk
+
+    load_from_disk(str(demo_dir)).remove_columns("fields").save_to_disk(str(tmp_path / "nofacts"))
+    model_cfg, cfg = tiny_configs(tmp_path / "nofacts", tmp_path / "plain", max_steps=2)
+    result = train(model_cfg, cfg)
+    assert "fact loss off: the training rows have no `fields`" in result.notes
+    assert "extra" not in load_checkpoint(tmp_path / "plain")
+    assert not any("fact_loss" in r for r in read_metrics(tmp_path / "plain"))
+    model_cfg, cfg = tiny_configs(demo_dir, tmp_path / "packed", max_steps=2, packing=True)
+    assert any(note.startswith("fact loss off: train.packing=true") for note in train(model_cfg, cfg).notes)
 
 
 def test_fact_loss_needs_facts(tmp_path, tiny_configs):
