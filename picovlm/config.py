@@ -304,9 +304,10 @@ for _it, (_h, _inter, _nh, _nkv, _vinter) in _SUPER_SMALL_TABLE.items():
     )  # fmt: skip
 
 # The blog's iteration-11 language model (216 wide, one block, 6 heads, 1 kv head) with a cheaper
-# vision stem (the default before retrieval, and the base of picovlm's default below): 32 px patches (7x7 = 49 image tokens without pixel shuffle) and a
-# 384-wide ViT. A training step costs ~4x less than 224/16 with a 768-wide ViT, so the 10-minute CPU
-# budget holds ~3,000 steps, and the model gets past "learned the templates" to "reads the image".
+# vision stem (the default before retrieval, and the base of picovlm's default below): 32 px patches
+# (7x7 = 49 image tokens without pixel shuffle) and a 384-wide ViT. A training step costs ~4x less
+# than 224/16 with a 768-wide ViT, so the 10-minute CPU budget holds ~3,000 steps, and the model gets
+# past "learned the templates" to "reads the image".
 # Measured in docs/recipes.md.
 PRESETS["picovlm-small"] = dict(
     PRESETS["super-small-11"], vit_patch_size=32, mp_pixel_shuffle_factor=1, vit_hidden_dim=384,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The real-data suite (issue 14; docs/recipes.md "Real data"): for each set, the default recipe and the
 # retrieval recipe, 10 minutes each (since finding 20 the default *is* retrieval + the fact loss; the
-# rows named -default- before it, and RECIPES="small" now, are picovlm-small without the fact loss), two at a time on one thread each, then `picovlm eval --baseline
-# nearest` of model/ and best/ on the test split; one JSON line per run in real_results.jsonl.
+# rows named -default- before it, and RECIPES="small" now, are picovlm-small without the fact loss),
+# two at a time on one thread each, then `picovlm eval --baseline nearest` of model/ and best/ on the
+# test split; one JSON line per run in real_results.jsonl.
 #   bench/recipes/real_suite.sh DATA_ROOT [SEED] [SETS...]    e.g. bench/recipes/real_suite.sh data 0 emoji cjk
 # Variants: RECIPES="retrieval" (default: "default retrieval") picks the recipes, EXTRA="train.image_augment=true"
 # adds overrides to every run and TAG=aug names them (emoji-retrieval-aug-s0); two runs at a time.
