@@ -107,7 +107,8 @@ class FactSupervised(nn.Module):
         return out
 
 
-# What fact_loss_weight="auto" becomes on rows with facts: 1 beat 3 on the real sets (docs/recipes.md).
+# What fact_loss_weight="auto" becomes on rows with facts: 1 beat 3 and 0.5 on the real sets
+# (docs/recipes.md, findings 19-20).
 AUTO_FACT_LOSS_WEIGHT = 1.0
 
 
