@@ -113,40 +113,36 @@ AUTO_FACT_LOSS_WEIGHT = 1.0
 
 
 def settle_fact_loss(train_cfg, train_ds, notes: list[str]):
-    """train_cfg with fact_loss_weight "auto" resolved: AUTO_FACT_LOSS_WEIGHT where the training rows
-    carry facts the heads can learn and packing is off, else 0 (with a note saying why)."""
-    if train_cfg.fact_loss_weight != "auto":
-        return train_cfg
+    """(train_cfg with fact_loss_weight a number, the heads' FactVocabulary or None when it is 0).
+
+    "auto" becomes AUTO_FACT_LOSS_WEIGHT where the training rows carry facts the heads can learn and
+    packing is off, else 0 with a note saying why; a weight > 0 asked for there is a clear error."""
+    weight = train_cfg.fact_loss_weight
+    if not weight:
+        return train_cfg, None
+    where = f"{train_cfg.data_dir} split {train_cfg.train_split!r}"
+    vocabulary = None
     if train_cfg.packing:
         why = "train.packing=true puts several rows in one sequence"
+        error = ConfigError("train.fact_loss_weight needs one row per sequence: set train.packing=false.")
     elif "fields" not in train_ds.column_names:
         why = "the training rows have no `fields`"
-    elif not len(FactVocabulary.from_rows(train_ds["fields"])):
-        why = "no field of `fields` repeats its values across rows"
+        error = DataError(
+            f"train.fact_loss_weight={weight} but {where} has no `fields` column: `picovlm data import` keeps "
+            "a table's extra columns (e.g. category, colour) as fields; or set train.fact_loss_weight=0."
+        )
     else:
-        return replace(train_cfg, fact_loss_weight=AUTO_FACT_LOSS_WEIGHT)
+        vocabulary = FactVocabulary.from_rows(train_ds["fields"])
+        why = "no field of `fields` repeats its values across rows"
+        error = DataError(
+            f"{where}: no field of `fields` has values shared by at least {MIN_ROWS_PER_VALUE:g} rows on "
+            "average, so there are no classes to learn; set train.fact_loss_weight=0."
+        )
+    if vocabulary is not None and len(vocabulary):
+        return replace(
+            train_cfg, fact_loss_weight=AUTO_FACT_LOSS_WEIGHT if weight == "auto" else weight
+        ), vocabulary
+    if weight != "auto":
+        raise error
     notes.append(f"fact loss off: {why}")
-    return replace(train_cfg, fact_loss_weight=0.0)
-
-
-def build_fact_heads(model, train_ds, train_cfg) -> FactHeads | None:
-    """The heads for train.fact_loss_weight > 0 (None when it is 0), with a clear error where the
-    training rows have no facts to learn."""
-    if not train_cfg.fact_loss_weight:
-        return None
-    if train_cfg.packing:
-        raise ConfigError("train.fact_loss_weight needs one row per sequence: set train.packing=false.")
-    if "fields" not in train_ds.column_names:
-        raise DataError(
-            f"train.fact_loss_weight={train_cfg.fact_loss_weight} but {train_cfg.data_dir} split "
-            f"{train_cfg.train_split!r} has no `fields` column: `picovlm data import` keeps a table's extra "
-            "columns (e.g. category, colour) as fields; or set train.fact_loss_weight=0."
-        )
-    vocabulary = FactVocabulary.from_rows(train_ds["fields"])
-    if not len(vocabulary):
-        raise DataError(
-            f"{train_cfg.data_dir} split {train_cfg.train_split!r}: no field of `fields` has values shared "
-            f"by at least {MIN_ROWS_PER_VALUE:g} rows on average, so there are no classes to learn; set "
-            "train.fact_loss_weight=0."
-        )
-    return FactHeads(vocabulary, model.cfg.vit_hidden_dim)
+    return replace(train_cfg, fact_loss_weight=0.0), None

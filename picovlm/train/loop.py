@@ -34,7 +34,7 @@ from picovlm.data.pipeline import stop_workers
 from picovlm.train import checkpoint as ckpt
 from picovlm.train.budget import Budget
 from picovlm.train.evaluation import EvalHook, settle_best_metric
-from picovlm.train.facts import build_fact_heads, settle_fact_loss
+from picovlm.train.facts import FactHeads, settle_fact_loss
 from picovlm.train.interrupt import StopOnSignal, TrainingInterrupted
 from picovlm.train.optim import build_optimizer
 from picovlm.train.setup import (
@@ -132,10 +132,10 @@ def _train(
     train_ds, val_ds = load_data(train_cfg, notes)
     model_cfg, tokenizer = prepare_tokenizer(model_cfg, train_cfg, train_ds, run_dir, dist_, resume, notes)
     train_cfg, field_parser = settle_best_metric(train_cfg, train_ds, val_ds)
-    train_cfg = settle_fact_loss(train_cfg, train_ds, notes)
+    train_cfg, fact_vocabulary = settle_fact_loss(train_cfg, train_ds, notes)  # None: no fact loss
     model, train_rows, val_rows = build_model(model_cfg, tokenizer, train_ds, val_ds, progress)
     report = param_report(model.cfg)
-    fact_heads = build_fact_heads(model, train_ds, train_cfg)  # None unless train.fact_loss_weight > 0
+    fact_heads = FactHeads(fact_vocabulary, model.cfg.vit_hidden_dim) if fact_vocabulary is not None else None
     optimizer = build_optimizer(model, train_cfg, extra=fact_heads)  # also freezes towers whose lr is 0
     check_memory(model, train_cfg, report.total, device)
     model.to(device)
