@@ -61,6 +61,11 @@ def test_params_cli_prints_json(capsys):
     assert "ViT" in capsys.readouterr().out
     assert main(["params", "--preset", "super-small-11", "model.lm_n_heads=5"]) == 1
     assert "lm_n_heads" in capsys.readouterr().err
+    # retrieval adds prompt lines, not weights: the blog's model with it has the blog's counts
+    assert (
+        main(["params", "--preset", "super-small-11-retrieval", "model.lm_vocab_size=49152", "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["total"] == figures["total"]
 
 
 def test_params_reports_the_model_the_default_recipe_trains(capsys):

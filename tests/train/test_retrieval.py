@@ -119,15 +119,19 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
     assert abs(with_them) * 10 < abs(without)
 
 
-def test_the_retrieval_preset_trains_from_the_command_line(demo_dir, tmp_path):
-    """`picovlm train --preset picovlm-small-retrieval` (the recipe docs/recipes.md measured on real
-    data): a run of two steps whose model carries its index and its two LM blocks."""
+@pytest.mark.parametrize(
+    "name, lm_blocks, patch", [("picovlm-small-retrieval", 2, 32), ("super-small-11-retrieval", 1, 16)]
+)
+def test_the_retrieval_presets_train_from_the_command_line(demo_dir, tmp_path, name, lm_blocks, patch):
+    """`picovlm train --preset picovlm-small-retrieval` (the default, measured on real data in
+    docs/recipes.md) and the blog's iteration 11 with it: a run of two steps whose model carries its
+    index and keeps its preset's shape."""
     from picovlm.cli import main
 
-    args = ["train", "--preset", "picovlm-small-retrieval", f"train.data_dir={demo_dir}",
+    args = ["train", "--preset", name, f"train.data_dir={demo_dir}",
             f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2", "train.batch_size=4",
             "train.gen_eval_interval=0", "train.tokenizer_vocab_size=400", "train.threads=1"]  # fmt: skip
     assert main(args) == 0
     model = VLM.from_pretrained(tmp_path / "run" / "model")
-    assert (model.cfg.retrieval_k, model.cfg.lm_n_blocks, model.cfg.vit_patch_size) == (2, 2, 32)
+    assert (model.cfg.retrieval_k, model.cfg.lm_n_blocks, model.cfg.vit_patch_size) == (2, lm_blocks, patch)
     assert model.retrieval is not None and model.retrieval.k == 2
