@@ -321,9 +321,10 @@ PRESETS["picovlm-small"] = dict(
 PRESETS["picovlm-small-retrieval"] = dict(
     PRESETS["picovlm-small"], retrieval_k=2, lm_n_blocks=2, lm_max_length=512,
 )  # fmt: skip
-# The blog's iteration 11 unchanged (one LM block, 224/16 ViT, same weights) with the default recipe's
-# retrieval: on real data it got ~370 steps in 10 CPU minutes and collapsed without it (18 % distinct
-# answers on cjk, broken words on wesnoth); with it, its answers stay apart (docs/recipes.md, finding 21).
+# The blog's iteration 11 unchanged (one LM block, 224/16 ViT; retrieval adds no parameters) with the
+# default recipe's retrieval: on real data it got ~370 steps in 10 CPU minutes and collapsed without it
+# (18 % distinct answers on cjk, broken words on wesnoth); with it, its answers stay apart
+# (docs/recipes.md, finding 21).
 PRESETS["super-small-11-retrieval"] = dict(PRESETS["super-small-11"], retrieval_k=2, lm_max_length=512)
 DEFAULT_PRESET = "picovlm-small-retrieval"
 
