@@ -318,14 +318,13 @@ PRESETS["picovlm-small"] = dict(
 # wesnoth; 10 minutes, two seeds) it beat picovlm-small on token F1 and facts, and with the fact loss
 # (TrainConfig.fact_loss_weight "auto") never collapsed (docs/recipes.md, "Real data"). 4 neighbours
 # instead of 2 did not help.
-PRESETS["picovlm-small-retrieval"] = dict(
-    PRESETS["picovlm-small"], retrieval_k=2, lm_n_blocks=2, lm_max_length=512,
-)  # fmt: skip
+_RETRIEVAL = dict(retrieval_k=2, lm_max_length=512)  # 2 neighbours' answers, room for the longer prompt
+PRESETS["picovlm-small-retrieval"] = dict(PRESETS["picovlm-small"], **_RETRIEVAL, lm_n_blocks=2)
 # The blog's iteration 11 unchanged (one LM block, 224/16 ViT; retrieval adds no parameters) with the
 # default recipe's retrieval: on real data it got ~370 steps in 10 CPU minutes and collapsed without it
 # (18 % distinct answers on cjk, broken words on wesnoth); with it, its answers stay apart
 # (docs/recipes.md, finding 21).
-PRESETS["super-small-11-retrieval"] = dict(PRESETS["super-small-11"], retrieval_k=2, lm_max_length=512)
+PRESETS["super-small-11-retrieval"] = dict(PRESETS["super-small-11"], **_RETRIEVAL)
 DEFAULT_PRESET = "picovlm-small-retrieval"
 
 

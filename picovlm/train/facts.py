@@ -121,7 +121,6 @@ def settle_fact_loss(train_cfg, train_ds, notes: list[str]):
     if not weight:
         return train_cfg, None
     where = f"{train_cfg.data_dir} split {train_cfg.train_split!r}"
-    vocabulary = None
     if train_cfg.packing:
         why = "train.packing=true puts several rows in one sequence"
         error = ConfigError("train.fact_loss_weight needs one row per sequence: set train.packing=false.")
@@ -133,15 +132,14 @@ def settle_fact_loss(train_cfg, train_ds, notes: list[str]):
         )
     else:
         vocabulary = FactVocabulary.from_rows(train_ds["fields"])
+        if len(vocabulary):
+            number = AUTO_FACT_LOSS_WEIGHT if weight == "auto" else weight
+            return replace(train_cfg, fact_loss_weight=number), vocabulary
         why = "no field of `fields` repeats its values across rows"
         error = DataError(
             f"{where}: no field of `fields` has values shared by at least {MIN_ROWS_PER_VALUE:g} rows on "
             "average, so there are no classes to learn; set train.fact_loss_weight=0."
         )
-    if vocabulary is not None and len(vocabulary):
-        return replace(
-            train_cfg, fact_loss_weight=AUTO_FACT_LOSS_WEIGHT if weight == "auto" else weight
-        ), vocabulary
     if weight != "auto":
         raise error
     notes.append(f"fact loss off: {why}")
