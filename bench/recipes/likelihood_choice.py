@@ -1,0 +1,87 @@
+"""Can a retrieving model tell which answer fits a picture: its own, or one of its neighbours'?
+
+docs/recipes.md finding 22. For each test picture, the candidates are the model's answer (from `picovlm
+eval`'s predictions.jsonl) and the answers of the k training pictures in its prompt. The model scores each
+by its mean log-probability per answer token, given the picture and the prompt it answers from; the
+answer kept is the likeliest, with BIAS nats per token added to each neighbour's score (BIAS > 0 leans
+towards copying a neighbour, as the lookup does).
+
+    python bench/recipes/likelihood_choice.py RUN_DIR DATA_DIR     # RUN_DIR/eval from real_suite.sh
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import load_from_disk
+
+from picovlm.data.collate import pad_collate
+from picovlm.eval import metrics as M
+from picovlm.eval.facts import fact_parser_for
+from picovlm.model.vlm import VisionLanguageModel
+from picovlm.retrieval import thumbnail_vectors
+
+
+@torch.no_grad()
+def mean_log_probs(model, image, question: str, candidates: list[str]) -> list[float]:
+    """Each candidate answer's mean log-probability per token, read after `image` and `question`."""
+    (prompt,) = model.retrieval_questions([question], [[image]])
+    pixels = model.processor.image_pixels([image])
+    samples = []
+    for answer in candidates:
+        input_ids, labels = model.processor.encode_turns([(prompt, answer)], 1)
+        samples.append({"input_ids": input_ids, "labels": labels, "pixel_values": pixels})
+    batch = pad_collate(samples, model.processor.pad_token_id)
+    logits = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                   attention_mask=batch["attention_mask"]).logits[:, :-1].float()  # fmt: skip
+    targets = batch["labels"][:, 1:]
+    answer = (targets != -100).float()
+    log_probs = -F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
+    return ((log_probs * answer).sum(dim=1) / answer.sum(dim=1)).tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run_dir")
+    parser.add_argument("data_dir")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = VisionLanguageModel.from_pretrained(f"{args.run_dir}/model").float().eval()
+    if model.retrieval is None:
+        raise SystemExit(f"{args.run_dir}/model does not retrieve: there are no neighbours to choose from.")
+    test = load_from_disk(args.data_dir)["test"]
+    images = [row[0] for row in test["images"]]
+    turns = [texts[0] for texts in test["texts"]]
+    predictions = [json.loads(line) for line in open(f"{args.run_dir}/eval/predictions.jsonl")]
+    own = {p["index"]: p["answer"] for p in predictions if p["model"] == "model"}
+    found = model.retrieval.neighbours(thumbnail_vectors(images))  # the neighbours its prompt holds
+    candidates, scores = [], []
+    for i, (image, turn) in enumerate(zip(images, turns)):
+        candidates.append([own[i]] + [model.retrieval.answers[j] for j in found[i]])
+        scores.append(mean_log_probs(model, image, turn["user"], candidates[-1]))
+    references = [turn["assistant"] for turn in turns]
+    parse = fact_parser_for(test)
+
+    def row(name: str, answers: list[str]) -> str:
+        f1 = np.mean([M.token_f1(a, r) for a, r in zip(answers, references)])
+        facts = M.field_accuracy(answers, references, parse)["all"]
+        return f"| {name} | {f1:.3f} | {facts:.3f} | {len(set(answers)) / len(answers):.0%} |"
+
+    print("| answers | token F1 | facts | distinct |\n|---|---|---|---|")
+    print(row("the model's", [c[0] for c in candidates]))
+    print(row("the nearest neighbour's (the lookup)", [c[1] for c in candidates]))
+    print(row("the best of them, knowing the reference", [max(c, key=lambda a, r=r: M.token_f1(a, r))
+                                                           for c, r in zip(candidates, references)]))  # fmt: skip
+    for bias in (0.0, 0.25, 0.5, 1.0):
+        chosen = [c[int(np.argmax([s[0]] + [x + bias for x in s[1:]]))] for c, s in zip(candidates, scores)]
+        print(row(f"the likeliest, neighbours + {bias:g} nats/token", chosen))
+
+
+if __name__ == "__main__":
+    main()
