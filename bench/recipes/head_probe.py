@@ -42,7 +42,7 @@ def main() -> None:
             f"{args.run_dir}/checkpoint.pt has no fact heads: the run trained without the fact loss."
         )
     model = VisionLanguageModel.from_pretrained(f"{args.run_dir}/model").float().eval()
-    model.load_state_dict(saved["model"])
+    model.load_state_dict(saved["model"])  # the tower of the same step as the heads
     vocabulary = FactVocabulary.from_rows(train["fields"])  # as the trainer built it
     heads = FactHeads(vocabulary, model.cfg.vit_hidden_dim)
     heads.load_state_dict(saved["extra"])
@@ -50,10 +50,14 @@ def main() -> None:
     images = first_images(test)
     truth = torch.tensor([vocabulary.encode(fields) for fields in test["fields"]])
     with torch.no_grad():
-        features = torch.cat([
-            model.vision_encoder(torch.from_numpy(model.processor.image_pixels(images[i : i + 32]))).mean(dim=1)
-            for i in range(0, len(images), 32)
-        ])  # fmt: skip
+        features = torch.cat(
+            [
+                model.vision_encoder(torch.from_numpy(model.processor.image_pixels(images[i : i + 32]))).mean(
+                    dim=1
+                )
+                for i in range(0, len(images), 32)
+            ]
+        )
         named = torch.stack([head(features).argmax(dim=-1) for head in heads.heads], dim=1)
     nearest = np.argmax(thumbnail_vectors(images) @ thumbnail_vectors(first_images(train)).T, axis=1)
     looked_up = torch.tensor([vocabulary.encode(fields) for fields in train["fields"]])[nearest]

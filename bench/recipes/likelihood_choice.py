@@ -36,8 +36,15 @@ def mean_log_probs(model, image, question: str, candidates: list[str]) -> list[f
         input_ids, labels = model.processor.encode_turns([(prompt, answer)], 1)
         samples.append({"input_ids": input_ids, "labels": labels, "pixel_values": pixels})
     batch = pad_collate(samples, model.processor.pad_token_id)
-    logits = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                   attention_mask=batch["attention_mask"]).logits[:, :-1].float()  # fmt: skip
+    logits = (
+        model(
+            input_ids=batch["input_ids"],
+            pixel_values=batch["pixel_values"],
+            attention_mask=batch["attention_mask"],
+        )
+        .logits[:, :-1]
+        .float()
+    )
     targets = batch["labels"][:, 1:]
     answer = (targets != -100).float()
     log_probs = -F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
@@ -76,8 +83,12 @@ def main() -> None:
     print("| answers | token F1 | facts | distinct |\n|---|---|---|---|")
     print(row("the model's", [c[0] for c in candidates]))
     print(row("the nearest neighbour's (the lookup)", [c[1] for c in candidates]))
-    print(row("the best of them, knowing the reference", [max(c, key=lambda a, r=r: M.token_f1(a, r))
-                                                           for c, r in zip(candidates, references)]))  # fmt: skip
+    print(
+        row(
+            "the best of them, knowing the reference",
+            [max(c, key=lambda a, r=r: M.token_f1(a, r)) for c, r in zip(candidates, references)],
+        )
+    )
     for bias in (0.0, 0.25, 0.5, 1.0):
         chosen = [c[int(np.argmax([s[0]] + [x + bias for x in s[1:]]))] for c, s in zip(candidates, scores)]
         print(row(f"the likeliest, neighbours + {bias:g} nats/token", chosen))
