@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from datasets import load_from_disk
 
+from picovlm.eval.evaluate import items_from_rows, vision_features
 from picovlm.model.vlm import VisionLanguageModel
 from picovlm.retrieval import thumbnail_vectors
 from picovlm.train.checkpoint import load_checkpoint
@@ -49,15 +50,8 @@ def main() -> None:
 
     images = first_images(test)
     truth = torch.tensor([vocabulary.encode(fields) for fields in test["fields"]])
+    features = torch.from_numpy(vision_features(model, items_from_rows(test), center=False))  # pooled ViT
     with torch.no_grad():
-        features = torch.cat(
-            [
-                model.vision_encoder(torch.from_numpy(model.processor.image_pixels(images[i : i + 32]))).mean(
-                    dim=1
-                )
-                for i in range(0, len(images), 32)
-            ]
-        )
         named = torch.stack([head(features).argmax(dim=-1) for head in heads.heads], dim=1)
     nearest = np.argmax(thumbnail_vectors(images) @ thumbnail_vectors(first_images(train)).T, axis=1)
     looked_up = torch.tensor([vocabulary.encode(fields) for fields in train["fields"]])[nearest]

@@ -21,6 +21,7 @@ from datasets import load_from_disk
 
 from picovlm.data.collate import pad_collate
 from picovlm.eval import metrics as M
+from picovlm.eval.evaluate import items_from_rows, score_answers
 from picovlm.eval.facts import fact_parser_for
 from picovlm.model.vlm import VisionLanguageModel
 from picovlm.retrieval import thumbnail_vectors
@@ -62,33 +63,30 @@ def main() -> None:
     model = VisionLanguageModel.from_pretrained(f"{args.run_dir}/model").float().eval()
     if model.retrieval is None:
         raise SystemExit(f"{args.run_dir}/model does not retrieve: there are no neighbours to choose from.")
-    test = load_from_disk(args.data_dir)["test"]
-    images = [row[0] for row in test["images"]]
-    turns = [texts[0] for texts in test["texts"]]
+    data = load_from_disk(args.data_dir)
+    # the rows `picovlm eval` answered, in its order (predictions.jsonl's "index"), scored as it scores them
+    items = items_from_rows(data["test"])
+    parse = fact_parser_for(data["test"], data["train"])
     predictions = [json.loads(line) for line in open(f"{args.run_dir}/eval/predictions.jsonl")]
     own = {p["index"]: p["answer"] for p in predictions if p["model"] == "model"}
-    found = model.retrieval.neighbours(thumbnail_vectors(images))  # the neighbours its prompt holds
+    found = model.retrieval.neighbours(thumbnail_vectors([item.images[0] for item in items]))
     candidates, scores = [], []
-    for i, (image, turn) in enumerate(zip(images, turns)):
+    for i, item in enumerate(items):
         candidates.append([own[i]] + [model.retrieval.answers[j] for j in found[i]])
-        scores.append(mean_log_probs(model, image, turn["user"], candidates[-1]))
-    references = [turn["assistant"] for turn in turns]
-    parse = fact_parser_for(test)
+        scores.append(mean_log_probs(model, item.images[0], item.question, candidates[-1]))
 
     def row(name: str, answers: list[str]) -> str:
-        f1 = np.mean([M.token_f1(a, r) for a, r in zip(answers, references)])
-        facts = M.field_accuracy(answers, references, parse)["all"]
-        return f"| {name} | {f1:.3f} | {facts:.3f} | {len(set(answers)) / len(answers):.0%} |"
+        metrics, _ = score_answers(items, answers, extract_fields=parse)
+        return (
+            f"| {name} | {metrics['token_f1']:.3f} | {metrics['field_accuracy']:.3f} | "
+            f"{metrics['distinct_answer_share']:.0%} |"
+        )
 
     print("| answers | token F1 | facts | distinct |\n|---|---|---|---|")
     print(row("the model's", [c[0] for c in candidates]))
     print(row("the nearest neighbour's (the lookup)", [c[1] for c in candidates]))
-    print(
-        row(
-            "the best of them, knowing the reference",
-            [max(c, key=lambda a, r=r: M.token_f1(a, r)) for c, r in zip(candidates, references)],
-        )
-    )
+    best = [max(c, key=lambda a, r=item.reference: M.token_f1(a, r)) for c, item in zip(candidates, items)]
+    print(row("the best of them, knowing the reference", best))
     for bias in (0.0, 0.25, 0.5, 1.0):
         chosen = [c[int(np.argmax([s[0]] + [x + bias for x in s[1:]]))] for c, s in zip(candidates, scores)]
         print(row(f"the likeliest, neighbours + {bias:g} nats/token", chosen))
