@@ -2,6 +2,8 @@
 
 python bench/recipes/real_table.py                       # print the table of real_results.jsonl
 python bench/recipes/real_table.py --append RUN_DIR ...  # add a run (its eval/metrics.json, summary.json)
+python bench/recipes/real_table.py --append RUN_DIR --eval eval-copy8 --overrides "--copy-bias 8" ...
+    # the same run evaluated again into RUN_DIR/eval-copy8 (another generation config): row "RUN_DIR+copy8"
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ KEYS = ("token_f1", "field_accuracy", "distinct_answer_share", "reference_distin
         "copied_from_train_share", "image_gap_shuffled", "verdict_status")  # fmt: skip
 
 
-def row_of(run_dir: Path, overrides: str, seed: int) -> dict:
-    models = json.loads((run_dir / "eval" / "metrics.json").read_text())["models"]
+def row_of(run_dir: Path, overrides: str, seed: int, eval_dir: str = "eval") -> dict:
+    models = json.loads((run_dir / eval_dir / "metrics.json").read_text())["models"]
     summary = json.loads((run_dir / "summary.json").read_text())
     final, best = models[0], models[1] if len(models) > 1 else None
     return {
-        "run": run_dir.name, "data": Path(final["data"]).name, "seed": seed, "overrides": overrides,
+        "run": run_dir.name + ("" if eval_dir == "eval" else "+" + eval_dir.removeprefix("eval-")),
+        "data": Path(final["data"]).name, "seed": seed, "overrides": overrides,
         "steps": summary.get("steps"), "best_step": summary.get("best_step"),
         "best_metric": summary.get("best_metric"),
         "final": {k: final["metrics"].get(k) for k in KEYS},
@@ -53,10 +56,11 @@ def main() -> None:
     parser.add_argument("--append", type=Path, help="a run folder to add to real_results.jsonl")
     parser.add_argument("--overrides", default="")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval", default="eval", help="the run's eval folder to read (default eval)")
     args = parser.parse_args()
     if args.append:
         with RESULTS.open("a") as out:
-            out.write(json.dumps(row_of(args.append, args.overrides, args.seed)) + "\n")
+            out.write(json.dumps(row_of(args.append, args.overrides, args.seed, args.eval)) + "\n")
         return
     print(table([json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]))
 
