@@ -1,7 +1,7 @@
 """How an answer is generated: one set of options, with one set of defaults, for every way picovlm answers.
 
     GenerationConfig(max_new_tokens=96, temperature=0.0, top_k=None, top_p=None,
-                     repetition_penalty=1.0, seed=0, stop_at_eos=True)
+                     repetition_penalty=1.0, copy_bias=0.0, copy_neighbours=8, seed=0, stop_at_eos=True)
 
 The torch model (`VisionLanguageModel.generate` / `.answer`), evaluation (`picovlm eval`, quick_eval),
 the torch-free runtime, the HTTP server (a request's fields override the server's config) and the CLI
@@ -33,6 +33,12 @@ class GenerationConfig:
     # > 1 makes tokens already seen (prompt and answer so far) less likely: positive logits divided by it,
     # negative ones multiplied (the CTRL paper's rule, as transformers applies it). 1.0 = off.
     repetition_penalty: float = 1.0
+    # A retrieving model only: each token that would continue one of the `copy_neighbours` nearest
+    # training pictures' answers word for word, from where the answer stands, gains copy_bias x its vote
+    # (1 from the nearest, 1/2 from the second, 1/r from the r-th, summed: `copy_continuations`). The
+    # neighbours vote; the model's own logits can overrule them. 0 = off.
+    copy_bias: float = 0.0
+    copy_neighbours: int = 8
     seed: int | None = 0  # the sampler's seed; None: a fresh draw each call
     stop_at_eos: bool = True  # False only for benchmarks that need exactly max_new_tokens tokens
 
@@ -50,12 +56,21 @@ class GenerationConfig:
             bad.append(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             bad.append(f"repetition_penalty must be above 0 (1 = off), got {self.repetition_penalty}")
+        if self.copy_bias < 0:
+            bad.append(f"copy_bias must be 0 (off) or more, got {self.copy_bias}")
+        if self.copy_neighbours < 1:
+            bad.append(f"copy_neighbours must be at least 1, got {self.copy_neighbours}")
         if bad:
             raise ConfigError("; ".join(bad) + ".")
 
     @property
     def penalises_repetition(self) -> bool:
         return self.repetition_penalty != 1.0
+
+    @property
+    def copy_source_count(self) -> int:
+        """How many neighbours' answers generation needs as copy sources: 0 with copy_bias off."""
+        return self.copy_neighbours if self.copy_bias else 0
 
     def replace(self, **options: Any) -> GenerationConfig:
         """This config with `options` changed; an unknown option name is an error that lists the known ones."""
@@ -86,6 +101,47 @@ def generation_config(generation: GenerationConfig | None = None, **options: Any
     return (generation or GenerationConfig()).replace(**options)
 
 
+COPY_MATCH = 3  # the longest run of the answer's last tokens that copy_bias looks up in the sources
+
+
+COPY_BIAS_NEEDS_RETRIEVAL = (
+    "copy_bias leans towards the neighbours' answers of a retrieving model, and this model does not retrieve "
+    "(retrieval_k=0): leave copy_bias at 0, or train with model.retrieval_k=2."
+)
+
+
+def copy_continuations(
+    sources: list[list[int]], answer: list[int], longest: int = COPY_MATCH
+) -> dict[int, float]:
+    """The tokens that would continue the answer by copying one of `sources` (token sequences, the
+    nearest neighbour's answer first, each with its end token), each with its vote: the sum, over the
+    sources that say it, of 1 for the first source, 1/2 for the second, 1/r for the r-th. Before the
+    first token, the sources' first tokens; after it, the tokens that follow the longest run of the
+    answer's last tokens (up to `longest`) found in a source. Empty when not even the last token
+    occurs in one."""
+    if not answer:
+        return _votes((rank, source[0]) for rank, source in enumerate(sources) if source)
+    for n in range(min(longest, len(answer)), 0, -1):
+        tail = answer[-n:]
+        found = _votes(
+            (rank, s[i + n])
+            for rank, s in enumerate(sources)
+            for i in range(len(s) - n)
+            if s[i : i + n] == tail
+        )
+        if found:
+            return found
+    return {}
+
+
+def _votes(ranked_tokens) -> dict[int, float]:
+    """{token: sum of 1 / (1 + rank) over the sources that say it (once per source)}, tokens ascending."""
+    voters: dict[int, set[int]] = {}
+    for rank, token in ranked_tokens:
+        voters.setdefault(token, set()).add(rank)
+    return {token: sum(1.0 / (1 + rank) for rank in voters[token]) for token in sorted(voters)}
+
+
 # --- The CLI's flags -----------------------------------------------------------------------------------
 
 CLI_FLAGS = {  # option -> (type, help); each help ends with the default, from GenerationConfig
@@ -94,6 +150,8 @@ CLI_FLAGS = {  # option -> (type, help); each help ends with the default, from G
     "top_k": (int, "sample only from the k most likely tokens (0: all)"),
     "top_p": (float, "sample only from the smallest set with this much probability"),
     "repetition_penalty": (float, "e.g. 1.2: make tokens already seen less likely (1 = off)"),
+    "copy_bias": (float, "retrieving models: e.g. 8 to lean towards the neighbours' answers (0 = off)"),
+    "copy_neighbours": (int, "how many nearest training answers copy_bias votes over"),
     "seed": (int, "random seed for sampling"),
 }
 

@@ -80,14 +80,19 @@ class RetrievalIndex:
         return len(self.answers)
 
     def neighbours(
-        self, query: np.ndarray, exclude_groups: Sequence[str] | None = None, chunk: int = 512
+        self,
+        query: np.ndarray,
+        exclude_groups: Sequence[str] | None = None,
+        chunk: int = 512,
+        k: int | None = None,
     ) -> list[list[int]]:
-        """Rows of the k most similar pictures for each query vector, most similar first; a row whose
-        group equals the query's exclude group is never returned (a training row's own object)."""
+        """Rows of the k (default: the index's k) most similar pictures for each query vector, most
+        similar first; a row whose group equals the query's exclude group is never returned (a training
+        row's own object)."""
         table = self.vectors.astype(np.float32)
         group_ids = {g: i for i, g in enumerate(dict.fromkeys(self.groups))}
         row_group = np.array([group_ids[g] for g in self.groups])
-        k = min(self.k, len(self))
+        k = min(k or self.k, len(self))
         out: list[list[int]] = []
         for start in range(0, len(query), chunk):
             scores = query[start : start + chunk].astype(np.float32) @ table.T  # (q, n)
@@ -102,10 +107,15 @@ class RetrievalIndex:
                 out.append([int(j) for j in ordered if np.isfinite(row[j])])
         return out
 
+    def neighbour_answers(self, images: Sequence[Image.Image], k: int | None = None) -> list[list[str]]:
+        """The answers of each new picture's k (default: the index's k) nearest training pictures,
+        nearest first."""
+        found = self.neighbours(thumbnail_vectors(images), k=k)
+        return [[self.answers[j] for j in rows] for rows in found]
+
     def prompts(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
         """The retrieval prompt for each (question, picture) of a new picture."""
-        found = self.neighbours(thumbnail_vectors(images))
-        return [retrieval_prompt(q, [self.answers[j] for j in rows]) for q, rows in zip(questions, found)]
+        return [retrieval_prompt(q, answers) for q, answers in zip(questions, self.neighbour_answers(images))]
 
     # --- On disk, beside the model's weights ---------------------------------------------------------
 

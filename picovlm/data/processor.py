@@ -155,13 +155,17 @@ class Processor:
             token_ids = token_ids[: token_ids.index(self.eos_token_id)]
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
+    def encode_answer(self, answer: str) -> list[int]:
+        """An answer's token ids as the model is trained to generate them, its end token included."""
+        return [*self.tokenizer.encode(answer), self.tokenizer.im_end_id]
+
     def encode_turns(self, turns: list[tuple[str, str]], n_images: int) -> tuple[list[int], list[int]]:
         """Token ids and labels for a conversation of (question, answer) turns."""
         input_ids: list[int] = []
         labels: list[int] = []
         for i, (question, answer) in enumerate(turns):
             prompt = [*self._user_turn(question, n_images if i == 0 else 0), *self._assistant]
-            answer_ids = [*self.tokenizer.encode(answer), self.tokenizer.im_end_id]
+            answer_ids = self.encode_answer(answer)
             input_ids += prompt + answer_ids + self._newline
             labels += [IGNORE_INDEX] * len(prompt) + answer_ids + [IGNORE_INDEX] * len(self._newline)
         if len(input_ids) > self.max_length:

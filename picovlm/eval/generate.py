@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from picovlm.config import DEFAULT_QUESTION
 from picovlm.errors import PicovlmError
-from picovlm.generation import GenerationConfig
+from picovlm.generation import GenerationConfig, generation_config
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -65,7 +65,8 @@ def stream_answer(
     `generation` and `options` as for `model.generate`."""
     from picovlm.data.processor import AnswerStream
 
-    batch = model.prepare_prompts([load_image(image_path)], [question])
+    gen = generation_config(generation, **options)
+    batch = model.prepare_prompts([load_image(image_path)], [question], gen.copy_source_count)
     eos = model.cfg.eos_token_id
     pieces = AnswerStream(model.tokenizer)
     done = False
@@ -81,7 +82,7 @@ def stream_answer(
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(**batch, generation=generation, on_token=on_token, **options)
+        out = model.generate(**batch, generation=gen, on_token=on_token)
     finally:
         model.train(was_training)
     answer = model.decode_answer(out[0].tolist())

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from picovlm.errors import PicovlmError
-from picovlm.generation import GenerationConfig
+from picovlm.errors import ConfigError, PicovlmError
+from picovlm.generation import COPY_BIAS_NEEDS_RETRIEVAL, GenerationConfig
 from picovlm.retrieval import INDEX_FILE, INDEX_META_FILE
 from picovlm.utils import ProgressFn, atomic_path, atomic_write_text, no_progress
 
@@ -258,6 +258,8 @@ def export_model(
 
         eval_on = find_eval_data(model_dir, eval_data, eval_split)
     model = VisionLanguageModel.from_pretrained(model_dir).float().eval()
+    if generation is not None and generation.copy_bias and model.retrieval is None:
+        raise ConfigError(COPY_BIAS_NEEDS_RETRIEVAL)
     if model.tokenizer is None:
         raise PicovlmError(
             f"{model_dir} has no tokenizer.json: the runtime needs it; save the model with its tokenizer."

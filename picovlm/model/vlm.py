@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -33,11 +34,17 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from picovlm.config import DEFAULT_QUESTION, VLMConfig
-from picovlm.errors import PicovlmError
-from picovlm.generation import GenerationConfig, generation_config
+from picovlm.errors import ConfigError, PicovlmError
+from picovlm.generation import (
+    COPY_BIAS_NEEDS_RETRIEVAL,
+    GenerationConfig,
+    copy_continuations,
+    generation_config,
+)
 from picovlm.model.language import KVCache, LanguageModel
 from picovlm.model.projector import ModalityProjector
 from picovlm.model.vision import ViT
+from picovlm.retrieval import retrieval_prompt
 
 
 @dataclass
@@ -235,14 +242,19 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         generation: GenerationConfig | None = None,
         on_token: Callable[[torch.Tensor], None] | None = None,
+        copy_sources: list[list[list[int]]] | None = None,
         **options,
     ) -> torch.Tensor:
         """Left-padded prompts (B, T) -> new tokens (B, <= max_new_tokens), padded after each row's end.
 
         `generation` (default GenerationConfig()) with keyword `options` over it, e.g. max_new_tokens=16.
         `on_token(tokens)` is called with each step's (B,) tokens: the hook for streaming.
+        `copy_sources`: each row's token sequences that `copy_bias` leans towards (prepare_prompts gives
+        a retrieving model's neighbours' answers).
         """
         gen = generation_config(generation, **options)
+        if gen.copy_bias and copy_sources is None:
+            raise ConfigError(COPY_BIAS_NEEDS_RETRIEVAL)
         B, T = input_ids.shape
         device = input_ids.device
         eos, pad = self.cfg.eos_token_id, self.cfg.pad_token_id if self.cfg.pad_token_id is not None else 0
@@ -265,9 +277,15 @@ class VisionLanguageModel(nn.Module):
         next_position = position_ids[:, -1:] + 1
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         out = []
+        answers: list[list[int]] = [[] for _ in range(B)]  # for copy_bias: each row's tokens so far
         for step in range(max_new_tokens):
             if gen.penalises_repetition:
                 logits = apply_repetition_penalty(logits, seen, gen.repetition_penalty)
+            if gen.copy_bias:
+                logits = logits.clone()
+                for row, (sources, answer) in enumerate(zip(copy_sources, answers)):
+                    for token, votes in copy_continuations(sources, answer).items():
+                        logits[row, token] += gen.copy_bias * votes
             token = sample_next_token(logits, gen.temperature, gen.top_k, gen.top_p, generator)
             token = token.masked_fill(finished, pad)
             out.append(token)
@@ -279,6 +297,9 @@ class VisionLanguageModel(nn.Module):
                 break
             if gen.penalises_repetition:
                 seen = torch.cat([seen, token[:, None]], dim=1)
+            if gen.copy_bias:
+                for answer, t in zip(answers, token.tolist()):
+                    answer.append(t)
             kv_len = cache.length + 1
             hidden = self.decoder(
                 self.decoder.embed_tokens(token[:, None]), next_position, key_padding[:, :kv_len], cache=cache
@@ -289,28 +310,52 @@ class VisionLanguageModel(nn.Module):
 
     # --- Answers: the processor's prompts and decoding around generate ---------------------------------
 
-    def prepare_prompts(self, images: list, questions: list[str]) -> dict[str, torch.Tensor]:
-        """Left-padded prompt batch for (image or list of images, question) pairs, on the model's device."""
+    def prepare_prompts(self, images: list, questions: list[str], copy_neighbours: int = 0) -> dict[str, Any]:
+        """Left-padded prompt batch for (image or list of images, question) pairs, on the model's device.
+        copy_neighbours > 0 (a retrieving model): the batch also holds "copy_sources", the answers of
+        that many nearest training pictures as token ids, for generate's copy_bias."""
         if self.processor is None:
             raise PicovlmError(
                 "this model has no tokenizer: load it with from_pretrained or call attach_tokenizer."
             )
         image_lists = [im if isinstance(im, (list, tuple)) else [im] for im in images]
-        batch = self.processor.prompt_batch(self.retrieval_questions(questions, image_lists), image_lists)
+        neighbours = self.neighbour_answers(image_lists, max(copy_neighbours, self.cfg.retrieval_k))
+        batch = self.processor.prompt_batch(
+            self.retrieval_questions(questions, image_lists, neighbours), image_lists
+        )
         device = self.decoder.embed_tokens.weight.device
-        return {name: torch.from_numpy(array).to(device) for name, array in batch.items()}
+        prompts: dict[str, Any] = {name: torch.from_numpy(array).to(device) for name, array in batch.items()}
+        if neighbours is not None and copy_neighbours:
+            encode = self.processor.encode_answer
+            prompts["copy_sources"] = [
+                [encode(a) for a in answers[:copy_neighbours]] for answers in neighbours
+            ]
+        return prompts
 
-    def retrieval_questions(self, questions: list[str], image_lists: list) -> list[str]:
-        """The questions as the model reads them: with retrieval on, each followed by the answers of the
-        training pictures most similar to its first image (picovlm/retrieval.py); else unchanged."""
+    def neighbour_answers(self, image_lists: list, k: int | None = None) -> list[list[str]] | None:
+        """With retrieval on, the answers of the k (default: retrieval_k) training pictures most similar
+        to each first image (picovlm/retrieval.py), nearest first; None for a model that does not
+        retrieve."""
         if not self.cfg.retrieval_k:
-            return list(questions)
+            return None
         if self.retrieval is None:
             raise PicovlmError(
                 f"this model was trained with retrieval_k={self.cfg.retrieval_k} but has no retrieval index: "
                 "load it from its whole folder (retrieval_index.npz and .json beside the weights)."
             )
-        return self.retrieval.prompts(questions, [ims[0] for ims in image_lists])
+        return self.retrieval.neighbour_answers([ims[0] for ims in image_lists], k)
+
+    def retrieval_questions(
+        self, questions: list[str], image_lists: list, neighbours: list[list[str]] | None = None
+    ) -> list[str]:
+        """The questions as the model reads them: with retrieval on, each followed by the answers of its
+        retrieval_k nearest training pictures (of `neighbours`, when given, nearest first); else
+        unchanged."""
+        neighbours = neighbours if neighbours is not None else self.neighbour_answers(image_lists)
+        if neighbours is None:
+            return list(questions)
+        k = self.cfg.retrieval_k
+        return [retrieval_prompt(q, answers[:k]) for q, answers in zip(questions, neighbours)]
 
     def answer(
         self,
@@ -326,10 +371,11 @@ class VisionLanguageModel(nn.Module):
         images = [images] if single else list(images)
         if isinstance(questions, str):
             questions = [questions] * len(images)
-        batch = self.prepare_prompts(images, questions)
+        gen = generation_config(generation, **options)
+        batch = self.prepare_prompts(images, questions, gen.copy_source_count)
         was_training = self.training
         self.eval()
-        tokens = self.generate(**batch, generation=generation, **options)
+        tokens = self.generate(**batch, generation=gen)
         self.train(was_training)
         answers = [self.decode_answer(row) for row in tokens.tolist()]
         return answers[0] if single else answers

@@ -27,8 +27,13 @@ from PIL import Image
 from picovlm.config import DEFAULT_QUESTION
 from picovlm.data.processor import IGNORE_INDEX, AnswerStream, Processor
 from picovlm.data.tokenizer import load_tokenizer
-from picovlm.errors import PicovlmError
-from picovlm.generation import GenerationConfig, generation_config
+from picovlm.errors import ConfigError, PicovlmError
+from picovlm.generation import (
+    COPY_BIAS_NEEDS_RETRIEVAL,
+    GenerationConfig,
+    copy_continuations,
+    generation_config,
+)
 from picovlm.retrieval import RetrievalIndex
 
 MANIFEST_FILE = (
@@ -254,9 +259,20 @@ class Runtime:
         empty = np.zeros((1, self.n_kv_heads, 0, self.head_dim), np.float32)
         logits, cache = self._step(embeds, np.arange(T, dtype=np.int64)[None], [empty] * (2 * self.n_layers))
         seen = list(ids)  # for the repetition penalty: the prompt and the answer so far, as in torch
+        if options.copy_bias:  # the neighbours' answers as the model would write them, as in torch
+            if self.retrieval is None:
+                raise ConfigError(COPY_BIAS_NEEDS_RETRIEVAL)
+            neighbours = (
+                self.retrieval.neighbour_answers(images[:1], options.copy_neighbours)[0] if images else []
+            )
+            sources = [self.processor.encode_answer(answer) for answer in neighbours]
         for step in range(max_new):
             if options.penalises_repetition:
                 logits = apply_repetition_penalty(logits, seen, options.repetition_penalty)
+            if options.copy_bias:
+                logits = logits.copy()
+                for token, votes in copy_continuations(sources, seen[T:]).items():
+                    logits[token] += options.copy_bias * votes
             token = sample_next_token(logits, options, rng)
             if options.stop_at_eos and token == self.eos_token_id:
                 return

@@ -12,6 +12,7 @@ from picovlm.errors import ConfigError
 from picovlm.generation import (
     GenerationConfig,
     add_generation_arguments,
+    copy_continuations,
     generation_config,
     generation_flags,
     generation_from_args,
@@ -28,6 +29,8 @@ def test_the_defaults_are_greedy_and_checked():
         (dict(top_p=1.5), "top_p"),
         (dict(top_k=-2), "top_k"),
         (dict(repetition_penalty=0), "repetition_penalty"),
+        (dict(copy_bias=-1), "copy_bias"),
+        (dict(copy_neighbours=0), "copy_neighbours"),
     ]:
         with pytest.raises(ConfigError, match=words):
             GenerationConfig(**bad)
@@ -42,6 +45,23 @@ def test_options_over_a_config_and_unknown_names():
     with pytest.raises(ConfigError, match="max_tokens.*the options are"):
         generation_config(base, max_tokens=5)
     assert GenerationConfig.from_dict({**base.to_dict(), "from_a_newer_version": 1}) == base
+
+
+def test_copy_continuations_are_the_neighbours_vote_after_the_longest_run_found():
+    sources = [
+        [7, 1, 2, 3, 9],
+        [2, 3, 4, 2, 5],
+    ]  # the nearest neighbour's answer first: a vote of 1, then 1/2
+    assert copy_continuations(sources, []) == {2: 0.5, 7: 1.0}  # nothing said yet: the first tokens
+    assert copy_continuations(sources, [8]) == {}  # the last token is in no source
+    assert copy_continuations(sources, [2]) == {3: 1.5, 5: 0.5}  # both sources say 3 after a 2
+    assert copy_continuations(sources, [1, 2]) == {3: 1.0}  # the longer run decides
+    assert copy_continuations(sources, [9, 4, 2]) == {5: 0.5}  # [4, 2] is in the second source only
+    assert copy_continuations(sources, [6, 2, 3]) == {4: 0.5, 9: 1.0}  # [6, 2, 3] is nowhere, [2, 3] twice
+    assert copy_continuations(sources, [1, 2, 3], longest=1) == {4: 0.5, 9: 1.0}  # the last token only
+    assert copy_continuations(sources, [5]) == {}  # a source's last token has no continuation
+    assert copy_continuations([[2, 3, 2, 3]], [2]) == {3: 1.0}  # a source votes once
+    assert copy_continuations([], []) == {}
 
 
 def test_the_cli_flags_left_out_keep_the_base_config():
@@ -68,7 +88,9 @@ def test_every_answering_command_shares_the_flags_and_defaults():
             verbs = action.choices
     for verb in ("generate", "eval", "serve", "export"):
         flags = {a.dest: a for a in verbs[verb]._actions}
-        for name in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed"):
+        for name in GenerationConfig().to_dict():
+            if name == "stop_at_eos":  # for benchmarks only, no flag
+                continue
             assert flags[name].default is None, (verb, name)  # left out: GenerationConfig's default
     assert "max_new_tokens_limit" in {a.dest for a in verbs["serve"]._actions}
 

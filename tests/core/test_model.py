@@ -260,6 +260,33 @@ def test_a_batch_penalises_repetition_as_each_row_alone(tokenizer):
     assert not torch.equal(batch, model.generate(ids, pixels, mask, max_new_tokens=10))
 
 
+def test_a_strong_copy_bias_writes_one_of_the_sources_word_for_word(tokenizer):
+    """copy_bias adds to the logits of the tokens that would continue one of the row's copy sources (a
+    retrieving model's neighbours' answers, nearest first): so large a bias copies the nearest source
+    whole, row by row, in a batch as alone; a model with no sources refuses it."""
+    from picovlm.errors import ConfigError
+
+    model = make_model(tokenizer)
+    model.cfg.eos_token_id = None
+    ids, mask, pixels = left_padded_batch(model, [6, 12], seed=3)
+    sources = [[[11, 12, 13, 14], [21, 22, 23]], [[31, 32, 33, 34, 35]]]
+    copied = model.generate(ids, pixels, mask, max_new_tokens=8, copy_bias=1e4, copy_sources=sources)
+    assert copied[0].tolist()[:4] == [11, 12, 13, 14]  # the nearest source weighs most
+    assert copied[1].tolist()[:5] == [31, 32, 33, 34, 35]
+    real = mask[1].bool()
+    alone = model.generate(
+        ids[1:2, real], pixels[1:2], max_new_tokens=8, copy_bias=1e4, copy_sources=sources[1:]
+    )
+    assert torch.equal(alone[0], copied[1])
+    # a small bias leans, it does not force: the model's own first token where it is sure enough
+    plain = model.generate(ids, pixels, mask, max_new_tokens=8)
+    assert torch.equal(
+        model.generate(ids, pixels, mask, max_new_tokens=8, copy_bias=1e-6, copy_sources=sources), plain
+    )
+    with pytest.raises(ConfigError, match="retrieval_k"):
+        model.generate(ids, pixels, mask, max_new_tokens=8, copy_bias=2.0)
+
+
 def test_generate_takes_a_config_and_the_old_keywords(tokenizer):
     from picovlm.errors import ConfigError
     from picovlm.generation import GenerationConfig

@@ -82,7 +82,7 @@ def test_an_exported_folder_carries_its_config_to_eval_and_serve(exported_dir, d
     assert served_answers(runtime, items) == [row["answer"] for row in evaluated["items"]]
 
 
-def test_the_server_reports_its_config_and_refuses_bad_fields(exported_dir):
+def test_the_server_reports_its_config_and_refuses_bad_fields(exported_dir, trained_model_dir, tmp_path):
     from deploy_helpers import demo_image
     from starlette.testclient import TestClient
 
@@ -99,3 +99,13 @@ def test_the_server_reports_its_config_and_refuses_bad_fields(exported_dir):
             assert r.status_code == 400 and field in r.json()["error"]["message"], r.text
     with pytest.raises(ConfigError, match="max-new-tokens-limit"):
         build_app(runtime, ServeLimits(max_new_tokens=20), CONFIG)
+    # copy_bias leans towards a retrieving model's neighbours; this model has none: refused at start
+    with pytest.raises(ConfigError, match="retrieval_k"):
+        build_app(runtime, generation=CONFIG.replace(copy_bias=8.0))
+    with pytest.raises(ConfigError, match="retrieval_k"):
+        runtime.answer(demo_image(0), "Describe the image.", copy_bias=8.0)
+    from picovlm.export.onnx import export_model
+
+    with pytest.raises(ConfigError, match="retrieval_k"):
+        export_model(trained_model_dir, tmp_path / "exported", generation=CONFIG.replace(copy_bias=8.0))
+    assert not (tmp_path / "exported").exists()

@@ -79,6 +79,14 @@ def test_a_retrieving_model_saves_its_index_and_answers_with_it(demo_dir, tmp_pa
     assert model.prepare_prompts([image], ["Describe the image."])["input_ids"].shape[1] < with_index
     model.cfg.retrieval_k = 2
     assert isinstance(model.answer(image), str)
+    # copy_bias may vote over more neighbours than the prompt holds: the prompt stays the same
+    voting = model.prepare_prompts([image], ["Describe the image."], copy_neighbours=5)
+    assert voting["input_ids"].shape[1] == with_index
+    sources = voting["copy_sources"][0]
+    assert len(sources) == 5
+    nearest = model.retrieval.neighbour_answers([image], k=5)[0]
+    assert [model.decode_answer(source) for source in sources] == nearest
+    assert question == retrieval_prompt("Describe the image.", nearest[:2])  # the prompt: the two nearest
     (model_dir / INDEX_META_FILE).unlink()
     with pytest.raises(PicovlmError, match="retrieval_index.json"):
         VLM.from_pretrained(model_dir)
@@ -99,6 +107,10 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
     images = [row["images"][0] for row in load_cauldron(demo_dir, split="test").select(range(4))]
     torch_answers = model.answer(images, max_new_tokens=24)
     assert [runtime.answer(image, max_new_tokens=24) for image in images] == torch_answers
+    # with a lean towards copying the neighbours (copy_bias) the runtime still answers as torch does
+    copying = model.answer(images, max_new_tokens=24, copy_bias=50.0)
+    assert [runtime.answer(image, max_new_tokens=24, copy_bias=50.0) for image in images] == copying
+    assert copying != torch_answers
     # `picovlm eval` of the exported folder retrieves as the server does: the torch model's figures
     from picovlm.eval.evaluate import evaluate
 
