@@ -41,11 +41,12 @@ def table(rows: list[dict]) -> str:
         f, b = r["final"], r["best"] or {}
         look_f1 = max(v["token_f1"] for v in r["lookups"].values())
         look_facts = max((v["field_accuracy"] or 0) for v in r["lookups"].values())
+        best_cell = f"{b['token_f1']:.3f} / {b['field_accuracy']:.3f}" if b else "—"  # best/ not evaluated
         lines.append(
             f"| {r['data']} | {r['run']} | {r['steps']:,} | {f['token_f1']:.3f} | {f['field_accuracy']:.3f} | "
             f"{look_f1:.3f} / {look_facts:.3f} | {f['distinct_answer_share']:.0%} "
             f"({f['reference_distinct_answer_share']:.0%}) | {f['copied_from_train_share']:.0%} | "
-            f"{f['image_gap_shuffled']:+.2f} | {b.get('token_f1', 0):.3f} / {b.get('field_accuracy', 0):.3f} | "
+            f"{f['image_gap_shuffled']:+.2f} | {best_cell} | "
             f"{f['verdict_status']} |"
         )
     return "\n".join(lines)
