@@ -34,7 +34,7 @@ from picovlm.generation import (
     copy_continuations,
     generation_config,
 )
-from picovlm.retrieval import RetrievalIndex
+from picovlm.retrieval import RetrievalIndex, retrieval_prompt
 
 MANIFEST_FILE = (
     "manifest.json"  # the same name as picovlm.export.onnx.MANIFEST_FILE (that module imports torch)
@@ -180,17 +180,27 @@ class Runtime:
         return self.vision.run(None, {"pixel_values": pixels})[0]
 
     def prompt_embeddings(
-        self, images: list[Image.Image], question: str, blank_images: bool = False
+        self,
+        images: list[Image.Image],
+        question: str,
+        blank_images: bool = False,
+        neighbours: list[str] | None = None,
     ) -> tuple[list[int], np.ndarray]:
         """Prompt ids and their embeddings (1, T, D), image embeddings in place of the <|image|> tokens."""
-        ids = self.processor.encode_prompt(self.model_question(question, images), len(images))
+        ids = self.processor.encode_prompt(self.model_question(question, images, neighbours), len(images))
         return ids, self._embed(ids, images, blank_images)
 
-    def model_question(self, question: str, images: list[Image.Image]) -> str:
-        """The question as the model reads it: with retrieval, followed by its neighbours' answers."""
-        if self.retrieval is not None and images:
-            (question,) = self.retrieval.prompts([question], images[:1])
-        return question
+    def model_question(
+        self, question: str, images: list[Image.Image], neighbours: list[str] | None = None
+    ) -> str:
+        """The question as the model reads it: with retrieval, followed by the answers of its k nearest
+        training pictures (the first k of `neighbours`, nearest first, when given: as the torch model
+        slices the list copy_bias votes over)."""
+        if self.retrieval is None or not images:
+            return question
+        if neighbours is None:
+            (neighbours,) = self.retrieval.neighbour_answers(images[:1])
+        return retrieval_prompt(question, neighbours[: self.retrieval.k])
 
     def _embed(self, ids: list[int], images: list[Image.Image], blank_images: bool = False) -> np.ndarray:
         """(1, T, D) embeddings of `ids`; blank_images: pixels 0 (mid-grey after normalisation)."""
@@ -252,20 +262,22 @@ class Runtime:
         runtime's (self.generation)."""
         options = generation or self.generation
         images = [open_image(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
-        ids, embeds = self.prompt_embeddings(images, question)
+        neighbours = None  # with copy_bias, the neighbours it votes over; the prompt holds the first k
+        if options.copy_bias:
+            if self.retrieval is None:
+                raise ConfigError(COPY_BIAS_NEEDS_RETRIEVAL)
+            if images:
+                wanted = max(options.copy_neighbours, self.retrieval.k)
+                (neighbours,) = self.retrieval.neighbour_answers(images[:1], wanted)
+        ids, embeds = self.prompt_embeddings(images, question, neighbours=neighbours)
         T = len(ids)
         max_new = min(options.max_new_tokens, self.max_positions - T)
         rng = np.random.default_rng(options.seed)
         empty = np.zeros((1, self.n_kv_heads, 0, self.head_dim), np.float32)
         logits, cache = self._step(embeds, np.arange(T, dtype=np.int64)[None], [empty] * (2 * self.n_layers))
         seen = list(ids)  # for the repetition penalty: the prompt and the answer so far, as in torch
-        if options.copy_bias:  # the neighbours' answers as the model would write them, as in torch
-            if self.retrieval is None:
-                raise ConfigError(COPY_BIAS_NEEDS_RETRIEVAL)
-            neighbours = (
-                self.retrieval.neighbour_answers(images[:1], options.copy_neighbours)[0] if images else []
-            )
-            sources = [self.processor.encode_answer(answer) for answer in neighbours]
+        # copy_bias's sources: the neighbours' answers as the model would write them, as in torch
+        sources = [self.processor.encode_answer(a) for a in (neighbours or [])[: options.copy_neighbours]]
         for step in range(max_new):
             if options.penalises_repetition:
                 logits = apply_repetition_penalty(logits, seen, options.repetition_penalty)
