@@ -110,6 +110,31 @@ COPY_BIAS_NEEDS_RETRIEVAL = (
 )
 
 
+class CopyVotes:
+    """`copy_continuations` for one row's sources, with every run of up to `longest` tokens looked up in
+    a table built once: generation asks before every token, and scanning the sources each time is
+    work a 60-token answer would repeat 60 times."""
+
+    def __init__(self, sources: list[list[int]], longest: int = COPY_MATCH):
+        self.longest = longest
+        self.first = _votes((rank, source[0]) for rank, source in enumerate(sources) if source)
+        followers: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # run -> (rank, the token after it)
+        for rank, source in enumerate(sources):
+            for n in range(1, longest + 1):
+                for i in range(len(source) - n):
+                    followers.setdefault(tuple(source[i : i + n]), []).append((rank, source[i + n]))
+        self.after = {run: _votes(pairs) for run, pairs in followers.items()}
+
+    def __call__(self, answer: list[int]) -> dict[int, float]:
+        if not answer:
+            return self.first
+        for n in range(min(self.longest, len(answer)), 0, -1):
+            found = self.after.get(tuple(answer[-n:]))
+            if found:
+                return found
+        return {}
+
+
 def copy_continuations(
     sources: list[list[int]], answer: list[int], longest: int = COPY_MATCH
 ) -> dict[int, float]:
@@ -118,20 +143,8 @@ def copy_continuations(
     sources that say it, of 1 for the first source, 1/2 for the second, 1/r for the r-th. Before the
     first token, the sources' first tokens; after it, the tokens that follow the longest run of the
     answer's last tokens (up to `longest`) found in a source. Empty when not even the last token
-    occurs in one."""
-    if not answer:
-        return _votes((rank, source[0]) for rank, source in enumerate(sources) if source)
-    for n in range(min(longest, len(answer)), 0, -1):
-        tail = answer[-n:]
-        found = _votes(
-            (rank, s[i + n])
-            for rank, s in enumerate(sources)
-            for i in range(len(s) - n)
-            if s[i : i + n] == tail
-        )
-        if found:
-            return found
-    return {}
+    occurs in one. (Generation builds a `CopyVotes` once per answer instead.)"""
+    return CopyVotes(sources, longest)(answer)
 
 
 def _votes(ranked_tokens) -> dict[int, float]:

@@ -113,9 +113,14 @@ class RetrievalIndex:
         found = self.neighbours(thumbnail_vectors(images), k=k)
         return [[self.answers[j] for j in rows] for rows in found]
 
+    def prompt(self, question: str, neighbour_answers: Sequence[str]) -> str:
+        """The retrieval prompt from a picture's neighbours' answers, nearest first: the first k of them
+        (copy_bias may have looked up more)."""
+        return retrieval_prompt(question, neighbour_answers[: self.k])
+
     def prompts(self, questions: Sequence[str], images: Sequence[Image.Image]) -> list[str]:
         """The retrieval prompt for each (question, picture) of a new picture."""
-        return [retrieval_prompt(q, answers) for q, answers in zip(questions, self.neighbour_answers(images))]
+        return [self.prompt(q, answers) for q, answers in zip(questions, self.neighbour_answers(images))]
 
     # --- On disk, beside the model's weights ---------------------------------------------------------
 

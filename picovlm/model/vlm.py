@@ -37,14 +37,13 @@ from picovlm.config import DEFAULT_QUESTION, VLMConfig
 from picovlm.errors import ConfigError, PicovlmError
 from picovlm.generation import (
     COPY_BIAS_NEEDS_RETRIEVAL,
+    CopyVotes,
     GenerationConfig,
-    copy_continuations,
     generation_config,
 )
 from picovlm.model.language import KVCache, LanguageModel
 from picovlm.model.projector import ModalityProjector
 from picovlm.model.vision import ViT
-from picovlm.retrieval import retrieval_prompt
 
 
 @dataclass
@@ -278,14 +277,15 @@ class VisionLanguageModel(nn.Module):
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         out = []
         answers: list[list[int]] = [[] for _ in range(B)]  # for copy_bias: each row's tokens so far
+        votes = [CopyVotes(sources) for sources in copy_sources] if gen.copy_bias else []
         for step in range(max_new_tokens):
             if gen.penalises_repetition:
                 logits = apply_repetition_penalty(logits, seen, gen.repetition_penalty)
             if gen.copy_bias:
                 logits = logits.clone()
-                for row, (sources, answer) in enumerate(zip(copy_sources, answers)):
-                    for token, votes in copy_continuations(sources, answer).items():
-                        logits[row, token] += gen.copy_bias * votes
+                for row, (row_votes, answer) in enumerate(zip(votes, answers)):
+                    for token, vote in row_votes(answer).items():
+                        logits[row, token] += gen.copy_bias * vote
             token = sample_next_token(logits, gen.temperature, gen.top_k, gen.top_p, generator)
             token = token.masked_fill(finished, pad)
             out.append(token)
@@ -354,8 +354,7 @@ class VisionLanguageModel(nn.Module):
         neighbours = neighbours if neighbours is not None else self.neighbour_answers(image_lists)
         if neighbours is None:
             return list(questions)
-        k = self.cfg.retrieval_k
-        return [retrieval_prompt(q, answers[:k]) for q, answers in zip(questions, neighbours)]
+        return [self.retrieval.prompt(q, answers) for q, answers in zip(questions, neighbours)]
 
     def answer(
         self,

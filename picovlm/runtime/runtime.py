@@ -30,11 +30,11 @@ from picovlm.data.tokenizer import load_tokenizer
 from picovlm.errors import ConfigError, PicovlmError
 from picovlm.generation import (
     COPY_BIAS_NEEDS_RETRIEVAL,
+    CopyVotes,
     GenerationConfig,
-    copy_continuations,
     generation_config,
 )
-from picovlm.retrieval import RetrievalIndex, retrieval_prompt
+from picovlm.retrieval import RetrievalIndex
 
 MANIFEST_FILE = (
     "manifest.json"  # the same name as picovlm.export.onnx.MANIFEST_FILE (that module imports torch)
@@ -200,7 +200,7 @@ class Runtime:
             return question
         if neighbours is None:
             (neighbours,) = self.retrieval.neighbour_answers(images[:1])
-        return retrieval_prompt(question, neighbours[: self.retrieval.k])
+        return self.retrieval.prompt(question, neighbours)
 
     def _embed(self, ids: list[int], images: list[Image.Image], blank_images: bool = False) -> np.ndarray:
         """(1, T, D) embeddings of `ids`; blank_images: pixels 0 (mid-grey after normalisation)."""
@@ -277,14 +277,16 @@ class Runtime:
         logits, cache = self._step(embeds, np.arange(T, dtype=np.int64)[None], [empty] * (2 * self.n_layers))
         seen = list(ids)  # for the repetition penalty: the prompt and the answer so far, as in torch
         # copy_bias's sources: the neighbours' answers as the model would write them, as in torch
-        sources = [self.processor.encode_answer(a) for a in (neighbours or [])[: options.copy_neighbours]]
+        votes = CopyVotes(
+            [self.processor.encode_answer(a) for a in (neighbours or [])[: options.copy_neighbours]]
+        )
         for step in range(max_new):
             if options.penalises_repetition:
                 logits = apply_repetition_penalty(logits, seen, options.repetition_penalty)
             if options.copy_bias:
                 logits = logits.copy()
-                for token, votes in copy_continuations(sources, seen[T:]).items():
-                    logits[token] += options.copy_bias * votes
+                for token, vote in votes(seen[T:]).items():
+                    logits[token] += options.copy_bias * vote
             token = sample_next_token(logits, options, rng)
             if options.stop_at_eos and token == self.eos_token_id:
                 return
