@@ -1,7 +1,8 @@
 """How an answer is generated: one set of options, with one set of defaults, for every way picovlm answers.
 
     GenerationConfig(max_new_tokens=96, temperature=0.0, top_k=None, top_p=None,
-                     repetition_penalty=1.0, copy_bias=0.0, copy_neighbours=8, seed=0, stop_at_eos=True)
+                     repetition_penalty=1.0, copy_bias=0.0, copy_neighbours=8, copy_fact_weight=0.0,
+                     seed=0, stop_at_eos=True)
 
 The torch model (`VisionLanguageModel.generate` / `.answer`), evaluation (`picovlm eval`, quick_eval),
 the torch-free runtime, the HTTP server (a request's fields override the server's config) and the CLI
@@ -11,7 +12,7 @@ seed does not touch; with temperature > 0 the fixed seed makes a run repeatable 
 randomness each call). The runtime's sampler draws with numpy and the torch model's with torch, so
 sampled answers agree only in distribution; greedy answers (repetition penalty included) agree exactly.
 
-Plain Python on purpose: the runtime and the server import this and never import torch.
+Plain Python and numpy on purpose: the runtime and the server import this and never import torch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from picovlm.errors import ConfigError
 
@@ -39,6 +42,10 @@ class GenerationConfig:
     # neighbours vote; the model's own logits can overrule them. 0 = off.
     copy_bias: float = 0.0
     copy_neighbours: int = 8
+    # With copy_bias, a model trained with the fact loss: each neighbour's vote is also multiplied by
+    # P^copy_fact_weight, P = how likely its fact heads find that neighbour's facts in this picture
+    # (`neighbour_weights`), so the neighbours the picture agrees with count more. 0 = by rank alone.
+    copy_fact_weight: float = 0.0
     seed: int | None = 0  # the sampler's seed; None: a fresh draw each call
     stop_at_eos: bool = True  # False only for benchmarks that need exactly max_new_tokens tokens
 
@@ -60,6 +67,8 @@ class GenerationConfig:
             bad.append(f"copy_bias must be 0 (off) or more, got {self.copy_bias}")
         if self.copy_neighbours < 1:
             bad.append(f"copy_neighbours must be at least 1, got {self.copy_neighbours}")
+        if self.copy_fact_weight < 0:
+            bad.append(f"copy_fact_weight must be 0 (off) or more, got {self.copy_fact_weight}")
         if bad:
             raise ConfigError("; ".join(bad) + ".")
 
@@ -108,6 +117,29 @@ COPY_BIAS_NEEDS_RETRIEVAL = (
     "copy_bias leans towards the neighbours' answers of a retrieving model, and this model does not retrieve "
     "(retrieval_k=0): leave copy_bias at 0, or train with model.retrieval_k=2."
 )
+COPY_FACTS_NEED_HEADS = (
+    "copy_fact_weight weighs the neighbours by the model's fact heads, and this model has none (it was "
+    "trained without the fact loss, on rows without `fields`, or saved before the heads were kept): leave "
+    "copy_fact_weight at 0, or train again with train.fact_loss_weight=auto on rows with fields."
+)
+
+
+def copy_options_check(generation: GenerationConfig, retrieval) -> None:
+    """The ConfigError a model gets for copy options it cannot honour (`retrieval`: its index or None)."""
+    if generation.copy_bias and retrieval is None:
+        raise ConfigError(COPY_BIAS_NEEDS_RETRIEVAL)
+    if generation.copy_bias and generation.copy_fact_weight and getattr(retrieval, "facts", None) is None:
+        raise ConfigError(COPY_FACTS_NEED_HEADS)
+
+
+def neighbour_weights(count: int, support=None, fact_weight: float = 0.0) -> list[float]:
+    """Each of `count` neighbours' vote, nearest first: 1/r for the r-th; with the fact heads' support
+    (log-probabilities of each neighbour's facts, `FactReader.support`) and fact_weight a > 0,
+    (1/r) x P^a scaled so that the strongest neighbour's vote is 1 (a = 0: exactly 1/r)."""
+    scores = -np.log1p(np.arange(count, dtype=np.float64))
+    if fact_weight and support is not None:
+        scores = scores + fact_weight * np.asarray(support, np.float64)[:count]
+    return [float(w) for w in np.exp(scores - scores.max())] if count else []
 
 
 class CopyVotes:
@@ -115,15 +147,18 @@ class CopyVotes:
     a table built once: generation asks before every token, and scanning the sources each time is
     work a 60-token answer would repeat 60 times."""
 
-    def __init__(self, sources: list[list[int]], longest: int = COPY_MATCH):
+    def __init__(
+        self, sources: list[list[int]], longest: int = COPY_MATCH, weights: list[float] | None = None
+    ):
         self.longest = longest
-        self.first = _votes((rank, source[0]) for rank, source in enumerate(sources) if source)
+        weights = weights if weights is not None else neighbour_weights(len(sources))
+        self.first = _votes(((rank, source[0]) for rank, source in enumerate(sources) if source), weights)
         followers: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # run -> (rank, the token after it)
         for rank, source in enumerate(sources):
             for n in range(1, longest + 1):
                 for i in range(len(source) - n):
                     followers.setdefault(tuple(source[i : i + n]), []).append((rank, source[i + n]))
-        self.after = {run: _votes(pairs) for run, pairs in followers.items()}
+        self.after = {run: _votes(pairs, weights) for run, pairs in followers.items()}
 
     def __call__(self, answer: list[int]) -> dict[int, float]:
         if not answer:
@@ -147,12 +182,12 @@ def copy_continuations(
     return CopyVotes(sources, longest)(answer)
 
 
-def _votes(ranked_tokens) -> dict[int, float]:
-    """{token: sum of 1 / (1 + rank) over the sources that say it (once per source)}, tokens ascending."""
+def _votes(ranked_tokens, weights: list[float]) -> dict[int, float]:
+    """{token: sum of weights[rank] over the sources that say it (once per source)}, tokens ascending."""
     voters: dict[int, set[int]] = {}
     for rank, token in ranked_tokens:
         voters.setdefault(token, set()).add(rank)
-    return {token: sum(1.0 / (1 + rank) for rank in voters[token]) for token in sorted(voters)}
+    return {token: sum(weights[rank] for rank in voters[token]) for token in sorted(voters)}
 
 
 # --- The CLI's flags -----------------------------------------------------------------------------------
@@ -165,6 +200,10 @@ CLI_FLAGS = {  # option -> (type, help); each help ends with the default, from G
     "repetition_penalty": (float, "e.g. 1.2: make tokens already seen less likely (1 = off)"),
     "copy_bias": (float, "retrieving models: e.g. 8 to lean towards the neighbours' answers (0 = off)"),
     "copy_neighbours": (int, "how many nearest training answers copy_bias votes over"),
+    "copy_fact_weight": (
+        float,
+        "with copy_bias, models with fact heads: e.g. 0.2 to weigh neighbours by them",
+    ),
     "seed": (int, "random seed for sampling"),
 }
 

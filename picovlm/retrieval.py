@@ -34,6 +34,7 @@ from picovlm.utils import atomic_write_bytes, atomic_write_text
 
 INDEX_FILE = "retrieval_index.npz"
 INDEX_META_FILE = "retrieval_index.json"
+FACTS_FILE = "retrieval_facts.npz"
 THUMBNAIL_SIZE = 32
 NEIGHBOUR_PREFIX = "Similar: "
 
@@ -62,19 +63,91 @@ def retrieval_prompt(question: str, neighbour_answers: Sequence[str]) -> str:
 
 
 @dataclass
+class FactReader:
+    """How strongly a new picture supports each training row's facts, for the neighbours' vote
+    (GenerationConfig.copy_fact_weight): the fact heads of training (train.fact_loss_weight,
+    picovlm/train/facts.py: one linear classifier per field over the vision tower's mean-pooled
+    features) as numpy, beside each indexed row's class per field.
+
+        support(features, rows)[i][r] = sum over the fields row r has of log P_heads(its value | picture i)
+
+    Pixels find the neighbours; the heads, trained on every picture's facts, say which of them the
+    picture agrees with (docs/recipes.md, finding 24)."""
+
+    classes: np.ndarray  # (n_index, n_fields) int32: each indexed row's class per field, -1 = unknown
+    weights: list[np.ndarray] | None = None  # per field (n_classes, vision_dim); None until the heads are set
+    biases: list[np.ndarray] | None = None  # per field (n_classes,)
+
+    def with_heads(self, heads: Sequence[tuple[np.ndarray, np.ndarray]]) -> FactReader:
+        """This reader with the heads' (weight, bias) per field, e.g. those of the step being saved."""
+        if len(heads) != self.classes.shape[1]:
+            raise PicovlmError(f"{len(heads)} fact heads for {self.classes.shape[1]} fields")
+        weights = [np.asarray(w, np.float32) for w, _ in heads]
+        return FactReader(self.classes, weights, [np.asarray(b, np.float32) for _, b in heads])
+
+    def support(self, features: np.ndarray, rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """(n, vision_dim) pooled features of n pictures, each picture's neighbour rows -> for each
+        picture, the heads' log-probability of each neighbour's facts, summed over its known fields."""
+        if self.weights is None or self.biases is None:
+            raise PicovlmError("this fact reader has no heads: set them with with_heads before reading")
+        total = [np.zeros(len(r)) for r in rows]
+        for field, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            logits = features.astype(np.float32) @ weight.T + bias  # (n, n_classes)
+            peak = logits.max(axis=1, keepdims=True)
+            log_probs = logits - peak - np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
+            for i, neighbour_rows in enumerate(rows):
+                classes = self.classes[np.asarray(neighbour_rows, int), field]
+                total[i] += np.where(classes >= 0, log_probs[i, np.maximum(classes, 0)], 0.0)
+        return total
+
+    def save(self, directory: Path) -> None:
+        import io
+
+        if self.weights is None or self.biases is None:
+            raise PicovlmError("a fact reader is saved with its heads: set them with with_heads first")
+        buffer = io.BytesIO()
+        arrays = {f"weight_{i}": w for i, w in enumerate(self.weights)}
+        arrays.update({f"bias_{i}": b for i, b in enumerate(self.biases)})
+        np.savez_compressed(buffer, classes=self.classes, **arrays)
+        atomic_write_bytes(directory / FACTS_FILE, buffer.getvalue())
+
+    @classmethod
+    def load(cls, directory: Path) -> FactReader | None:
+        if not (directory / FACTS_FILE).exists():
+            return None
+        with np.load(directory / FACTS_FILE) as data:
+            classes = data["classes"]
+            fields = range(classes.shape[1])
+            return cls(classes, [data[f"weight_{i}"] for i in fields], [data[f"bias_{i}"] for i in fields])
+
+
+@dataclass
 class RetrievalIndex:
-    """Training pictures as thumbnail vectors with their answers and groups."""
+    """Training pictures as thumbnail vectors with their answers and groups (and, from a run with the
+    fact loss, their facts: `facts`)."""
 
     vectors: np.ndarray  # (n, 3 * size * size) float16, unit-length rows
     answers: list[str]
     groups: list[str]
     k: int  # neighbours per prompt
+    facts: FactReader | None = None
 
     @classmethod
-    def build(cls, images: Sequence[Image.Image], answers: Sequence[str], groups: Sequence[str], k: int):
+    def build(
+        cls,
+        images: Sequence[Image.Image],
+        answers: Sequence[str],
+        groups: Sequence[str],
+        k: int,
+        fact_classes: Sequence[Sequence[int]] | None = None,
+    ):
+        """fact_classes: each row's class per fact field (-1 = unknown), for a reader of the fact heads."""
         if not len(images):
             raise PicovlmError("a retrieval index needs at least one training picture")
-        return cls(thumbnail_vectors(images).astype(np.float16), list(answers), list(groups), k)
+        facts = None
+        if fact_classes is not None:
+            facts = FactReader(np.asarray(fact_classes, np.int32).reshape(len(images), -1))
+        return cls(thumbnail_vectors(images).astype(np.float16), list(answers), list(groups), k, facts)
 
     def __len__(self) -> int:
         return len(self.answers)
@@ -107,11 +180,15 @@ class RetrievalIndex:
                 out.append([int(j) for j in ordered if np.isfinite(row[j])])
         return out
 
+    def neighbour_rows(self, images: Sequence[Image.Image], k: int | None = None) -> list[list[int]]:
+        """The rows of each new picture's k (default: the index's k) nearest training pictures, nearest
+        first."""
+        return self.neighbours(thumbnail_vectors(images), k=k)
+
     def neighbour_answers(self, images: Sequence[Image.Image], k: int | None = None) -> list[list[str]]:
         """The answers of each new picture's k (default: the index's k) nearest training pictures,
         nearest first."""
-        found = self.neighbours(thumbnail_vectors(images), k=k)
-        return [[self.answers[j] for j in rows] for rows in found]
+        return [[self.answers[j] for j in rows] for rows in self.neighbour_rows(images, k)]
 
     def prompt(self, question: str, neighbour_answers: Sequence[str]) -> str:
         """The retrieval prompt from a picture's neighbours' answers, nearest first: the first k of them
@@ -133,6 +210,8 @@ class RetrievalIndex:
         atomic_write_bytes(directory / INDEX_FILE, buffer.getvalue())
         meta = {"k": self.k, "thumbnail_size": THUMBNAIL_SIZE, "answers": self.answers, "groups": self.groups}
         atomic_write_text(directory / INDEX_META_FILE, json.dumps(meta, ensure_ascii=False))
+        if self.facts is not None and self.facts.weights is not None:
+            self.facts.save(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> RetrievalIndex | None:
@@ -150,7 +229,11 @@ class RetrievalIndex:
         if len(vectors) != len(meta["answers"]):
             raise PicovlmError(f"{directory}: the retrieval index has {len(vectors)} vectors for "
                                f"{len(meta['answers'])} answers; re-save the model.")  # fmt: skip
-        return cls(vectors, meta["answers"], meta["groups"], int(meta["k"]))
+        facts = FactReader.load(directory)
+        if facts is not None and len(facts.classes) != len(vectors):
+            raise PicovlmError(f"{directory}: {FACTS_FILE} has facts for {len(facts.classes)} rows and the "
+                               f"index {len(vectors)}; copy the whole model folder that training wrote.")  # fmt: skip
+        return cls(vectors, meta["answers"], meta["groups"], int(meta["k"]), facts)
 
 
 # --- Training: the index from the training split, neighbours from other objects -----------------------
@@ -201,12 +284,22 @@ def with_neighbours(dataset, index: RetrievalIndex, exclude_own_group: bool):
     return dataset.map(rewrite, input_columns="texts", with_indices=True, keep_in_memory=True)
 
 
-def build_training_index(train_dataset, k: int) -> RetrievalIndex:
-    """The index of a training split: every row with an image and an answer, with its object's group."""
+def build_training_index(train_dataset, k: int, encode_facts=None) -> RetrievalIndex:
+    """The index of a training split: every row with an image and an answer, with its object's group.
+    encode_facts (e.g. FactVocabulary.encode): a row's `fields` -> its class per field (negative =
+    unknown); the index then keeps them, for the fact heads' weighting of the neighbours' vote."""
     rows, images = _first_images(train_dataset)
     texts = train_dataset["texts"]
     groups = _row_groups(train_dataset)
     keep = [(r, im) for r, im in zip(rows, images) if texts[r] and texts[r][0].get("assistant")]
+    fact_classes = None
+    if encode_facts is not None:
+        fields = train_dataset["fields"]
+        fact_classes = [[max(c, -1) for c in encode_facts(fields[r])] for r, _ in keep]
     return RetrievalIndex.build(
-        [im for _, im in keep], [texts[r][0]["assistant"] for r, _ in keep], [groups[r] for r, _ in keep], k
+        [im for _, im in keep],
+        [texts[r][0]["assistant"] for r, _ in keep],
+        [groups[r] for r, _ in keep],
+        k,
+        fact_classes,
     )

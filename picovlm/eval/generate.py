@@ -66,7 +66,9 @@ def stream_answer(
     from picovlm.data.processor import AnswerStream
 
     gen = generation_config(generation, **options)
-    batch = model.prepare_prompts([load_image(image_path)], [question], gen.copy_source_count)
+    batch = model.prepare_prompts(
+        [load_image(image_path)], [question], gen.copy_source_count, gen.copy_fact_weight
+    )
     eos = model.cfg.eos_token_id
     pieces = AnswerStream(model.tokenizer)
     done = False

@@ -42,9 +42,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from picovlm.errors import ConfigError, PicovlmError
-from picovlm.generation import COPY_BIAS_NEEDS_RETRIEVAL, GenerationConfig
-from picovlm.retrieval import INDEX_FILE, INDEX_META_FILE
+from picovlm.errors import PicovlmError
+from picovlm.generation import GenerationConfig, copy_options_check
+from picovlm.retrieval import FACTS_FILE, INDEX_FILE, INDEX_META_FILE
 from picovlm.utils import ProgressFn, atomic_path, atomic_write_text, no_progress
 
 FORMAT_VERSION = 1
@@ -58,20 +58,23 @@ OPSET = 18
 # values: a trained vision tower's outputs reach the hundreds, and differed by 1.2e-3 absolute).
 # The differences seen are ~1e-6 x the values' scale; 1e-3 leaves room for other kernels, not a bug.
 FP32_TOLERANCE = 1e-3
+VISION_OUTPUTS = ("image_embeds", "vision_pooled")
 
 
 # --- The exported modules ---------------------------------------------------------------------------
 
 
 class VisionEncoder(nn.Module):
-    """ViT + projector: pixels (n, 3, H, W) -> image embeddings (n, L, D)."""
+    """ViT + projector: pixels (n, 3, H, W) -> image embeddings (n, L, D), and the ViT's features
+    mean-pooled over patches (n, D_vit): what the fact heads read (copy_fact_weight, picovlm/retrieval.py)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.vision_encoder, self.projector = model.vision_encoder, model.projector
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.vision_encoder(pixels))
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.vision_encoder(pixels)
+        return self.projector(features), features.mean(dim=1)
 
 
 class ConcatCache:
@@ -186,8 +189,8 @@ def check_vision(model, path: Path, n_images: int = 2) -> float:
     pixels = pixels * 2 - 1
     with torch.no_grad():
         reference = VisionEncoder(model)(pixels)
-    (output,) = _session(path).run(None, {"pixel_values": pixels.numpy()})
-    return _max_diff([output], [reference])
+    outputs = _session(path).run(None, {"pixel_values": pixels.numpy()})
+    return _max_diff(outputs, list(reference))
 
 
 def check_decoder(model, path: Path) -> dict[str, float]:
@@ -258,8 +261,8 @@ def export_model(
 
         eval_on = find_eval_data(model_dir, eval_data, eval_split)
     model = VisionLanguageModel.from_pretrained(model_dir).float().eval()
-    if generation is not None and generation.copy_bias and model.retrieval is None:
-        raise ConfigError(COPY_BIAS_NEEDS_RETRIEVAL)
+    if generation is not None:
+        copy_options_check(generation, model.retrieval)
     if model.tokenizer is None:
         raise PicovlmError(
             f"{model_dir} has no tokenizer.json: the runtime needs it; save the model with its tokenizer."
@@ -312,7 +315,7 @@ def export_graphs(model, out: Path, tolerance: float, progress: ProgressFn, step
         (pixels,),
         out / VISION_FILE,
         ["pixel_values"],
-        ["image_embeds"],
+        list(VISION_OUTPUTS),
         ({0: "images"},),
     )
     vision_diff = check_vision(model, out / VISION_FILE)
@@ -384,8 +387,9 @@ def build_manifest(model, input_names: list[str], output_names: list[str], parit
                 if model.retrieval
                 else {}
             ),
+            **({"retrieval_facts": FACTS_FILE} if model.retrieval and model.retrieval.facts else {}),
         },
-        "vision_io": {"inputs": ["pixel_values"], "outputs": ["image_embeds"]},
+        "vision_io": {"inputs": ["pixel_values"], "outputs": list(VISION_OUTPUTS)},
         "decoder_io": {"inputs": input_names, "outputs": output_names},
         "quantization": None,
         "opset": OPSET,

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,9 +38,11 @@ from picovlm.config import DEFAULT_QUESTION, VLMConfig
 from picovlm.errors import ConfigError, PicovlmError
 from picovlm.generation import (
     COPY_BIAS_NEEDS_RETRIEVAL,
+    COPY_FACTS_NEED_HEADS,
     CopyVotes,
     GenerationConfig,
     generation_config,
+    neighbour_weights,
 )
 from picovlm.model.language import KVCache, LanguageModel
 from picovlm.model.projector import ModalityProjector
@@ -242,6 +245,7 @@ class VisionLanguageModel(nn.Module):
         generation: GenerationConfig | None = None,
         on_token: Callable[[torch.Tensor], None] | None = None,
         copy_sources: list[list[list[int]]] | None = None,
+        copy_weights: list[list[float]] | None = None,
         **options,
     ) -> torch.Tensor:
         """Left-padded prompts (B, T) -> new tokens (B, <= max_new_tokens), padded after each row's end.
@@ -249,11 +253,14 @@ class VisionLanguageModel(nn.Module):
         `generation` (default GenerationConfig()) with keyword `options` over it, e.g. max_new_tokens=16.
         `on_token(tokens)` is called with each step's (B,) tokens: the hook for streaming.
         `copy_sources`: each row's token sequences that `copy_bias` leans towards (prepare_prompts gives
-        a retrieving model's neighbours' answers).
+        a retrieving model's neighbours' answers); `copy_weights`: each source's vote (default 1/r for the
+        r-th; prepare_prompts gives the fact heads' weights when copy_fact_weight > 0).
         """
         gen = generation_config(generation, **options)
         if gen.copy_bias and copy_sources is None:
             raise ConfigError(COPY_BIAS_NEEDS_RETRIEVAL)
+        if gen.copy_bias and gen.copy_fact_weight and copy_weights is None:
+            raise ConfigError(COPY_FACTS_NEED_HEADS)
         B, T = input_ids.shape
         device = input_ids.device
         eos, pad = self.cfg.eos_token_id, self.cfg.pad_token_id if self.cfg.pad_token_id is not None else 0
@@ -277,7 +284,10 @@ class VisionLanguageModel(nn.Module):
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         out = []
         answers: list[list[int]] = [[] for _ in range(B)]  # for copy_bias: each row's tokens so far
-        votes = [CopyVotes(sources) for sources in copy_sources] if gen.copy_bias else []
+        votes = []
+        if gen.copy_bias:
+            weights = copy_weights or [None] * len(copy_sources)
+            votes = [CopyVotes(sources, weights=w) for sources, w in zip(copy_sources, weights)]
         for step in range(max_new_tokens):
             if gen.penalises_repetition:
                 logits = apply_repetition_penalty(logits, seen, gen.repetition_penalty)
@@ -310,16 +320,20 @@ class VisionLanguageModel(nn.Module):
 
     # --- Answers: the processor's prompts and decoding around generate ---------------------------------
 
-    def prepare_prompts(self, images: list, questions: list[str], copy_neighbours: int = 0) -> dict[str, Any]:
+    def prepare_prompts(
+        self, images: list, questions: list[str], copy_neighbours: int = 0, copy_fact_weight: float = 0.0
+    ) -> dict[str, Any]:
         """Left-padded prompt batch for (image or list of images, question) pairs, on the model's device.
         copy_neighbours > 0 (a retrieving model): the batch also holds "copy_sources", the answers of
-        that many nearest training pictures as token ids, for generate's copy_bias."""
+        that many nearest training pictures as token ids, for generate's copy_bias; with
+        copy_fact_weight > 0 also "copy_weights", their votes weighted by the fact heads."""
         if self.processor is None:
             raise PicovlmError(
                 "this model has no tokenizer: load it with from_pretrained or call attach_tokenizer."
             )
         image_lists = [im if isinstance(im, (list, tuple)) else [im] for im in images]
-        neighbours = self.neighbour_answers(image_lists, max(copy_neighbours, self.cfg.retrieval_k))
+        rows = self.neighbour_rows(image_lists, max(copy_neighbours, self.cfg.retrieval_k))
+        neighbours = None if rows is None else [[self.retrieval.answers[j] for j in found] for found in rows]
         batch = self.processor.prompt_batch(
             self.retrieval_questions(questions, image_lists, neighbours), image_lists
         )
@@ -330,12 +344,31 @@ class VisionLanguageModel(nn.Module):
             prompts["copy_sources"] = [
                 [encode(a) for a in answers[:copy_neighbours]] for answers in neighbours
             ]
+            if copy_fact_weight:
+                rows = [found[:copy_neighbours] for found in rows]
+                prompts["copy_weights"] = self.fact_weights(
+                    prompts["pixel_values"], image_lists, rows, copy_fact_weight
+                )
         return prompts
 
-    def neighbour_answers(self, image_lists: list, k: int | None = None) -> list[list[str]] | None:
-        """With retrieval on, the answers of the k (default: retrieval_k) training pictures most similar
-        to each first image (picovlm/retrieval.py), nearest first; None for a model that does not
-        retrieve."""
+    @torch.no_grad()
+    def fact_weights(
+        self, pixel_values: torch.Tensor, image_lists: list, rows: list[list[int]], fact_weight: float
+    ) -> list[list[float]]:
+        """Each row's neighbours' votes (`neighbour_weights`), weighted by how likely the fact heads saved
+        with the index find each neighbour's facts in the row's first picture: its vision features
+        mean-pooled over patches, as the heads read them in training."""
+        if self.retrieval is None or self.retrieval.facts is None:
+            raise ConfigError(COPY_FACTS_NEED_HEADS)
+        first = np.cumsum([0] + [len(images) for images in image_lists[:-1]])  # each row's first picture
+        pooled = self.vision_encoder(pixel_values[torch.from_numpy(first)]).mean(dim=1)
+        support = self.retrieval.facts.support(pooled.float().cpu().numpy(), rows)
+        return [neighbour_weights(len(found), s, fact_weight) for found, s in zip(rows, support)]
+
+    def neighbour_rows(self, image_lists: list, k: int | None = None) -> list[list[int]] | None:
+        """With retrieval on, the index rows of the k (default: retrieval_k) training pictures most
+        similar to each first image (picovlm/retrieval.py), nearest first; None for a model that does
+        not retrieve."""
         if not self.cfg.retrieval_k:
             return None
         if self.retrieval is None:
@@ -343,7 +376,12 @@ class VisionLanguageModel(nn.Module):
                 f"this model was trained with retrieval_k={self.cfg.retrieval_k} but has no retrieval index: "
                 "load it from its whole folder (retrieval_index.npz and .json beside the weights)."
             )
-        return self.retrieval.neighbour_answers([ims[0] for ims in image_lists], k)
+        return self.retrieval.neighbour_rows([ims[0] for ims in image_lists], k)
+
+    def neighbour_answers(self, image_lists: list, k: int | None = None) -> list[list[str]] | None:
+        """The answers of `neighbour_rows`, nearest first; None for a model that does not retrieve."""
+        rows = self.neighbour_rows(image_lists, k)
+        return None if rows is None else [[self.retrieval.answers[j] for j in found] for found in rows]
 
     def retrieval_questions(
         self, questions: list[str], image_lists: list, neighbours: list[list[str]] | None = None
@@ -371,7 +409,7 @@ class VisionLanguageModel(nn.Module):
         if isinstance(questions, str):
             questions = [questions] * len(images)
         gen = generation_config(generation, **options)
-        batch = self.prepare_prompts(images, questions, gen.copy_source_count)
+        batch = self.prepare_prompts(images, questions, gen.copy_source_count, gen.copy_fact_weight)
         was_training = self.training
         self.eval()
         tokens = self.generate(**batch, generation=gen)

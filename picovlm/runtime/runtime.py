@@ -27,12 +27,13 @@ from PIL import Image
 from picovlm.config import DEFAULT_QUESTION
 from picovlm.data.processor import IGNORE_INDEX, AnswerStream, Processor
 from picovlm.data.tokenizer import load_tokenizer
-from picovlm.errors import ConfigError, PicovlmError
+from picovlm.errors import PicovlmError
 from picovlm.generation import (
-    COPY_BIAS_NEEDS_RETRIEVAL,
     CopyVotes,
     GenerationConfig,
+    copy_options_check,
     generation_config,
+    neighbour_weights,
 )
 from picovlm.retrieval import RetrievalIndex
 
@@ -179,6 +180,14 @@ class Runtime:
         pixels = self.processor.image_pixels(images)
         return self.vision.run(None, {"pixel_values": pixels})[0]
 
+    def pooled_features(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, D_vit) vision features mean-pooled over patches: what the fact heads read."""
+        if "vision_pooled" not in self.manifest.get("vision_io", {}).get("outputs", []):
+            raise PicovlmError(f"{self.directory}: its vision graph has no pooled features (exported by an "
+                               "older picovlm): export the model again.")  # fmt: skip
+        pixels = self.processor.image_pixels(images)
+        return self.vision.run(["vision_pooled"], {"pixel_values": pixels})[0]
+
     def prompt_embeddings(
         self,
         images: list[Image.Image],
@@ -263,12 +272,17 @@ class Runtime:
         options = generation or self.generation
         images = [open_image(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
         neighbours = None  # with copy_bias, the neighbours it votes over; the prompt holds the first k
+        weights = None  # their votes: 1/r by rank, or weighted by the fact heads (copy_fact_weight)
         if options.copy_bias:
-            if self.retrieval is None:
-                raise ConfigError(COPY_BIAS_NEEDS_RETRIEVAL)
+            copy_options_check(options, self.retrieval)
             if images:
                 wanted = max(options.copy_neighbours, self.retrieval.k)
-                (neighbours,) = self.retrieval.neighbour_answers(images[:1], wanted)
+                (rows,) = self.retrieval.neighbour_rows(images[:1], wanted)
+                neighbours = [self.retrieval.answers[j] for j in rows]
+                if options.copy_fact_weight:
+                    rows = rows[: options.copy_neighbours]
+                    (support,) = self.retrieval.facts.support(self.pooled_features(images[:1]), [rows])
+                    weights = neighbour_weights(len(rows), support, options.copy_fact_weight)
         ids, embeds = self.prompt_embeddings(images, question, neighbours=neighbours)
         T = len(ids)
         max_new = min(options.max_new_tokens, self.max_positions - T)
@@ -278,7 +292,8 @@ class Runtime:
         seen = list(ids)  # for the repetition penalty: the prompt and the answer so far, as in torch
         # copy_bias's sources: the neighbours' answers as the model would write them, as in torch
         votes = CopyVotes(
-            [self.processor.encode_answer(a) for a in (neighbours or [])[: options.copy_neighbours]]
+            [self.processor.encode_answer(a) for a in (neighbours or [])[: options.copy_neighbours]],
+            weights=weights,
         )
         for step in range(max_new):
             if options.penalises_repetition:

@@ -45,7 +45,7 @@ from starlette.routing import Route
 
 from picovlm.config import DEFAULT_QUESTION
 from picovlm.errors import ConfigError
-from picovlm.generation import COPY_BIAS_NEEDS_RETRIEVAL, GenerationConfig
+from picovlm.generation import GenerationConfig, copy_options_check
 from picovlm.runtime import ImageError, Runtime, open_image
 
 
@@ -460,8 +460,7 @@ def build_app(
     """The app over `runtime`; `generation` (default: the runtime's own config) answers a request that
     sets no generation field."""
     limits = limits or ServeLimits()
-    if (generation or runtime.generation).copy_bias and runtime.retrieval is None:
-        raise ConfigError(COPY_BIAS_NEEDS_RETRIEVAL)  # at start, not as every request's error
+    copy_options_check(generation or runtime.generation, runtime.retrieval)  # at start, not per request
     server = Server(runtime, limits, generation)
     routes = [
         Route("/", server.index),

@@ -126,8 +126,13 @@ def restore_training_state(
     return state, saved["schedule"]
 
 
-def save_model(model, directory: Path) -> None:
-    """save_pretrained into `directory` (best/, model/) atomically: a kill mid-save leaves the old folder."""
+def save_model(model, directory: Path, fact_heads=None) -> None:
+    """save_pretrained into `directory` (best/, model/) atomically: a kill mid-save leaves the old folder.
+    fact_heads (training's, picovlm/train/facts.py): saved with a retrieving model's index as they are
+    now, for the neighbours' vote (copy_fact_weight)."""
+    index = getattr(model, "retrieval", None)
+    if fact_heads is not None and index is not None and index.facts is not None:
+        index.facts = index.facts.with_heads(fact_heads.numpy_heads())
     with atomic_path(directory) as tmp:
         model.save_pretrained(tmp)
 

@@ -101,7 +101,9 @@ class EvalHook:
         run_dir: Path,
         dist_: Dist,
         amp_dtype: torch.dtype | None,
+        fact_heads=None,
     ):
+        self.fact_heads = fact_heads  # saved with best/ (picovlm/train/checkpoint.py, save_model)
         self.model, self.cfg, self.val_loader, self.field_parser = model, train_cfg, val_loader, field_parser
         self.best_dir, self.dist, self.amp_dtype = run_dir / "best", dist_, amp_dtype
         self.gen_rows = None
@@ -160,7 +162,7 @@ class EvalHook:
         if improved:
             state.best_score, state.best_step, state.bad_evals = score, state.step, 0
             if self.dist.main:
-                save_model(self.model, self.best_dir)
+                save_model(self.model, self.best_dir, self.fact_heads)
             return False
         state.bad_evals += 1
         patience = self.cfg.early_stopping_patience

@@ -11,8 +11,9 @@ vision tower's mean-pooled features of the row's first picture and predicts that
     loss per token      = answer cross-entropy + fact_loss_weight x (mean over the row's fields of the
                           heads' cross-entropy), each row weighted by its answer tokens
 
-The heads exist only while training: model/ and best/ hold the VLM alone, so export, the runtime and
-the server never see them. The checkpoint keeps them, so a resumed run continues exactly.
+The VLM does not use the heads to answer: model/ and best/ hold them as numpy beside a retrieving
+model's index (picovlm/retrieval.py, FactReader), where they weigh the neighbours' vote when
+generation asks (copy_fact_weight). The checkpoint keeps them, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ class FactHeads(nn.Module):
         super().__init__()
         self.vocabulary = vocabulary
         self.heads = nn.ModuleList(nn.Linear(vision_dim, len(v)) for v in vocabulary.values.values())
+
+    def numpy_heads(self) -> list[tuple]:
+        """Each field's (weight (C, D), bias (C,)) as float32 numpy arrays: what the index keeps."""
+        return [
+            (head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy())
+            for head in self.heads
+        ]
 
     def per_row_loss(self, features: torch.Tensor, fact_labels: torch.Tensor) -> torch.Tensor:
         """(B, D) features, (B, F) class ids -> (B,) mean cross-entropy over each row's known fields."""

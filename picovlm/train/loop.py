@@ -133,7 +133,9 @@ def _train(
     model_cfg, tokenizer = prepare_tokenizer(model_cfg, train_cfg, train_ds, run_dir, dist_, resume, notes)
     train_cfg, field_parser = settle_best_metric(train_cfg, train_ds, val_ds)
     train_cfg, fact_vocabulary = settle_fact_loss(train_cfg, train_ds, notes)  # None: no fact loss
-    model, train_rows, val_rows = build_model(model_cfg, tokenizer, train_ds, val_ds, progress)
+    model, train_rows, val_rows = build_model(
+        model_cfg, tokenizer, train_ds, val_ds, progress, fact_vocabulary
+    )
     report = param_report(model.cfg)
     fact_heads = FactHeads(fact_vocabulary, model.cfg.vit_hidden_dim) if fact_vocabulary is not None else None
     optimizer = build_optimizer(model, train_cfg, extra=fact_heads)  # also freezes towers whose lr is 0
@@ -158,7 +160,7 @@ def _train(
     amp_dtype = autocast_dtype(train_cfg.precision, device)
     train_model = wrap_model(model, train_cfg, dist_, fact_heads)
     evaluate = EvalHook(
-        model, train_cfg, train_ds, val_ds, val_loader, field_parser, run_dir, dist_, amp_dtype
+        model, train_cfg, train_ds, val_ds, val_loader, field_parser, run_dir, dist_, amp_dtype, fact_heads
     )
     batches = StepBatches(loader, train_cfg, steps_per_epoch, state.step)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 
@@ -10,12 +11,15 @@ import pytest
 
 from picovlm.errors import ConfigError
 from picovlm.generation import (
+    CopyVotes,
     GenerationConfig,
     add_generation_arguments,
     copy_continuations,
+    copy_options_check,
     generation_config,
     generation_flags,
     generation_from_args,
+    neighbour_weights,
 )
 
 
@@ -31,6 +35,7 @@ def test_the_defaults_are_greedy_and_checked():
         (dict(repetition_penalty=0), "repetition_penalty"),
         (dict(copy_bias=-1), "copy_bias"),
         (dict(copy_neighbours=0), "copy_neighbours"),
+        (dict(copy_fact_weight=-0.5), "copy_fact_weight"),
     ]:
         with pytest.raises(ConfigError, match=words):
             GenerationConfig(**bad)
@@ -62,6 +67,43 @@ def test_copy_continuations_are_the_neighbours_vote_after_the_longest_run_found(
     assert copy_continuations(sources, [5]) == {}  # a source's last token has no continuation
     assert copy_continuations([[2, 3, 2, 3]], [2]) == {3: 1.0}  # a source votes once
     assert copy_continuations([], []) == {}
+
+
+def test_the_fact_heads_reweigh_the_neighbours_votes():
+    """copy_fact_weight a: the r-th neighbour's vote is (1/r) x P^a, P = the heads' probability of its
+    facts (support = log P), scaled so the strongest vote is 1; a = 0 or no support: exactly 1/r."""
+    assert neighbour_weights(3) == pytest.approx([1.0, 1 / 2, 1 / 3])
+    assert neighbour_weights(3, [-5.0, 0.0, -1.0], 0.0) == pytest.approx([1.0, 1 / 2, 1 / 3])
+    # the second neighbour's facts are e^5 times likelier than the first's: with a = 1 it leads
+    unscaled = [1.0 * math.exp(-5.0), 0.5 * 1.0, (1 / 3) * math.exp(-1.0)]
+    expected = [w / max(unscaled) for w in unscaled]
+    assert neighbour_weights(3, [-5.0, 0.0, -1.0], 1.0) == pytest.approx(expected)
+    assert neighbour_weights(0) == []
+    # the votes are sums of those weights over the sources that say a token
+    sources = [[7, 1, 2, 3, 9], [2, 3, 4, 2, 5]]
+    weights = neighbour_weights(2, [-3.0, 0.0], 1.0)  # the second source now outvotes the first
+    assert weights[1] == 1.0 and weights[0] == pytest.approx(2 * math.exp(-3.0))
+    votes = CopyVotes(sources, weights=weights)
+    assert votes([]) == pytest.approx({2: 1.0, 7: weights[0]})
+    assert votes([2]) == pytest.approx({3: 1.0 + weights[0], 5: 1.0})
+    assert CopyVotes(sources)([2]) == copy_continuations(sources, [2])  # no weights: 1/r
+
+
+def test_copy_options_a_model_cannot_honour_are_refused():
+    """The one check the torch model, the runtime, export and serve make (`copy_options_check`)."""
+
+    class Index:  # a retrieving model's index, with or without the fact heads
+        def __init__(self, facts):
+            self.facts = facts
+
+    voting = GenerationConfig(copy_bias=8.0, copy_fact_weight=0.2)
+    with pytest.raises(ConfigError, match="retrieval_k"):
+        copy_options_check(voting, None)
+    with pytest.raises(ConfigError, match="copy_fact_weight.*fact_loss_weight"):
+        copy_options_check(voting, Index(facts=None))
+    copy_options_check(voting, Index(facts=object()))
+    copy_options_check(GenerationConfig(copy_fact_weight=0.2), None)  # no vote, nothing to weigh
+    copy_options_check(GenerationConfig(copy_bias=8.0), Index(facts=None))
 
 
 def test_the_cli_flags_left_out_keep_the_base_config():

@@ -92,6 +92,57 @@ def test_a_retrieving_model_saves_its_index_and_answers_with_it(demo_dir, tmp_pa
         VLM.from_pretrained(model_dir)
 
 
+def test_the_fact_heads_are_saved_with_the_index_and_weigh_the_neighbours(demo_dir, tmp_path, tiny_configs):
+    """A retrieving run with the fact loss saves its heads and each training row's facts beside the
+    index (retrieval_facts.npz); copy_fact_weight then weighs each neighbour's vote by how likely the
+    heads find its facts in the picture, as the heads computed in torch say."""
+    import torch
+
+    from picovlm.errors import ConfigError
+    from picovlm.generation import neighbour_weights
+    from picovlm.retrieval import FACTS_FILE
+    from picovlm.train.checkpoint import load_checkpoint
+    from picovlm.train.facts import FactHeads, FactVocabulary
+
+    model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run")
+    model_cfg.retrieval_k = 2
+    model_cfg.lm_max_length = 160
+    result = train(model_cfg, train_cfg)
+    assert (result.run_dir / "model" / FACTS_FILE).is_file()
+    model = VLM.from_pretrained(result.run_dir / "model")
+    facts = model.retrieval.facts
+    train_ds = load_cauldron(demo_dir, split="train")
+    vocabulary = FactVocabulary.from_rows(train_ds["fields"])
+    assert len(vocabulary) > 0
+    assert facts.classes.tolist() == [[max(c, -1) for c in vocabulary.encode(f)] for f in train_ds["fields"]]
+    heads = FactHeads(vocabulary, model.cfg.vit_hidden_dim)
+    heads.load_state_dict(load_checkpoint(result.run_dir)["extra"])  # the last step's heads, as saved
+    for weight, bias, head in zip(facts.weights, facts.biases, heads.heads, strict=True):
+        assert np.array_equal(weight, head.weight.detach().numpy())
+        assert np.array_equal(bias, head.bias.detach().numpy())
+
+    images = [row["images"][0] for row in load_cauldron(demo_dir, split="test").select(range(3))]
+    batch = model.prepare_prompts(
+        images, ["Describe the image."] * 3, copy_neighbours=4, copy_fact_weight=2.0
+    )
+    rows = model.neighbour_rows([[im] for im in images], 4)
+    with torch.no_grad():  # the heads in torch, over the pooled features of each picture
+        pooled = model.vision_encoder(batch["pixel_values"]).mean(dim=1)
+        log_probs = [torch.log_softmax(head(pooled), dim=-1) for head in heads.heads]
+    for i, found in enumerate(rows):
+        support = [
+            sum(float(log_probs[f][i, c]) for f, c in enumerate(facts.classes[j]) if c >= 0) for j in found
+        ]
+        assert batch["copy_weights"][i] == pytest.approx(neighbour_weights(4, support, 2.0), rel=1e-4)
+    assert batch["copy_weights"] != [neighbour_weights(4)] * 3  # the heads moved some votes
+    assert isinstance(model.answer(images[0], copy_bias=8.0, copy_fact_weight=2.0), str)
+
+    model.retrieval.facts = None  # e.g. a run saved before the heads were kept: a clear refusal
+    with pytest.raises(ConfigError, match="copy_fact_weight"):
+        model.answer(images[0], copy_bias=8.0, copy_fact_weight=2.0)
+    assert isinstance(model.answer(images[0], copy_bias=8.0), str)  # the vote by rank alone still works
+
+
 def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_path, tiny_configs):
     from picovlm.export.onnx import export_model
     from picovlm.runtime import Runtime
@@ -111,6 +162,13 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
     copying = model.answer(images, max_new_tokens=24, copy_bias=50.0)
     assert [runtime.answer(image, max_new_tokens=24, copy_bias=50.0) for image in images] == copying
     assert copying != torch_answers
+    # and with the votes weighed by the fact heads, which the export carries beside the index
+    weighed = dict(max_new_tokens=24, copy_bias=50.0, copy_fact_weight=3.0)
+    assert (
+        runtime.retrieval.facts is not None
+        and runtime.manifest["files"]["retrieval_facts"] == "retrieval_facts.npz"
+    )
+    assert [runtime.answer(image, **weighed) for image in images] == model.answer(images, **weighed)
     # `picovlm eval` of the exported folder retrieves as the server does: the torch model's figures
     from picovlm.eval.evaluate import evaluate
 
