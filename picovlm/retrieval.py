@@ -188,7 +188,11 @@ class RetrievalIndex:
     def neighbour_answers(self, images: Sequence[Image.Image], k: int | None = None) -> list[list[str]]:
         """The answers of each new picture's k (default: the index's k) nearest training pictures,
         nearest first."""
-        return [[self.answers[j] for j in rows] for rows in self.neighbour_rows(images, k)]
+        return self.answers_of(self.neighbour_rows(images, k))
+
+    def answers_of(self, rows: Sequence[Sequence[int]]) -> list[list[str]]:
+        """The answers of each picture's neighbour rows, in their order."""
+        return [[self.answers[j] for j in found] for found in rows]
 
     def prompt(self, question: str, neighbour_answers: Sequence[str]) -> str:
         """The retrieval prompt from a picture's neighbours' answers, nearest first: the first k of them

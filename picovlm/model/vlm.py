@@ -333,7 +333,7 @@ class VisionLanguageModel(nn.Module):
             )
         image_lists = [im if isinstance(im, (list, tuple)) else [im] for im in images]
         rows = self.neighbour_rows(image_lists, max(copy_neighbours, self.cfg.retrieval_k))
-        neighbours = None if rows is None else [[self.retrieval.answers[j] for j in found] for found in rows]
+        neighbours = None if rows is None else self.retrieval.answers_of(rows)
         batch = self.processor.prompt_batch(
             self.retrieval_questions(questions, image_lists, neighbours), image_lists
         )
@@ -381,7 +381,7 @@ class VisionLanguageModel(nn.Module):
     def neighbour_answers(self, image_lists: list, k: int | None = None) -> list[list[str]] | None:
         """The answers of `neighbour_rows`, nearest first; None for a model that does not retrieve."""
         rows = self.neighbour_rows(image_lists, k)
-        return None if rows is None else [[self.retrieval.answers[j] for j in found] for found in rows]
+        return None if rows is None else self.retrieval.answers_of(rows)
 
     def retrieval_questions(
         self, questions: list[str], image_lists: list, neighbours: list[list[str]] | None = None

@@ -278,7 +278,7 @@ class Runtime:
             if images:
                 wanted = max(options.copy_neighbours, self.retrieval.k)
                 (rows,) = self.retrieval.neighbour_rows(images[:1], wanted)
-                neighbours = [self.retrieval.answers[j] for j in rows]
+                (neighbours,) = self.retrieval.answers_of([rows])
                 if options.copy_fact_weight:
                     rows = rows[: options.copy_neighbours]
                     (support,) = self.retrieval.facts.support(self.pooled_features(images[:1]), [rows])

@@ -90,7 +90,7 @@ def test_the_fact_heads_reweigh_the_neighbours_votes():
 
 
 def test_copy_options_a_model_cannot_honour_are_refused():
-    """The one check the torch model, the runtime, export and serve make (`copy_options_check`)."""
+    """The one check the runtime, export and serve make (`copy_options_check`)."""
 
     class Index:  # a retrieving model's index, with or without the fact heads
         def __init__(self, facts):
