@@ -177,16 +177,23 @@ class Runtime:
 
     def image_embeddings(self, images: list[Image.Image]) -> np.ndarray:
         """(n, L, D) image embeddings: the vision tower and the projector."""
-        pixels = self.processor.image_pixels(images)
-        return self.vision.run(None, {"pixel_values": pixels})[0]
+        return self.vision_outputs(images)[0]
 
-    def pooled_features(self, images: list[Image.Image]) -> np.ndarray:
-        """(n, D_vit) vision features mean-pooled over patches: what the fact heads read."""
-        if "vision_pooled" not in self.manifest.get("vision_io", {}).get("outputs", []):
+    def vision_outputs(
+        self, images: list[Image.Image], blank_images: bool = False, pooled: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One run of the vision graph: (n, L, D) image embeddings and, when `pooled`, the (n, D_vit)
+        vision features mean-pooled over patches that the fact heads read (else None).
+        blank_images: pixels 0 (mid-grey after normalisation)."""
+        if pooled and "vision_pooled" not in self.manifest.get("vision_io", {}).get("outputs", []):
             raise PicovlmError(f"{self.directory}: its vision graph has no pooled features (exported by an "
                                "older picovlm): export the model again.")  # fmt: skip
         pixels = self.processor.image_pixels(images)
-        return self.vision.run(["vision_pooled"], {"pixel_values": pixels})[0]
+        if blank_images:
+            pixels = np.zeros_like(pixels)
+        names = ["image_embeds", "vision_pooled"] if pooled else ["image_embeds"]
+        outputs = self.vision.run(names, {"pixel_values": pixels})
+        return outputs[0], outputs[1] if pooled else None
 
     def prompt_embeddings(
         self,
@@ -194,10 +201,12 @@ class Runtime:
         question: str,
         blank_images: bool = False,
         neighbours: list[str] | None = None,
+        image_embeds: np.ndarray | None = None,
     ) -> tuple[list[int], np.ndarray]:
-        """Prompt ids and their embeddings (1, T, D), image embeddings in place of the <|image|> tokens."""
+        """Prompt ids and their embeddings (1, T, D), image embeddings in place of the <|image|> tokens
+        (`image_embeds` when the caller already ran the vision graph)."""
         ids = self.processor.encode_prompt(self.model_question(question, images, neighbours), len(images))
-        return ids, self._embed(ids, images, blank_images)
+        return ids, self._embed(ids, images, blank_images, image_embeds)
 
     def model_question(
         self, question: str, images: list[Image.Image], neighbours: list[str] | None = None
@@ -211,14 +220,18 @@ class Runtime:
             (neighbours,) = self.retrieval.neighbour_answers(images[:1])
         return self.retrieval.prompt(question, neighbours)
 
-    def _embed(self, ids: list[int], images: list[Image.Image], blank_images: bool = False) -> np.ndarray:
+    def _embed(
+        self,
+        ids: list[int],
+        images: list[Image.Image],
+        blank_images: bool = False,
+        image_embeds: np.ndarray | None = None,
+    ) -> np.ndarray:
         """(1, T, D) embeddings of `ids`; blank_images: pixels 0 (mid-grey after normalisation)."""
         embeds = np.asarray(self.embed_tokens[np.asarray(ids)], dtype=np.float32)[None]  # (1, T, D)
         if images:
-            pixels = self.processor.image_pixels(images)
-            if blank_images:
-                pixels = np.zeros_like(pixels)
-            image_embeds = self.vision.run(None, {"pixel_values": pixels})[0]  # (n, L, D)
+            if image_embeds is None:
+                image_embeds, _ = self.vision_outputs(images, blank_images)  # (n, L, D)
             slots = np.asarray(ids) == self.image_token_id
             embeds[0, slots] = image_embeds.reshape(-1, image_embeds.shape[-1])
         return embeds
@@ -273,6 +286,7 @@ class Runtime:
         images = [open_image(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
         neighbours = None  # with copy_bias, the neighbours it votes over; the prompt holds the first k
         weights = None  # their votes: 1/r by rank, or weighted by the fact heads (copy_fact_weight)
+        image_embeds = None  # with the fact heads, from the one vision run that also gives their input
         if options.copy_bias:
             copy_options_check(options, self.retrieval)
             if images:
@@ -281,9 +295,12 @@ class Runtime:
                 (neighbours,) = self.retrieval.answers_of([rows])
                 if options.copy_fact_weight:
                     rows = rows[: options.copy_neighbours]
-                    (support,) = self.retrieval.facts.support(self.pooled_features(images[:1]), [rows])
+                    image_embeds, pooled = self.vision_outputs(images, pooled=True)
+                    (support,) = self.retrieval.facts.support(pooled[:1], [rows])
                     weights = neighbour_weights(len(rows), support, options.copy_fact_weight)
-        ids, embeds = self.prompt_embeddings(images, question, neighbours=neighbours)
+        ids, embeds = self.prompt_embeddings(
+            images, question, neighbours=neighbours, image_embeds=image_embeds
+        )
         T = len(ids)
         max_new = min(options.max_new_tokens, self.max_positions - T)
         rng = np.random.default_rng(options.seed)
