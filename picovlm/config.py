@@ -208,6 +208,10 @@ class TrainConfig:
     # row's `fields` (picovlm/train/facts.py); 0 = off. "auto": 1 where the training rows carry facts the
     # heads can learn (a `fields` column, packing off), else off. Measured on real data: docs/recipes.md.
     fact_loss_weight: float | str = "auto"
+    # After training, a retrieving model answers this many validation rows greedily, with the neighbours'
+    # vote and with the vote weighed by its fact heads, and keeps the best as its generation.json
+    # (picovlm/eval/choose.py; docs/recipes.md, finding 25); 0 = always greedy. ~20 s for 256 rows.
+    choose_generation_items: int = 256
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -227,6 +231,11 @@ class TrainConfig:
             raise ConfigError(f"precision={self.precision!r}: use one of auto, fp32, bf16.")
         if self.report_to not in ("none", "wandb", "trackio", "tensorboard"):
             raise ConfigError(f"report_to={self.report_to!r}: use one of none, wandb, trackio, tensorboard.")
+        if self.choose_generation_items < 0:
+            raise ConfigError(
+                f"choose_generation_items={self.choose_generation_items} is negative: use 0 (always greedy) "
+                "or a number of validation rows (e.g. 256)."
+            )
         if self.threads < 0:
             raise ConfigError(f"threads={self.threads} is negative: use 0 for torch's default, or a count.")
         if isinstance(self.fact_loss_weight, str) and self.fact_loss_weight != "auto":

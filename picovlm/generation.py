@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,6 +103,27 @@ class GenerationConfig:
 
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationConfig))
+
+# A model folder's own way of answering (save_pretrained writes it; `picovlm train` and `picovlm
+# choose-generation` pick it on validation): what answer(), eval, generate and export start from.
+GENERATION_FILE = "generation.json"
+
+
+def save_generation(generation: GenerationConfig, directory: str | os.PathLike) -> None:
+    from picovlm.utils import atomic_write_text
+
+    atomic_write_text(Path(directory) / GENERATION_FILE, json.dumps(generation.to_dict(), indent=2))
+
+
+def load_generation(directory: str | os.PathLike) -> GenerationConfig:
+    """The folder's generation.json; GenerationConfig() (greedy) for a folder saved without one."""
+    path = Path(directory) / GENERATION_FILE
+    if not path.is_file():
+        return GenerationConfig()
+    try:
+        return GenerationConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ConfigError) as err:
+        raise ConfigError(f"{path}: {err}; delete the file to answer greedily, or write it again.") from None
 
 
 def generation_config(generation: GenerationConfig | None = None, **options: Any) -> GenerationConfig:
@@ -212,7 +236,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser, note: str = "") ->
     """The generation flags (--max-new-tokens, --temperature, --top-k, --top-p, --repetition-penalty,
     --seed) as one group; `generation_from_args` turns them into a GenerationConfig. A flag left out
     keeps the base config's value, so each command shares GenerationConfig's defaults."""
-    group = parser.add_argument_group("generation (default: greedy)", note or None)
+    group = parser.add_argument_group(
+        "generation (default: the model's generation.json, else greedy)", note or None
+    )
     defaults = GenerationConfig()
     for name, (kind, text) in CLI_FLAGS.items():
         default = getattr(defaults, name)

@@ -1,6 +1,7 @@
 """A model on disk and on the Hub: the folder `save_pretrained` writes and `from_pretrained` reads.
 
-    save_pretrained(model, "models/mine")        config.json, model.safetensors, tokenizer.json
+    save_pretrained(model, "models/mine")        config.json, model.safetensors, tokenizer.json,
+                                                 generation.json (how it answers unless told otherwise)
                                                  (+ retrieval_index.npz/.json for a retrieving model)
     load_pretrained("models/mine")               or a Hub repo id holding such a folder
     push_to_hub(model, "you/picovlm-shapes")     picovlm.hub: this folder plus a model card, uploaded
@@ -71,8 +72,9 @@ def write_safetensors(
 
 
 def save_pretrained(model: VisionLanguageModel, directory: str | os.PathLike) -> Path:
-    """config.json + model.safetensors (+ tokenizer.json, + the retrieval index): a folder
-    `load_pretrained` reads back."""
+    """config.json + model.safetensors + generation.json (+ tokenizer.json, + the retrieval index): a
+    folder `load_pretrained` reads back."""
+    from picovlm.generation import save_generation
     from picovlm.utils import atomic_write_text
 
     directory = Path(directory)
@@ -81,6 +83,7 @@ def save_pretrained(model: VisionLanguageModel, directory: str | os.PathLike) ->
         state.pop("decoder.lm_head.weight", None)  # the same tensor as the embedding
     write_safetensors(state, directory / WEIGHTS_FILE, {"format": "pt", "library": "picovlm"})
     atomic_write_text(directory / CONFIG_FILE, json.dumps(model.cfg.to_dict(), indent=2))
+    save_generation(model.generation, directory)
     if model.tokenizer is not None:
         model.tokenizer.save(directory)
     if model.retrieval is not None:
@@ -94,6 +97,7 @@ def load_pretrained(
     """The model in a folder written by save_pretrained, or a Hugging Face Hub repo id with one inside,
     in eval mode on `device`. `cls`: the model class to build (default VisionLanguageModel)."""
     from picovlm.config import build_vlm_config
+    from picovlm.generation import GENERATION_FILE, copy_options_check, load_generation
 
     if cls is None:
         from picovlm.model.vlm import VisionLanguageModel as cls
@@ -104,6 +108,7 @@ def load_pretrained(
     cfg = build_vlm_config(json.loads(config_path.read_text()), str(config_path))
     model = cls(cfg)
     _load_weights(model, directory / WEIGHTS_FILE)
+    model.generation = load_generation(directory)
     if (directory / "tokenizer.json").is_file():
         from picovlm.data.tokenizer import load_tokenizer
 
@@ -117,6 +122,10 @@ def load_pretrained(
                 f"{directory}: the model retrieves (retrieval_k={cfg.retrieval_k}) but the folder has no "
                 "retrieval_index.json: copy the whole folder that training wrote."
             )
+    try:  # a generation.json asking for what this model cannot do fails here, naming the file
+        copy_options_check(model.generation, model.retrieval)
+    except PicovlmError as err:
+        raise type(err)(f"{directory / GENERATION_FILE}: {err}") from None
     return model.to(device).eval()
 
 

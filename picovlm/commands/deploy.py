@@ -14,7 +14,7 @@ from pathlib import Path
 
 from picovlm.commands.progress import ProgressBar
 from picovlm.errors import PicovlmError
-from picovlm.generation import add_generation_arguments, generation_flags, generation_from_args
+from picovlm.generation import add_generation_arguments, generation_flags
 
 
 def add_parser(subparsers) -> None:
@@ -79,7 +79,8 @@ def _add_export(subparsers) -> None:
     )
     add_generation_arguments(
         p,
-        "How the exported model answers by default (kept in manifest.json): the runtime, `picovlm serve` "
+        "How the exported model answers by default (kept in manifest.json; flags left out keep the model's own "
+        "generation.json): the runtime, `picovlm serve` "
         "and `picovlm eval` of the folder use it unless told otherwise.",
     )
     p.set_defaults(func=run_export)
@@ -183,7 +184,7 @@ def run_export(args: argparse.Namespace) -> int:
         manifest = export_model(
             args.model, args.out, quantize=args.quantize, tolerance=args.tolerance,
             eval_items=args.eval_items if args.quantize else 0, eval_data=args.data, eval_split=args.split,
-            progress=progress, generation=generation_from_args(args),
+            progress=progress, **generation_flags(args),  # over the model's own generation.json
         )  # fmt: skip
     for name, diff in manifest["parity"]["fp32_vs_torch"].items():
         print(f"parity fp32 {name:16s} max diff {diff:.3g} (tolerance {args.tolerance:g})")
@@ -199,10 +200,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def exported_dir_for(model_dir: Path, quantize: str | None, cache_dir: str | None) -> Path:
-    """The cache folder for an on-the-fly export, keyed by the weights' path, size and time and the options."""
+    """The cache folder for an on-the-fly export, keyed by the weights' path, size and time, the model's
+    own generation.json (the manifest keeps it) and the options."""
+    from picovlm.generation import GENERATION_FILE
+
     weights = model_dir / "model.safetensors"
     stat = weights.stat()
-    key = f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{quantize}"
+    generation = model_dir / GENERATION_FILE
+    answers = generation.read_text() if generation.is_file() else ""
+    key = f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{quantize}|{answers}"
     root = (
         Path(cache_dir)
         if cache_dir

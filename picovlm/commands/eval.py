@@ -1,4 +1,5 @@
-"""`picovlm generate` (answer image files) and `picovlm eval` (metrics, verdict and reports on a split)."""
+"""`picovlm generate` (answer image files), `picovlm eval` (metrics, verdict and reports on a split) and
+`picovlm choose-generation` (how a model answers, chosen on validation rows)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ from picovlm.generation import add_generation_arguments, generation_flags, gener
 def add_answering_arguments(parser: argparse.ArgumentParser) -> None:
     """The generation flags (picovlm.generation, shared with serve and export) and where answers run."""
     add_generation_arguments(parser)
+    add_running_arguments(parser, batch_size=True)
+
+
+def add_running_arguments(parser: argparse.ArgumentParser, batch_size: bool) -> None:
+    """--device and --threads (and --batch-size): where a torch model answers."""
     group = parser.add_argument_group("running")
-    group.add_argument("--batch-size", type=int, default=16, help="images answered at once (default 16)")
+    if batch_size:
+        group.add_argument("--batch-size", type=int, default=16, help="images answered at once (default 16)")
     group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
     group.add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
@@ -87,6 +94,27 @@ def add_parser(subparsers) -> None:
     add_answering_arguments(p)
     p.set_defaults(func=run_eval)
 
+    p = subparsers.add_parser(
+        "choose-generation",
+        help="choose how a retrieving model answers (greedy, the neighbours' vote, the weighed vote) on "
+        "validation rows and save it as its generation.json",
+        description="Answer the first --items rows of a split greedily, with the neighbours' vote "
+        "(copy_bias 8) and with the vote weighed by the model's fact heads (copy_bias 16, copy_fact_weight "
+        "0.2), score each by token F1 + field accuracy, and save the best as the model folder's "
+        "generation.json: what generate, eval, export and serve then start from. `picovlm train` does this "
+        "itself after training (train.choose_generation_items); this verb is for folders trained before, or "
+        "other rows. Choose on a validation split, never on the test split you report.",
+    )
+    p.add_argument(
+        "--model", required=True, help="model folder written by `picovlm train` (or save_pretrained)"
+    )
+    p.add_argument("--data", required=True, help="dataset folder with the split to choose on")
+    p.add_argument("--split", default="validation", help="split to choose on (default: validation)")
+    p.add_argument("--items", type=int, default=256, help="rows answered per candidate (default 256)")
+    p.add_argument("--dry-run", action="store_true", help="print the table, leave generation.json as it is")
+    add_running_arguments(p, batch_size=False)
+    p.set_defaults(func=run_choose_generation)
+
 
 def _setup_torch(args: argparse.Namespace) -> None:
     if args.threads:
@@ -123,7 +151,7 @@ def _torch_answering(args: argparse.Namespace):
 
     _setup_torch(args)
     model = VisionLanguageModel.from_pretrained(args.model, device=args.device)
-    generation = generation_from_args(args)
+    generation = generation_from_args(args, base=model.generation)  # the flags over the model's own
 
     def answer_many(paths):
         return answer_files(model, paths, args.question, batch_size=args.batch_size, generation=generation)
@@ -192,4 +220,23 @@ def run_eval(args: argparse.Namespace) -> int:
             facts = f" · field acc. {fields:.3f}" if fields is not None else ""
             print(f"  baseline {name}: token F1 {baseline['metrics']['token_f1']:.3f}{facts}")
     print(f"report: {paths['report.html']}  metrics: {paths['metrics.json']}")
+    return 0
+
+
+def run_choose_generation(args: argparse.Namespace) -> int:
+    from picovlm.eval.choose import choose_generation_for
+
+    _setup_torch(args)
+    with ProgressBar("choosing", unit="candidate", leave=False) as progress:
+        choice = choose_generation_for(
+            args.model, args.data, args.split, args.items, write=not args.dry_run, device=args.device,
+            progress=progress,
+        )  # fmt: skip
+    if not choice.candidates:
+        print(f"{args.model} does not retrieve: greedy is its only way to answer; nothing to choose.")
+        return 0
+    print(f"{args.model}: {choice.name}, on {choice.rows} rows of {args.split!r}")
+    print(choice.table())
+    where = "left as it was (--dry-run)" if args.dry_run else "saved"
+    print(f"generation.json {where}: {json.dumps(choice.generation.to_dict())}")
     return 0

@@ -82,6 +82,15 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"best val loss  {best}")
     if result.gen_verdict:
         print(f"answers check  {result.gen_verdict}")
+    if result.generation and result.generation["candidates"]:
+        from picovlm.eval.choose import choice_table
+
+        choice = result.generation
+        print(
+            f"answering      {choice['chosen']}, chosen on {choice['rows']} validation rows (generation.json):"
+        )
+        for line in choice_table(choice).splitlines():
+            print(f"               {line}")
     if result.tokens_per_s:
         print(
             f"tokens/s       {result.tokens_per_s:,.0f} per step time, {result.tokens_per_s_wall:,.0f} per wall time"

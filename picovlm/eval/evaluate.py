@@ -396,7 +396,8 @@ def quick_eval(
 # --- The whole evaluation ---------------------------------------------------------------------------
 
 
-def _load_items(data_dir, split: str, max_items: int | None, progress: ProgressFn):
+def load_items(data_dir, split: str, max_items: int | None, progress: ProgressFn = no_progress):
+    """(the split's first max_items rows, their EvalItems); a split without usable rows is an error."""
     from picovlm.data.cauldron import load_cauldron
 
     dataset = load_cauldron(data_dir, split=split, max_rows=max_items)
@@ -407,7 +408,7 @@ def _load_items(data_dir, split: str, max_items: int | None, progress: ProgressF
     return dataset, items
 
 
-def _load_train_split(data_dir, train_split: str | None):
+def load_train_split(data_dir, train_split: str | None):
     """The training split; None when there is none or it is empty (the train-side metrics are skipped)."""
     from picovlm.data.cauldron import load_cauldron
 
@@ -485,8 +486,8 @@ def evaluate(
     config = generation_config(generation or getattr(model, "generation", None), **generation_options)
     generation = {"generation": config}  # what generate_answers and image_reliance pass to model.answer
 
-    dataset, items = _load_items(data_dir, split, max_items, progress)
-    train = _load_train_split(data_dir, train_split)
+    dataset, items = load_items(data_dir, split, max_items, progress)
+    train = load_train_split(data_dir, train_split)
     if extract_fields == "auto":  # the facts' values are learned from both splits
         extract_fields = fact_parser_for(dataset, train)
     # Training answers come from the text column alone: no image is decoded for them.

@@ -62,10 +62,10 @@ def stream_answer(
 ) -> str:
     """Answer one image, calling on_text(piece) as each piece of the answer is decoded; return the answer.
 
-    `generation` and `options` as for `model.generate`."""
+    `generation` (default: the model's own) and `options` as for `model.answer`."""
     from picovlm.data.processor import AnswerStream
 
-    gen = generation_config(generation, **options)
+    gen = generation_config(generation or model.generation, **options)
     batch = model.prepare_prompts(
         [load_image(image_path)], [question], gen.copy_source_count, gen.copy_fact_weight
     )

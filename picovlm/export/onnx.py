@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from picovlm.errors import PicovlmError
-from picovlm.generation import GenerationConfig, copy_options_check
+from picovlm.generation import GenerationConfig, copy_options_check, generation_config
 from picovlm.retrieval import FACTS_FILE, INDEX_FILE, INDEX_META_FILE
 from picovlm.utils import ProgressFn, atomic_path, atomic_write_text, no_progress
 
@@ -240,11 +240,13 @@ def export_model(
     eval_split: str | None = None,
     progress: ProgressFn = no_progress,
     generation: GenerationConfig | None = None,
+    **generation_options: Any,
 ) -> dict[str, Any]:
     """Export a save_pretrained folder to `out_dir` (written atomically); return the manifest.
 
-    `generation` (default GenerationConfig()) goes into the manifest: the runtime, `picovlm serve` and
-    `picovlm eval` of the folder answer with it unless told otherwise.
+    `generation` (default: the model's own, its generation.json) with keyword `generation_options` over
+    it goes into the manifest: the runtime, `picovlm serve` and `picovlm eval` of the folder answer with
+    it unless told otherwise.
 
     quantize="int8" writes int8 graphs; `eval_items` > 0 then also answers that many rows of the
     model's own validation data with the fp32 and the int8 graphs and records how they agree
@@ -261,8 +263,8 @@ def export_model(
 
         eval_on = find_eval_data(model_dir, eval_data, eval_split)
     model = VisionLanguageModel.from_pretrained(model_dir).float().eval()
-    if generation is not None:
-        copy_options_check(generation, model.retrieval)
+    generation = generation_config(generation or model.generation, **generation_options)
+    copy_options_check(generation, model.retrieval)
     if model.tokenizer is None:
         raise PicovlmError(
             f"{model_dir} has no tokenizer.json: the runtime needs it; save the model with its tokenizer."
@@ -284,7 +286,7 @@ def export_model(
         if model.retrieval is not None:  # a retrieving model answers from its training pictures' index
             model.retrieval.save(out)
         manifest = build_manifest(model, in_names, out_names, parity)
-        manifest["generation"] = (generation or GenerationConfig()).to_dict()
+        manifest["generation"] = generation.to_dict()
         if quantize:
             quantize_beside(model, fp32, out, manifest, progress, steps)
             if eval_on is not None:

@@ -120,6 +120,9 @@ class VisionLanguageModel(nn.Module):
         self.tokenizer = None
         self.processor = None
         self.retrieval = None  # a RetrievalIndex when cfg.retrieval_k > 0 (set by the trainer, or loaded)
+        # How this model answers unless told otherwise: saved beside the weights (generation.json), chosen
+        # on validation at the end of training (picovlm/eval/choose.py). generate() alone does not read it.
+        self.generation = GenerationConfig()
         self.init_weights()
         if tokenizer is not None:
             self.attach_tokenizer(tokenizer)
@@ -250,7 +253,9 @@ class VisionLanguageModel(nn.Module):
     ) -> torch.Tensor:
         """Left-padded prompts (B, T) -> new tokens (B, <= max_new_tokens), padded after each row's end.
 
-        `generation` (default GenerationConfig()) with keyword `options` over it, e.g. max_new_tokens=16.
+        `generation` (default GenerationConfig(), not the model's own `self.generation`: that one may ask
+        for copy sources, which only prepare_prompts builds; `answer` reads it) with keyword `options` over
+        it, e.g. max_new_tokens=16.
         `on_token(tokens)` is called with each step's (B,) tokens: the hook for streaming.
         `copy_sources`: each row's token sequences that `copy_bias` leans towards (prepare_prompts gives
         a retrieving model's neighbours' answers); `copy_weights`: each source's vote (default 1/r for the
@@ -403,12 +408,12 @@ class VisionLanguageModel(nn.Module):
     ) -> str | list[str]:
         """Answer one image (returns a string) or a list of images (returns a list of strings).
 
-        `generation` and `options` as for `generate`."""
+        `generation` (default: the model's own, `self.generation`) with keyword `options` over it."""
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
         if isinstance(questions, str):
             questions = [questions] * len(images)
-        gen = generation_config(generation, **options)
+        gen = generation_config(generation or self.generation, **options)
         batch = self.prepare_prompts(images, questions, gen.copy_source_count, gen.copy_fact_weight)
         was_training = self.training
         self.eval()

@@ -19,9 +19,11 @@ import torch
 
 from picovlm.config import TrainConfig, replace
 from picovlm.errors import ConfigError
-from picovlm.eval.evaluate import pixel_baseline, quick_eval
+from picovlm.eval.choose import GenerationChoice, choose_generation
+from picovlm.eval.evaluate import items_from_rows, pixel_baseline, quick_eval
 from picovlm.eval.facts import fact_parser_for
-from picovlm.train.checkpoint import save_model
+from picovlm.generation import save_generation
+from picovlm.train.checkpoint import attach_fact_heads, save_model
 from picovlm.train.setup import Dist
 from picovlm.train.state import TrainState
 from picovlm.train.step import autocast, to_device
@@ -167,3 +169,39 @@ class EvalHook:
         state.bad_evals += 1
         patience = self.cfg.early_stopping_patience
         return patience is not None and state.bad_evals >= patience
+
+
+def choose_answering(
+    model,
+    fact_heads,
+    val_ds,
+    field_parser,
+    train_cfg: TrainConfig,
+    state: TrainState,
+    run_dir: Path,
+    progress,
+) -> GenerationChoice | None:
+    """After the last step (rank 0): choose how the model answers on the first choose_generation_items
+    validation rows (picovlm/eval/choose.py) and set it as model.generation, which model/ is saved with;
+    best/ gets its own weights' choice (the same one when best/ is this step). None when there is
+    nothing to choose: no validation split, choose_generation_items=0, or a model that does not retrieve
+    (greedy is its only way)."""
+    if val_ds is None or not len(val_ds) or not train_cfg.choose_generation_items or model.retrieval is None:
+        return None
+    items = items_from_rows(val_ds.select(range(min(train_cfg.choose_generation_items, len(val_ds)))))
+    if not items:
+        return None
+    attach_fact_heads(model, fact_heads)  # the heads of this step weigh the vote
+    choice = choose_generation(model, items, field_parser, progress=progress)
+    model.generation = choice.generation
+    best = run_dir / "best"
+    if (best / "config.json").is_file():
+        best_choice = choice
+        if state.best_step != state.step:  # best/ holds other weights: they choose for themselves
+            from picovlm.model.vlm import VisionLanguageModel
+
+            device = next(model.parameters()).device
+            best_model = VisionLanguageModel.from_pretrained(best, device=str(device))
+            best_choice = choose_generation(best_model, items, field_parser, progress=progress)
+        save_generation(best_choice.generation, best)
+    return choice

@@ -33,7 +33,7 @@ from picovlm.config import TrainConfig, VLMConfig, save_config
 from picovlm.data.pipeline import stop_workers
 from picovlm.train import checkpoint as ckpt
 from picovlm.train.budget import Budget
-from picovlm.train.evaluation import EvalHook, settle_best_metric
+from picovlm.train.evaluation import EvalHook, choose_answering, settle_best_metric
 from picovlm.train.facts import FactHeads, settle_fact_loss
 from picovlm.train.interrupt import StopOnSignal, TrainingInterrupted
 from picovlm.train.optim import build_optimizer
@@ -84,6 +84,9 @@ class RunResult:
     gen_verdict: str | None = None  # the last in-training answer check's verdict (gen_eval_interval)
     best_metric: str = "val_loss"
     best_score: float | None = None  # best_metric's value at best_step
+    # how model/ answers, chosen on validation after training (GenerationChoice.to_dict()); None: greedy,
+    # nothing to choose (picovlm/eval/choose.py)
+    generation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -232,12 +235,21 @@ def _train(
     if budget.fitted():
         notes.append(budget.fitted_note())
 
+    # --- How the model answers: the decoding its validation rows prefer (picovlm/eval/choose.py) ---
+    choice = None
+    if dist_.main:
+        choice = choose_answering(
+            model, fact_heads, val_ds, field_parser, train_cfg, state, run_dir,
+            lambda done, total, message: progress(state.step, budget.total_steps, f"choosing: {message}"),
+        )  # fmt: skip
+
     # --- Finish: final model, plots, summary ---
     stop_reason = budget.stop_reason(stopped_early, out_of_time)
     result = _run_result(
         run_dir, state, budget, evaluate, stop_reason, last_loss, train_cfg, notes, device, report.to_dict()
     )
     result.train_rows, result.val_rows = len(train_ds), len(val_ds) if val_ds else 0
+    result.generation = choice.to_dict() if choice is not None else None
     _finish(result, model, dist_)
     return result
 

@@ -234,6 +234,7 @@ def test_save_and_load_round_trip(tmp_path, tokenizer):
         "config.json",
         "model.safetensors",
         "tokenizer.json",
+        "generation.json",
     }
     loaded = VisionLanguageModel.from_pretrained(tmp_path / "m")
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):

@@ -78,6 +78,10 @@ def test_the_default_demo_beats_its_lookup(tmp_path):
 
     config = yaml.safe_load((tmp_path / "demo" / "run" / "config.yaml").read_text())
     assert config["model"]["retrieval_k"] == 2 and config["train"]["fact_loss_weight"] == 1.0
+    choice = result.train["generation"]  # how the model answers, chosen on validation: what eval used
+    assert [c["name"] for c in choice["candidates"]] == ["greedy", "vote", "weighed vote"]
+    evaluated = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())["models"][0]
+    assert evaluated["generation"] == choice["generation"]
     f = result.figures
     assert f["token_f1"] > f["baseline_token_f1"], f
     assert f["field_accuracy"] > f["baseline_field_accuracy"], f

@@ -35,15 +35,50 @@ def assert_same_model(a: VisionLanguageModel, b: VisionLanguageModel) -> None:
 
 def test_save_and_from_pretrained_round_trip(tmp_path, model):
     model.save_pretrained(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json"}
+    files = {"config.json", "model.safetensors", "tokenizer.json", "generation.json"}
+    assert {p.name for p in tmp_path.iterdir()} == files
     loaded = VisionLanguageModel.from_pretrained(tmp_path)
     assert_same_model(model, loaded)
+    assert loaded.generation == model.generation
     text = "what is in the image"
     assert loaded.tokenizer.encode(text) == model.tokenizer.encode(text)
     assert loaded.cfg.image_token_id == model.tokenizer.image_token_id
     ids = torch.tensor([model.tokenizer.encode(text)])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_the_folder_keeps_how_the_model_answers(tmp_path, model):
+    """generation.json (chosen on validation by training) is what answer() starts from; a folder saved
+    without one answers greedily, and one asking for what the model cannot do names the file."""
+    from picovlm.errors import ConfigError
+    from picovlm.generation import GENERATION_FILE, GenerationConfig
+
+    saved = model.generation
+    try:
+        model.generation = GenerationConfig(max_new_tokens=5, repetition_penalty=1.3)
+        model.save_pretrained(tmp_path)
+    finally:
+        model.generation = saved
+    loaded = VisionLanguageModel.from_pretrained(tmp_path)
+    assert loaded.generation == GenerationConfig(max_new_tokens=5, repetition_penalty=1.3)
+    image = torch.rand(3, 32, 32)
+    from PIL import Image
+
+    picture = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype("uint8"))
+    assert loaded.answer(picture) == model.answer(picture, max_new_tokens=5, repetition_penalty=1.3)
+    assert loaded.answer(picture, max_new_tokens=7) == model.answer(
+        picture, max_new_tokens=7, repetition_penalty=1.3
+    )  # an option over the folder's config, not over greedy
+
+    (tmp_path / GENERATION_FILE).unlink()
+    assert VisionLanguageModel.from_pretrained(tmp_path).generation == GenerationConfig()
+    (tmp_path / GENERATION_FILE).write_text(json.dumps({"copy_bias": 8.0}))
+    with pytest.raises(ConfigError, match=f"{GENERATION_FILE}.*retrieval_k"):  # this model does not retrieve
+        VisionLanguageModel.from_pretrained(tmp_path)
+    (tmp_path / GENERATION_FILE).write_text('{"temperature": -1')
+    with pytest.raises(ConfigError, match=GENERATION_FILE):
+        VisionLanguageModel.from_pretrained(tmp_path)
 
 
 def test_unknown_config_keys_warn_instead_of_crashing(tmp_path, model):
@@ -121,7 +156,7 @@ def test_push_to_hub_uploads_the_model_with_a_model_card(recorded_upload, model)
     assert calls["upload_folder"]["commit_message"] == "first"
     assert not Path(calls["upload_folder"]["folder_path"]).exists()  # the temp folder is cleaned up
     names = {p.name for p in uploaded.iterdir()}
-    assert names == {"config.json", "model.safetensors", "tokenizer.json", "README.md"}
+    assert names == {"config.json", "model.safetensors", "tokenizer.json", "generation.json", "README.md"}
     assert_same_model(model, VisionLanguageModel.from_pretrained(uploaded))
 
     card = (uploaded / "README.md").read_text()

@@ -140,11 +140,69 @@ def test_the_fact_heads_are_saved_with_the_index_and_weigh_the_neighbours(demo_d
     model.retrieval.facts = None  # e.g. a run saved before the heads were kept: a clear refusal
     with pytest.raises(ConfigError, match="copy_fact_weight"):
         model.answer(images[0], copy_bias=8.0, copy_fact_weight=2.0)
-    assert isinstance(model.answer(images[0], copy_bias=8.0), str)  # the vote by rank alone still works
+    assert isinstance(model.answer(images[0], copy_bias=8.0, copy_fact_weight=0.0), str)  # by rank alone
+
+
+def test_training_chooses_how_the_model_answers_on_its_validation_rows(demo_dir, tmp_path, tiny_configs):
+    """After the last step a retrieving run answers its validation rows greedily, with the neighbours'
+    vote and with the vote weighed by its fact heads, and keeps the best-scoring way as the folder's
+    generation.json: what answer(), eval and export start from. `picovlm choose-generation` on the
+    saved folder finds the same figures; rows whose references are one candidate's answers choose it."""
+    from picovlm.cli import main
+    from picovlm.eval.choose import CANDIDATES, choose_generation, choose_generation_for
+    from picovlm.eval.evaluate import EvalItem, items_from_rows
+    from picovlm.generation import GENERATION_FILE, GenerationConfig, load_generation
+
+    model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run", max_steps=12)
+    model_cfg.retrieval_k = 2
+    model_cfg.lm_max_length = 160
+    result = train(model_cfg, train_cfg)
+    choice = result.generation
+    candidates = choice["candidates"]
+    assert [c["name"] for c in candidates] == [name for name, _ in CANDIDATES]
+    assert choice["rows"] == len(load_cauldron(demo_dir, split="validation"))
+    for c in candidates:
+        assert c["score"] == pytest.approx(c["token_f1"] + c["field_accuracy"])
+    scores = [c["score"] for c in candidates]
+    assert choice["chosen"] == candidates[scores.index(max(scores))]["name"]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["generation"]["chosen"] == choice["chosen"]
+
+    model_dir = result.run_dir / "model"
+    chosen = GenerationConfig.from_dict(choice["generation"])
+    assert load_generation(model_dir) == chosen and (result.run_dir / "best" / GENERATION_FILE).is_file()
+    model = VLM.from_pretrained(model_dir)
+    assert model.generation == chosen
+    # the saved folder (same weights, same heads) chooses the same on the same rows, figure for figure
+    again = choose_generation_for(model_dir, demo_dir, write=False)
+    assert again.name == choice["chosen"]
+    assert [c["score"] for c in again.candidates] == pytest.approx(scores)
+
+    # rows whose references are the vote's own answers choose the vote
+    items = items_from_rows(load_cauldron(demo_dir, split="test"))
+    vote = dict(CANDIDATES)["vote"]
+    greedy_answers = model.answer([i.images for i in items], generation=GenerationConfig())
+    vote_answers = model.answer([i.images for i in items], generation=GenerationConfig(**vote))
+    assert vote_answers != greedy_answers
+    rigged = [EvalItem(i.images, i.question, a, i.image_key) for i, a in zip(items, vote_answers)]
+    picked = choose_generation(model, rigged)
+    assert picked.name == "vote" and picked.generation == GenerationConfig(**vote)
+    assert [c["field_accuracy"] for c in picked.candidates] == [None] * 3  # no parser given: F1 alone
+    assert max(c["token_f1"] for c in picked.candidates) == pytest.approx(1.0)
+
+    # the command: --dry-run leaves the file, a run writes the winner
+    (model_dir / GENERATION_FILE).write_text(json.dumps(GenerationConfig().to_dict()))
+    args = ["choose-generation", "--model", str(model_dir), "--data", str(demo_dir), "--items", "6"]
+    assert main([*args, "--dry-run"]) == 0
+    assert load_generation(model_dir) == GenerationConfig()
+    assert main(args) == 0
+    expected = choose_generation_for(model_dir, demo_dir, max_items=6, write=False).generation
+    assert load_generation(model_dir) == expected
 
 
 def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_path, tiny_configs):
     from picovlm.export.onnx import export_model
+    from picovlm.generation import GenerationConfig
     from picovlm.runtime import Runtime
 
     model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run", max_steps=12)
@@ -155,15 +213,22 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
     runtime = Runtime.load(tmp_path / "exported")
     model = VLM.from_pretrained(model_dir)
     assert runtime.retrieval is not None and runtime.retrieval.answers == model.retrieval.answers
+    assert runtime.generation == model.generation  # the manifest keeps the model's own generation.json
+    flagged = export_model(model_dir, tmp_path / "flagged", max_new_tokens=20)["generation"]
+    assert flagged == model.generation.replace(max_new_tokens=20).to_dict()  # flags go over it
     images = [row["images"][0] for row in load_cauldron(demo_dir, split="test").select(range(4))]
-    torch_answers = model.answer(images, max_new_tokens=24)
-    assert [runtime.answer(image, max_new_tokens=24) for image in images] == torch_answers
+    assert [runtime.answer(image, max_new_tokens=24) for image in images] == model.answer(
+        images, max_new_tokens=24
+    )  # each with its own config: the same one
+    greedy = GenerationConfig(max_new_tokens=24)  # from here each answer says how it is generated
+    torch_answers = model.answer(images, generation=greedy)
+    assert [runtime.answer(image, generation=greedy) for image in images] == torch_answers
     # with a lean towards copying the neighbours (copy_bias) the runtime still answers as torch does
-    copying = model.answer(images, max_new_tokens=24, copy_bias=50.0)
-    assert [runtime.answer(image, max_new_tokens=24, copy_bias=50.0) for image in images] == copying
+    copying = model.answer(images, generation=greedy, copy_bias=50.0)
+    assert [runtime.answer(image, generation=greedy, copy_bias=50.0) for image in images] == copying
     assert copying != torch_answers
     # and with the votes weighed by the fact heads, which the export carries beside the index
-    weighed = dict(max_new_tokens=24, copy_bias=50.0, copy_fact_weight=3.0)
+    weighed = dict(generation=greedy, copy_bias=50.0, copy_fact_weight=3.0)
     assert (
         runtime.retrieval.facts is not None
         and runtime.manifest["files"]["retrieval_facts"] == "retrieval_facts.npz"
@@ -172,7 +237,7 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
     # `picovlm eval` of the exported folder retrieves as the server does: the torch model's figures
     from picovlm.eval.evaluate import evaluate
 
-    options = dict(split="test", swap_items=4, max_new_tokens=24, thumbnails=False)
+    options = dict(split="test", swap_items=4, generation=greedy, thumbnails=False)
     torch_result = evaluate(model_dir, demo_dir, **options)
     onnx_result = evaluate(tmp_path / "exported", demo_dir, **options)
     assert onnx_result["backend"] == "onnx fp32" and torch_result["backend"] == "torch"

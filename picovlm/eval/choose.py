@@ -1,0 +1,151 @@
+"""Choosing how a model answers: the decoding that answers its own validation rows best.
+
+A retrieving model can answer greedily, lean on its nearest training pictures' answers (copy_bias,
+docs/recipes.md finding 23) or weigh that vote by its fact heads (copy_fact_weight, finding 24). Which
+is best depends on the data. On issue 14's real sets the weighed vote beat greedy on every run; on the
+demo scenes, where the model already beats its lookup, it lost (validation token F1 0.736 greedy against
+0.627). So a run decides on its own validation rows, once, after training, and keeps the winner as the
+model's generation.json (finding 25):
+
+    candidates   greedy (the base), the vote (copy_bias=8), the weighed vote (copy_bias=16,
+                 copy_fact_weight=0.2): those this model can do
+    score        token F1 + field accuracy (the facts, on rows that have them), on the same rows
+    winner       the highest score; a tie keeps the earlier, simpler candidate
+
+The candidates' settings were chosen on the suite's validation splits (findings 23 and 24), never on a
+test split. Training calls `choose_generation` on its validation rows (train.choose_generation_items);
+`picovlm choose-generation` does the same for a folder trained before, or on other rows.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from picovlm.errors import ConfigError, DataError
+from picovlm.eval import metrics as M
+from picovlm.eval.evaluate import generate_answers, load_items, load_train_split, score_answers
+from picovlm.generation import GenerationConfig, copy_options_check, save_generation
+from picovlm.utils import ProgressFn, no_progress
+
+# name -> the options set over the base; in order of preference when scores tie
+CANDIDATES: tuple[tuple[str, dict[str, float]], ...] = (
+    ("greedy", {}),
+    ("vote", {"copy_bias": 8.0}),
+    ("weighed vote", {"copy_bias": 16.0, "copy_fact_weight": 0.2}),
+)
+DEFAULT_ITEMS = 256  # validation rows answered per candidate: ~7 s each on a 2-core CPU
+
+
+@dataclass
+class GenerationChoice:
+    """The winner and every candidate's figures ({"name", "options", "token_f1", "field_accuracy",
+    "distinct_answer_share", "score", "seconds"}), in candidate order."""
+
+    name: str
+    generation: GenerationConfig
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    rows: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chosen": self.name, "generation": self.generation.to_dict(), "rows": self.rows,
+                "candidates": self.candidates}  # fmt: skip
+
+    def table(self) -> str:
+        return choice_table(self.to_dict())
+
+
+def choice_table(choice: dict[str, Any]) -> str:
+    """A GenerationChoice's dict (summary.json's "generation") as one line per candidate, the winner
+    marked: what `picovlm train` and `picovlm choose-generation` print."""
+    lines = []
+    for c in choice["candidates"]:
+        facts = f" · facts {c['field_accuracy']:.3f}" if c["field_accuracy"] is not None else ""
+        mark = "->" if c["name"] == choice["chosen"] else "  "
+        lines.append(
+            f"{mark} {c['name']:<13} token F1 {c['token_f1']:.3f}{facts} · distinct "
+            f"{c['distinct_answer_share']:.0%} · score {c['score']:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def generation_candidates(model, base: GenerationConfig | None = None) -> list[tuple[str, GenerationConfig]]:
+    """The candidates this model can answer with, over `base` (default: the model's own config with the
+    copy options off, so its other settings, e.g. max_new_tokens, are kept)."""
+    if base is None:
+        base = model.generation.replace(copy_bias=0.0, copy_fact_weight=0.0)
+    found = []
+    for name, options in CANDIDATES:
+        config = base.replace(**options)
+        try:
+            copy_options_check(config, model.retrieval)
+        except ConfigError:  # a model without retrieval or fact heads: not a candidate
+            continue
+        found.append((name, config))
+    return found
+
+
+def choose_generation(
+    model,
+    items,
+    extract_fields: M.ExtractFields | None = None,
+    base: GenerationConfig | None = None,
+    batch_size: int = 16,
+    progress: ProgressFn = no_progress,
+) -> GenerationChoice:
+    """Answer `items` (EvalItems) with every candidate and return the best-scoring one; the model is
+    not changed. A model that does not retrieve has one candidate, greedy, and nothing is generated."""
+    candidates = generation_candidates(model, base)
+    if len(candidates) == 1:
+        return GenerationChoice(candidates[0][0], candidates[0][1], [], len(items))
+    if not items:
+        raise DataError(
+            "choosing how to answer needs validation rows with an image and a question/answer turn"
+        )
+    figures = []
+    for k, (name, config) in enumerate(candidates):
+        progress(k, len(candidates), f"answering {len(items)} rows: {name}")
+        started = time.perf_counter()
+        answers = generate_answers(model, items, batch_size, generation=config)
+        metrics, _ = score_answers(items, answers, None, extract_fields)
+        facts = metrics.get("field_accuracy")
+        figures.append({
+            "name": name,
+            "options": {k: v for k, v in config.to_dict().items() if k in ("copy_bias", "copy_fact_weight")},
+            "token_f1": metrics["token_f1"],
+            "field_accuracy": facts,
+            "distinct_answer_share": metrics["distinct_answer_share"],
+            "score": metrics["token_f1"] + (facts or 0.0),
+            "seconds": round(time.perf_counter() - started, 2),
+        })  # fmt: skip
+    progress(len(candidates), len(candidates), "chosen")
+    best = max(range(len(figures)), key=lambda i: (figures[i]["score"], -i))  # a tie: the earlier
+    return GenerationChoice(candidates[best][0], candidates[best][1], figures, len(items))
+
+
+def choose_generation_for(
+    model_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    split: str = "validation",
+    max_items: int | None = DEFAULT_ITEMS,
+    train_split: str = "train",
+    write: bool = True,
+    device: str = "cpu",
+    progress: ProgressFn = no_progress,
+) -> GenerationChoice:
+    """`picovlm choose-generation`: choose for a save_pretrained folder on the first `max_items` rows of
+    data_dir/split (never its test split, unless you mean to tune on it) and, with `write`, save the
+    winner as the folder's generation.json."""
+    from picovlm.eval.facts import fact_parser_for
+    from picovlm.model.vlm import VisionLanguageModel
+
+    model = VisionLanguageModel.from_pretrained(model_dir, device=device)
+    rows, items = load_items(data_dir, split, max_items, progress)
+    extract_fields = fact_parser_for(rows, load_train_split(data_dir, train_split))
+    choice = choose_generation(model, items, extract_fields, progress=progress)
+    if write:
+        save_generation(choice.generation, Path(model_dir))
+    return choice
