@@ -125,7 +125,10 @@ def load_pretrained(
     try:  # a generation.json asking for what this model cannot do fails here, naming the file
         copy_options_check(model.generation, model.retrieval)
     except PicovlmError as err:
-        raise type(err)(f"{directory / GENERATION_FILE}: {err}") from None
+        raise type(err)(
+            f"{directory / GENERATION_FILE} asks for what this model cannot do: {err} Or delete that file: "
+            "the model then answers greedily."
+        ) from None
     return model.to(device).eval()
 
 

@@ -106,15 +106,15 @@ def choose_generation(
             "choosing how to answer needs validation rows with an image and a question/answer turn"
         )
     figures = []
-    for k, (name, config) in enumerate(candidates):
-        progress(k, len(candidates), f"answering {len(items)} rows: {name}")
+    for done, (name, config) in enumerate(candidates):
+        progress(done, len(candidates), f"answering {len(items)} rows: {name}")
         started = time.perf_counter()
         answers = generate_answers(model, items, batch_size, generation=config)
         metrics, _ = score_answers(items, answers, None, extract_fields)
         facts = metrics.get("field_accuracy")
         figures.append({
             "name": name,
-            "options": {k: v for k, v in config.to_dict().items() if k in ("copy_bias", "copy_fact_weight")},
+            "options": {"copy_bias": config.copy_bias, "copy_fact_weight": config.copy_fact_weight},
             "token_f1": metrics["token_f1"],
             "field_accuracy": facts,
             "distinct_answer_share": metrics["distinct_answer_share"],
