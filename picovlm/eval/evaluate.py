@@ -241,6 +241,12 @@ def lookup_index(train, model=None, chunk: int = 256) -> tuple[list[EvalItem], n
     return train_items, np.concatenate(pixels), np.concatenate(vision) if vision else None
 
 
+def training_answers(train) -> list[str]:
+    """Each training row's first answer, read from the text column alone (no image is decoded): what
+    the verbatim-copy share and its verdict compare answers with."""
+    return [texts[0].get("assistant") or "" for texts in train["texts"] if texts]
+
+
 def pixel_baseline(
     rows, train, extract_fields: M.ExtractFields | None = None, max_train_rows: int | None = None
 ) -> dict[str, Any]:
@@ -490,10 +496,7 @@ def evaluate(
     train = load_train_split(data_dir, train_split)
     if extract_fields == "auto":  # the facts' values are learned from both splits
         extract_fields = fact_parser_for(dataset, train)
-    # Training answers come from the text column alone: no image is decoded for them.
-    train_answers = None
-    if train is not None:
-        train_answers = [texts[0].get("assistant") or "" for texts in train["texts"] if texts]
+    train_answers = training_answers(train) if train is not None else None
 
     answers = generate_answers(model, items, batch_size, progress=progress, **generation)
     metrics, rows = score_answers(items, answers, train_answers, extract_fields)

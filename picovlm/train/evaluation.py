@@ -2,11 +2,13 @@
 
     every eval_interval steps      val loss (+ the gap to the training loss since the last one)
     every gen_eval_interval steps  the answer check on gen_eval_items validation rows: eval's quick_eval
-                                   (answers, collapse signals, image reliance, the lookup baseline)
+                                   (answers, collapse signals, image reliance, verbatim training
+                                   answers, the lookup baseline)
     then, if best_metric was measured: save best/ when it improved; early_stopping_patience
                                    judgements without a new best end the run
 
-Both run on the last step too, and when the time budget runs out. best_metric "auto" is settled
+Both run on the last step too, and when the time budget runs out; after it, a model set to vote
+(choose_answering) gets the answer check once more, answering that way. best_metric "auto" is settled
 before training (`settle_best_metric`), as is a metric that could never be measured.
 """
 
@@ -20,7 +22,7 @@ import torch
 from picovlm.config import TrainConfig, replace
 from picovlm.errors import ConfigError
 from picovlm.eval.choose import GenerationChoice, choose_generation
-from picovlm.eval.evaluate import items_from_rows, pixel_baseline, quick_eval
+from picovlm.eval.evaluate import items_from_rows, pixel_baseline, quick_eval, training_answers
 from picovlm.eval.facts import fact_parser_for
 from picovlm.generation import save_generation
 from picovlm.train.checkpoint import attach_fact_heads, save_model
@@ -77,9 +79,14 @@ def validation_loss(model, loader, amp_dtype: torch.dtype | None, dist_: Dist) -
     return total / tokens if tokens else None
 
 
-def generation_metrics(model, rows: list, field_parser, baseline: dict[str, Any] | None) -> dict[str, Any]:
-    """The evaluation area's quick check as flat gen_* metrics (numbers and strings only)."""
-    metrics = quick_eval(model, rows, extract_fields=field_parser, baseline=baseline)
+def generation_metrics(
+    model, rows: list, field_parser, baseline: dict[str, Any] | None, train_answers: list[str] | None = None
+) -> dict[str, Any]:
+    """The evaluation area's quick check as flat gen_* metrics (numbers and strings only); with
+    train_answers, the share of answers that are training answers word for word (and its verdict)."""
+    metrics = quick_eval(
+        model, rows, train_answers=train_answers, extract_fields=field_parser, baseline=baseline
+    )
     return {
         f"gen_{k}": v
         for k, v in metrics.items()
@@ -113,13 +120,17 @@ class EvalHook:
             self.gen_rows = [val_ds[i] for i in range(min(train_cfg.gen_eval_items, len(val_ds)))]
         # The nearest-pixels lookup on the answer-check rows does not change as the model trains: once
         # per run, over at most GEN_BASELINE_TRAIN_ROWS training rows, so a 200k-row mix starts in seconds.
-        self.gen_baseline = None
+        # The training answers, for the verbatim-copy share: a retrieving model's answers can be its
+        # neighbours' answers word for word, and the check says so (issue 14, "recalls training").
+        self.gen_baseline, self.train_answers = None, None
         if self.gen_rows:
             self.gen_baseline = pixel_baseline(
                 self.gen_rows, train_ds, field_parser, max_train_rows=GEN_BASELINE_TRAIN_ROWS
             )
+            self.train_answers = training_answers(train_ds)
         self.val_loss: float | None = None  # at the last evaluation
         self.gen_verdict: str | None = None  # of the last answer check
+        self.gen_verdict_status: str | None = None  # its one-word status (collapsed, healthy, ...)
 
     def __call__(self, state: TrainState, record: dict[str, Any], final: bool) -> bool:
         """Evaluate after step state.step if due (always when `final`); return whether to stop early."""
@@ -130,14 +141,29 @@ class EvalHook:
             judged = cfg.best_metric == "val_loss"
         if cfg.gen_eval_interval and (step % cfg.gen_eval_interval == 0 or final):
             if self.gen_rows:
-                record.update(
-                    generation_metrics(self.model, self.gen_rows, self.field_parser, self.gen_baseline)
-                )
+                record.update(self._answer_check())
                 self.gen_verdict = record.get("gen_verdict", self.gen_verdict)
+                self.gen_verdict_status = record.get("gen_verdict_status", self.gen_verdict_status)
             # an answer metric is judged here even without rows on this rank (settle_best_metric
             # made sure there is a validation split, so rank 0 has them)
             judged = judged or cfg.best_metric != "val_loss"
         return judged and self._keep_best(record.get(cfg.best_metric), state)
+
+    def check_chosen_answers(self, choice: GenerationChoice | None) -> None:
+        """After the choice of how the model answers (choose_answering): when the model now votes, run
+        the answer check once more, so the verdict in the summary is about the answers the saved model
+        gives; the last in-training check answered greedily (a lookup-level model read as "below
+        baseline" while its vote recalls training answers, docs/recipes.md finding 25)."""
+        if choice is None or not choice.generation.copy_bias or not self.gen_rows:
+            return
+        metrics = self._answer_check()
+        self.gen_verdict = f"{metrics['gen_verdict']} (answering with the {choice.name}, generation.json)"
+        self.gen_verdict_status = metrics["gen_verdict_status"]
+
+    def _answer_check(self) -> dict[str, Any]:
+        return generation_metrics(
+            self.model, self.gen_rows, self.field_parser, self.gen_baseline, self.train_answers
+        )
 
     def _val_loss(self, state: TrainState, record: dict[str, Any]) -> None:
         val_loss = validation_loss(self.model, self.val_loader, self.amp_dtype, self.dist)

@@ -81,7 +81,10 @@ class RunResult:
     train_rows: int = 0
     val_rows: int = 0
     notes: list[str] = field(default_factory=list)
-    gen_verdict: str | None = None  # the last in-training answer check's verdict (gen_eval_interval)
+    # the last answer check's verdict (gen_eval_interval); when the model votes after the choice below,
+    # the check of the chosen way (EvalHook.check_chosen_answers)
+    gen_verdict: str | None = None
+    gen_verdict_status: str | None = None  # its status word, what `picovlm sweep`'s table shows
     best_metric: str = "val_loss"
     best_score: float | None = None  # best_metric's value at best_step
     # how model/ answers, chosen on validation after training (GenerationChoice.to_dict()); None: greedy,
@@ -242,6 +245,7 @@ def _train(
             model, fact_heads, val_ds, field_parser, train_cfg, state, run_dir,
             lambda done, total, message: progress(state.step, budget.total_steps, f"choosing: {message}"),
         )  # fmt: skip
+        evaluate.check_chosen_answers(choice)
 
     # --- Finish: final model, plots, summary ---
     stop_reason = budget.stop_reason(stopped_early, out_of_time)
@@ -342,4 +346,5 @@ def _run_result(
         params=params,
         notes=notes,
         gen_verdict=evaluate.gen_verdict,
+        gen_verdict_status=evaluate.gen_verdict_status,
     )

@@ -244,7 +244,8 @@ def _run_figures(run_dir: Path) -> dict[str, Any]:
         "answer F1": answers.get("gen_token_f1"),
         "field accuracy": answers.get("gen_field_accuracy"),
         "distinct answers": answers.get("gen_distinct_answer_share"),
-        "answers check": answers.get("gen_verdict_status"),
+        # a finished run's verdict is about how its model answers (re-checked when it chose to vote)
+        "answers check": summary.get("gen_verdict_status") or answers.get("gen_verdict_status"),
     }
 
 

@@ -298,6 +298,10 @@ def test_generation_check_metrics_are_logged(demo_dir, tmp_path, tiny_configs):
         "unknown",
     )
     assert "gen_image_gap_shuffled" in last and "gen_token_f1" in last
+    # the verbatim-copy share against the training answers, and the references' own (held out: none)
+    assert (
+        0 <= last["gen_copied_from_train_share"] <= 1 and last["gen_reference_copied_from_train_share"] == 0
+    )
     # the nearest-pixels lookup, computed once, is logged with every check and read by its verdict
     assert last["gen_baseline_name"] == "nearest-pixels" and 0 < last["gen_baseline_token_f1"] <= 1
     assert 0 <= last["gen_baseline_field_accuracy"] <= 1  # demo rows: facts parsed

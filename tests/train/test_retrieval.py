@@ -150,8 +150,11 @@ def test_training_chooses_how_the_model_answers_on_its_validation_rows(demo_dir,
     saved folder finds the same figures; rows whose references are one candidate's answers choose it."""
     from picovlm.cli import main
     from picovlm.eval.choose import CANDIDATES, choose_generation, choose_generation_for
-    from picovlm.eval.evaluate import EvalItem, items_from_rows
+    from picovlm.eval.evaluate import EvalItem, items_from_rows, pixel_baseline, training_answers
+    from picovlm.eval.facts import fact_parser_for
     from picovlm.generation import GENERATION_FILE, GenerationConfig, load_generation
+    from picovlm.train.evaluation import generation_metrics
+    from picovlm.train.sweep import _run_figures
 
     model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run", max_steps=12)
     model_cfg.retrieval_k = 2
@@ -173,6 +176,18 @@ def test_training_chooses_how_the_model_answers_on_its_validation_rows(demo_dir,
     assert load_generation(model_dir) == chosen and (result.run_dir / "best" / GENERATION_FILE).is_file()
     model = VLM.from_pretrained(model_dir)
     assert model.generation == chosen
+    # the summary's answer check is about the answers the saved model gives: checked again with the
+    # chosen way when it votes (the last in-training check answered greedily)
+    train_rows, val_rows = (load_cauldron(demo_dir, split=split) for split in ("train", "validation"))
+    parser = fact_parser_for(train_rows, val_rows)
+    rows = [val_rows[i] for i in range(len(val_rows))]
+    check = generation_metrics(
+        model, rows, parser, pixel_baseline(rows, train_rows, parser), training_answers(train_rows)
+    )
+    named = f" (answering with the {choice['chosen']}, generation.json)" if chosen.copy_bias else ""
+    assert result.gen_verdict == summary["gen_verdict"] == check["gen_verdict"] + named
+    assert summary["gen_verdict_status"] == check["gen_verdict_status"]
+    assert _run_figures(result.run_dir)["answers check"] == check["gen_verdict_status"]  # sweep's table
     # the saved folder (same weights, same heads) chooses the same on the same rows, figure for figure
     again = choose_generation_for(model_dir, demo_dir, write=False)
     assert again.name == choice["chosen"]
