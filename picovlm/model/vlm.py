@@ -249,6 +249,7 @@ class VisionLanguageModel(nn.Module):
         on_token: Callable[[torch.Tensor], None] | None = None,
         copy_sources: list[list[list[int]]] | None = None,
         copy_weights: list[list[float]] | None = None,
+        vision_features: torch.Tensor | None = None,
         **options,
     ) -> torch.Tensor:
         """Left-padded prompts (B, T) -> new tokens (B, <= max_new_tokens), padded after each row's end.
@@ -260,6 +261,8 @@ class VisionLanguageModel(nn.Module):
         `copy_sources`: each row's token sequences that `copy_bias` leans towards (prepare_prompts gives
         a retrieving model's neighbours' answers); `copy_weights`: each source's vote (default 1/r for the
         r-th; prepare_prompts gives the fact heads' weights when copy_fact_weight > 0).
+        `vision_features`: the vision tower's output for pixel_values, when the caller has it already
+        (prepare_prompts with copy_fact_weight), so the tower does not run twice.
         """
         gen = generation_config(generation, **options)
         if gen.copy_bias and copy_sources is None:
@@ -279,7 +282,10 @@ class VisionLanguageModel(nn.Module):
         key_padding = torch.cat([attention_mask, attention_mask.new_ones(B, max_new_tokens)], dim=1)
         position_ids = positions_from_mask(attention_mask, input_ids.shape)
         hidden = self.decoder(
-            self.embed(input_ids, pixel_values), position_ids, key_padding[:, :T], cache=cache
+            self.embed(input_ids, pixel_values, vision_features),
+            position_ids,
+            key_padding[:, :T],
+            cache=cache,
         )
         logits = self.decoder.lm_head(hidden[:, -1])  # (B, V)
         # The tokens seen so far, for the repetition penalty: each row's prompt, its padding replaced by
@@ -331,7 +337,9 @@ class VisionLanguageModel(nn.Module):
         """Left-padded prompt batch for (image or list of images, question) pairs, on the model's device.
         copy_neighbours > 0 (a retrieving model): the batch also holds "copy_sources", the answers of
         that many nearest training pictures as token ids, for generate's copy_bias; with
-        copy_fact_weight > 0 also "copy_weights", their votes weighted by the fact heads."""
+        copy_fact_weight > 0 also "copy_weights", their votes weighted by the fact heads, and
+        "vision_features", the vision tower's output for the pictures, which both the weights and
+        generate's image embeddings are made from."""
         if self.processor is None:
             raise PicovlmError(
                 "this model has no tokenizer: load it with from_pretrained or call attach_tokenizer."
@@ -350,23 +358,31 @@ class VisionLanguageModel(nn.Module):
                 [encode(a) for a in answers[:copy_neighbours]] for answers in neighbours
             ]
             if copy_fact_weight:
+                if self.retrieval.facts is None:
+                    raise ConfigError(COPY_FACTS_NEED_HEADS)
+                # The vision tower runs once: its features weigh the votes here, and generate embeds
+                # the pictures from the same features.
+                with torch.no_grad():
+                    dtype = self.decoder.embed_tokens.weight.dtype
+                    prompts["vision_features"] = self.vision_encoder(prompts["pixel_values"].to(dtype))
                 rows = [found[:copy_neighbours] for found in rows]
                 prompts["copy_weights"] = self.fact_weights(
-                    prompts["pixel_values"], image_lists, rows, copy_fact_weight
+                    prompts["vision_features"], image_lists, rows, copy_fact_weight
                 )
         return prompts
 
     @torch.no_grad()
     def fact_weights(
-        self, pixel_values: torch.Tensor, image_lists: list, rows: list[list[int]], fact_weight: float
+        self, vision_features: torch.Tensor, image_lists: list, rows: list[list[int]], fact_weight: float
     ) -> list[list[float]]:
         """Each row's neighbours' votes (`neighbour_weights`), weighted by how likely the fact heads saved
-        with the index find each neighbour's facts in the row's first picture: its vision features
-        mean-pooled over patches, as the heads read them in training."""
+        with the index find each neighbour's facts in the row's first picture: its vision features (the
+        tower's output for every picture of the batch) mean-pooled over patches, as the heads read them
+        in training."""
         if self.retrieval is None or self.retrieval.facts is None:
             raise ConfigError(COPY_FACTS_NEED_HEADS)
         first = np.cumsum([0] + [len(images) for images in image_lists[:-1]])  # each row's first picture
-        pooled = self.vision_encoder(pixel_values[torch.from_numpy(first)]).mean(dim=1)
+        pooled = vision_features[torch.from_numpy(first)].mean(dim=1)
         support = self.retrieval.facts.support(pooled.float().cpu().numpy(), rows)
         return [neighbour_weights(len(found), s, fact_weight) for found, s in zip(rows, support)]
 

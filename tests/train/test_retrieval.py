@@ -135,6 +135,11 @@ def test_the_fact_heads_are_saved_with_the_index_and_weigh_the_neighbours(demo_d
         ]
         assert batch["copy_weights"][i] == pytest.approx(neighbour_weights(4, support, 2.0), rel=1e-4)
     assert batch["copy_weights"] != [neighbour_weights(4)] * 3  # the heads moved some votes
+    # the vision tower ran once for both: generate embeds the pictures from the same features
+    assert torch.equal(batch["vision_features"], model.vision_encoder(batch["pixel_values"]))
+    options = {"copy_bias": 8.0, "copy_fact_weight": 2.0, "max_new_tokens": 12}
+    without = {k: v for k, v in batch.items() if k != "vision_features"}
+    assert torch.equal(model.generate(**batch, **options), model.generate(**without, **options))
     assert isinstance(model.answer(images[0], copy_bias=8.0, copy_fact_weight=2.0), str)
 
     model.retrieval.facts = None  # e.g. a run saved before the heads were kept: a clear refusal
