@@ -276,7 +276,7 @@ def pixel_baseline(
 def score_answers(
     items: Sequence[EvalItem],
     answers: Sequence[str],
-    train_answers: Sequence[str] | None = None,
+    train_answers: Sequence[str] | M.TrainingAnswers | None = None,
     extract_fields: M.ExtractFields | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(metrics, per-item rows) for a list of answers to `items`."""
@@ -362,7 +362,7 @@ def answer_token_budget(model, items: Sequence[EvalItem]) -> int:
 def quick_eval(
     model,
     rows,
-    train_answers: Sequence[str] | None = None,
+    train_answers: Sequence[str] | M.TrainingAnswers | None = None,
     max_new_tokens: int | None = None,
     batch_size: int = 16,
     extract_fields: M.ExtractFields | None = None,
@@ -496,7 +496,8 @@ def evaluate(
     train = load_train_split(data_dir, train_split)
     if extract_fields == "auto":  # the facts' values are learned from both splits
         extract_fields = fact_parser_for(dataset, train)
-    train_answers = training_answers(train) if train is not None else None
+    # read once: the model's answers and both lookups are compared with the same training answers
+    train_answers = M.TrainingAnswers(training_answers(train)) if train is not None else None
 
     answers = generate_answers(model, items, batch_size, progress=progress, **generation)
     metrics, rows = score_answers(items, answers, train_answers, extract_fields)

@@ -21,6 +21,7 @@ import torch
 
 from picovlm.config import TrainConfig, replace
 from picovlm.errors import ConfigError
+from picovlm.eval import metrics as M
 from picovlm.eval.choose import GenerationChoice, choose_generation
 from picovlm.eval.evaluate import items_from_rows, pixel_baseline, quick_eval, training_answers
 from picovlm.eval.facts import fact_parser_for
@@ -80,7 +81,11 @@ def validation_loss(model, loader, amp_dtype: torch.dtype | None, dist_: Dist) -
 
 
 def generation_metrics(
-    model, rows: list, field_parser, baseline: dict[str, Any] | None, train_answers: list[str] | None = None
+    model,
+    rows: list,
+    field_parser,
+    baseline: dict[str, Any] | None,
+    train_answers: list[str] | M.TrainingAnswers | None = None,
 ) -> dict[str, Any]:
     """The evaluation area's quick check as flat gen_* metrics (numbers and strings only); with
     train_answers, the share of answers that are training answers word for word (and its verdict)."""
@@ -127,7 +132,7 @@ class EvalHook:
             self.gen_baseline = pixel_baseline(
                 self.gen_rows, train_ds, field_parser, max_train_rows=GEN_BASELINE_TRAIN_ROWS
             )
-            self.train_answers = training_answers(train_ds)
+            self.train_answers = M.TrainingAnswers(training_answers(train_ds))  # read once per run
         self.val_loss: float | None = None  # at the last evaluation
         self.gen_verdict: str | None = None  # of the last answer check
         self.gen_verdict_status: str | None = None  # its one-word status (collapsed, healthy, ...)

@@ -166,6 +166,37 @@ def test_field_majority_accuracy():
     assert M.field_majority_accuracy(refs, train, extract) == pytest.approx(0.5)
 
 
+def test_training_answers_are_read_once_and_give_the_same_figures():
+    """The trainer checks its answers every few hundred steps against the same training answers: read
+    once (normalised set, each parser's majority), they give what the plain list gives."""
+    parsed = []
+
+    def extract(text):
+        parsed.append(text)
+        colour, shape = text.split()[:2]
+        return {"colour": colour, "shape": shape}
+
+    train = ["red circle", "red square", "blue circle"]
+    preds, refs = ["red circle", "blue star", "Red Circle."], ["red star", "blue circle", "red square"]
+    plain = M.generation_metrics(preds, refs, train_answers=train, extract_fields=extract)
+    once = M.TrainingAnswers(train)
+    for _ in range(3):
+        assert M.generation_metrics(preds, refs, train_answers=once, extract_fields=extract) == plain
+    parsed.clear()
+    M.generation_metrics(preds, refs, train_answers=once, extract_fields=extract)
+    calls_once = len(parsed)
+    parsed.clear()
+    M.generation_metrics(preds, refs, train_answers=train, extract_fields=extract)
+    assert len(parsed) == calls_once + len(train)  # the list is parsed each time, the reader once
+    assert plain["copied_from_train_share"] == pytest.approx(2 / 3)  # "Red Circle." normalises to one
+
+    def shape_only(text):  # another parser (another field name): its own majority, not the first's
+        return {"form": text.split()[1]}
+
+    assert M.field_majority_accuracy(refs, once, shape_only) == pytest.approx(1 / 3)  # circle
+    assert M.field_majority_accuracy(refs, train, shape_only) == pytest.approx(1 / 3)
+
+
 def test_generation_metrics_flat_dict():
     refs = ["red circle at top", "blue square at center", "green star at left", "(B)"]
     preds = ["red circle at top", "red circle at top", "red circle at top", "Answer: B"]
