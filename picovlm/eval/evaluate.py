@@ -241,10 +241,10 @@ def lookup_index(train, model=None, chunk: int = 256) -> tuple[list[EvalItem], n
     return train_items, np.concatenate(pixels), np.concatenate(vision) if vision else None
 
 
-def training_answers(train) -> list[str]:
-    """Each training row's first answer, read from the text column alone (no image is decoded): what
-    the verbatim-copy share and its verdict compare answers with."""
-    return [texts[0].get("assistant") or "" for texts in train["texts"] if texts]
+def training_answers(train) -> M.TrainingAnswers:
+    """Each training row's first answer, read from the text column alone (no image is decoded) and
+    once for every comparison with them: the verbatim-copy share, its verdict, the facts' majority."""
+    return M.TrainingAnswers([texts[0].get("assistant") or "" for texts in train["texts"] if texts])
 
 
 def pixel_baseline(
@@ -496,8 +496,8 @@ def evaluate(
     train = load_train_split(data_dir, train_split)
     if extract_fields == "auto":  # the facts' values are learned from both splits
         extract_fields = fact_parser_for(dataset, train)
-    # read once: the model's answers and both lookups are compared with the same training answers
-    train_answers = M.TrainingAnswers(training_answers(train)) if train is not None else None
+    # the model's answers and both lookups are compared with the same training answers
+    train_answers = training_answers(train) if train is not None else None
 
     answers = generate_answers(model, items, batch_size, progress=progress, **generation)
     metrics, rows = score_answers(items, answers, train_answers, extract_fields)

@@ -358,8 +358,6 @@ class VisionLanguageModel(nn.Module):
                 [encode(a) for a in answers[:copy_neighbours]] for answers in neighbours
             ]
             if copy_fact_weight:
-                if self.retrieval.facts is None:
-                    raise ConfigError(COPY_FACTS_NEED_HEADS)
                 # The vision tower runs once: its features weigh the votes here, and generate embeds
                 # the pictures from the same features.
                 with torch.no_grad():

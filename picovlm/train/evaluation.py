@@ -132,7 +132,7 @@ class EvalHook:
             self.gen_baseline = pixel_baseline(
                 self.gen_rows, train_ds, field_parser, max_train_rows=GEN_BASELINE_TRAIN_ROWS
             )
-            self.train_answers = M.TrainingAnswers(training_answers(train_ds))  # read once per run
+            self.train_answers = training_answers(train_ds)  # read once per run
         self.val_loss: float | None = None  # at the last evaluation
         self.gen_verdict: str | None = None  # of the last answer check
         self.gen_verdict_status: str | None = None  # its one-word status (collapsed, healthy, ...)
@@ -147,8 +147,7 @@ class EvalHook:
         if cfg.gen_eval_interval and (step % cfg.gen_eval_interval == 0 or final):
             if self.gen_rows:
                 record.update(self._answer_check())
-                self.gen_verdict = record.get("gen_verdict", self.gen_verdict)
-                self.gen_verdict_status = record.get("gen_verdict_status", self.gen_verdict_status)
+                self._keep_verdict(record)
             # an answer metric is judged here even without rows on this rank (settle_best_metric
             # made sure there is a validation split, so rank 0 has them)
             judged = judged or cfg.best_metric != "val_loss"
@@ -161,9 +160,12 @@ class EvalHook:
         baseline" while its vote recalls training answers, docs/recipes.md finding 25)."""
         if choice is None or not choice.generation.copy_bias or not self.gen_rows:
             return
-        metrics = self._answer_check()
-        self.gen_verdict = f"{metrics['gen_verdict']} (answering with the {choice.name}, generation.json)"
-        self.gen_verdict_status = metrics["gen_verdict_status"]
+        self._keep_verdict(self._answer_check(), f" (answering with the {choice.name}, generation.json)")
+
+    def _keep_verdict(self, metrics: dict[str, Any], suffix: str = "") -> None:
+        if "gen_verdict" in metrics:
+            self.gen_verdict = metrics["gen_verdict"] + suffix
+            self.gen_verdict_status = metrics["gen_verdict_status"]
 
     def _answer_check(self) -> dict[str, Any]:
         return generation_metrics(
