@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from picovlm.errors import ConfigError
+from picovlm.retrieval import COLOUR_WEIGHT
 from picovlm.utils import atomic_write_text
 
 # The question a row, a request or a command asks when it gives none: the built-in sets ask it too.
@@ -60,6 +61,10 @@ class VLMConfig:
     # The answers of this many most similar training pictures go into the prompt ("Similar: ..."), and
     # the model learns to edit them; the index travels with the model. 0 = off.
     retrieval_k: int = 0
+    # How much the pictures' colours count beside their 32x32 thumbnails when the index finds neighbours:
+    # similarity = thumbnail cosine + this x colour-histogram cosine (picovlm.retrieval.picture_vectors).
+    # 0 = the thumbnail alone (models saved before it existed); the retrieval presets set 1.
+    retrieval_colour_weight: float = 0.0
 
     # --- Token ids the model needs at run time (filled in from the tokenizer) --------------------
     image_token_id: int | None = None
@@ -80,6 +85,9 @@ class VLMConfig:
         )
         if self.retrieval_k < 0:
             raise ConfigError(f"retrieval_k={self.retrieval_k} is negative: use 0 (off) or a count (e.g. 2).")
+        if self.retrieval_colour_weight < 0:
+            raise ConfigError(f"retrieval_colour_weight={self.retrieval_colour_weight} is negative: use 0 "
+                              "(thumbnails alone) or a weight (e.g. 1).")  # fmt: skip
         multiple = self.vit_img_size // self.vit_patch_size * self.vit_patch_size
         _check_divisible(
             self,
@@ -327,7 +335,9 @@ PRESETS["picovlm-small"] = dict(
 # wesnoth; 10 minutes, two seeds) it beat picovlm-small on token F1 and facts, and with the fact loss
 # (TrainConfig.fact_loss_weight "auto") never collapsed (docs/recipes.md, "Real data"). 4 neighbours
 # instead of 2 did not help.
-_RETRIEVAL = dict(retrieval_k=2, lm_max_length=512)  # 2 neighbours' answers, room for the longer prompt
+# Neighbours by thumbnail and colours (retrieval_colour_weight=1): the colour histogram told emoji's skin
+# tones and wesnoth's units apart where the thumbnail's shape did not (finding 26).
+_RETRIEVAL = dict(retrieval_k=2, lm_max_length=512, retrieval_colour_weight=COLOUR_WEIGHT)
 PRESETS["picovlm-small-retrieval"] = dict(PRESETS["picovlm-small"], **_RETRIEVAL, lm_n_blocks=2)
 # The blog's iteration 11 unchanged (one LM block, 224/16 ViT; retrieval adds no parameters) with the
 # default recipe's retrieval: on real data it got ~370 steps in 10 CPU minutes and collapsed without it

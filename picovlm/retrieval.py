@@ -15,8 +15,9 @@ The lookup becomes the model's floor rather than its rival.
 
 During training each row's neighbours come from *other groups* (another object, not a variant of the
 same one), as a test picture's do: otherwise the model would learn that the first neighbour is always
-right. The index (thumbnail vectors, answers, groups) is saved with the model, so `VLM.answer`, the
-ONNX runtime and the server retrieve the same way. numpy + Pillow only: the runtime shares this module.
+right. Pictures are similar by shape and colour (`picture_vectors`). The index (their vectors, answers,
+groups) is saved with the model, so `VLM.answer`, the ONNX runtime and the server retrieve the same
+way. numpy + Pillow only: the runtime shares this module.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ INDEX_FILE = "retrieval_index.npz"
 INDEX_META_FILE = "retrieval_index.json"
 FACTS_FILE = "retrieval_facts.npz"
 THUMBNAIL_SIZE = 32
+COLOUR_WEIGHT = 1.0  # the retrieval presets' colour weight, and eval's nearest-colour lookup's
+COLOUR_BINS = 8  # per channel: 8 x 8 x 8 = 512 colours
+COLOUR_SIZE = 64  # pictures are counted at 64x64 pixels
+INK_BELOW = 235  # a pixel whose every channel is this bright or brighter is background, not counted
 NEIGHBOUR_PREFIX = "Similar: "
 
 
@@ -49,6 +54,44 @@ def thumbnail_vectors(images: Sequence[Image.Image], size: int = THUMBNAIL_SIZE)
     )  # fmt: skip
     vectors -= vectors.mean(axis=1, keepdims=True)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
+
+
+def colour_histograms(images: Sequence[Image.Image]) -> np.ndarray:
+    """Each picture's colours: the share of its non-background pixels in each of 8x8x8 RGB bins, square
+    rooted (so the dot product is the Bhattacharyya coefficient, less ruled by one dominant colour) and
+    unit-length. Where the pixels sit does not count, only which colours the picture holds: two skin
+    tones of one figure, or two units of one shape in other colours, differ here more than in a
+    thumbnail, whose cosine is ruled by the shape."""
+    rows = []
+    for image in images:  # BOX: each small pixel is the mean of the pixels it covers, as a count wants
+        pixels = np.asarray(_rgb(image).resize((COLOUR_SIZE, COLOUR_SIZE), Image.Resampling.BOX), np.int64)
+        ink = pixels.min(axis=2) < INK_BELOW
+        level = pixels * COLOUR_BINS // 256
+        colour = (level[..., 0] * COLOUR_BINS + level[..., 1]) * COLOUR_BINS + level[..., 2]
+        counts = np.bincount(colour[ink], minlength=COLOUR_BINS**3).astype(np.float32)
+        rows.append(np.sqrt(counts / max(int(ink.sum()), 1)))
+    histograms = np.stack(rows)
+    return histograms / np.maximum(np.linalg.norm(histograms, axis=1, keepdims=True), 1e-6)
+
+
+def picture_vectors(images: Sequence[Image.Image], colour_weight: float = 0.0) -> np.ndarray:
+    """The vectors the index compares: the thumbnail, and with colour_weight w > 0 the colour histogram
+    beside it, scaled so that for two pictures
+
+        dot product = (thumbnail cosine + w x colour cosine) / (1 + w)
+
+    (one matrix product finds the neighbours, and the vectors stay unit-length, but for a picture with no
+    colour but white, whose colour half is zero)."""
+    thumbnails = thumbnail_vectors(images)
+    if not colour_weight:
+        return thumbnails
+    return with_colours(thumbnails, colour_histograms(images), colour_weight)
+
+
+def with_colours(thumbnails: np.ndarray, histograms: np.ndarray, colour_weight: float) -> np.ndarray:
+    """`picture_vectors` from the two halves, for callers that keep them apart (eval's lookups)."""
+    both = np.concatenate([thumbnails, np.sqrt(colour_weight) * histograms], axis=1)
+    return both / np.sqrt(1.0 + colour_weight)
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -123,14 +166,15 @@ class FactReader:
 
 @dataclass
 class RetrievalIndex:
-    """Training pictures as thumbnail vectors with their answers and groups (and, from a run with the
-    fact loss, their facts: `facts`)."""
+    """Training pictures as vectors (`picture_vectors`: thumbnails, and colours with colour_weight > 0)
+    with their answers and groups (and, from a run with the fact loss, their facts: `facts`)."""
 
-    vectors: np.ndarray  # (n, 3 * size * size) float16, unit-length rows
+    vectors: np.ndarray  # (n, 3 * size * size [+ 512 colours]) float16, unit-length rows
     answers: list[str]
     groups: list[str]
     k: int  # neighbours per prompt
     facts: FactReader | None = None
+    colour_weight: float = 0.0  # VLMConfig.retrieval_colour_weight; 0 in indexes saved before it existed
 
     @classmethod
     def build(
@@ -140,6 +184,7 @@ class RetrievalIndex:
         groups: Sequence[str],
         k: int,
         fact_classes: Sequence[Sequence[int]] | None = None,
+        colour_weight: float = 0.0,
     ):
         """fact_classes: each row's class per fact field (-1 = unknown), for a reader of the fact heads."""
         if not len(images):
@@ -147,7 +192,14 @@ class RetrievalIndex:
         facts = None
         if fact_classes is not None:
             facts = FactReader(np.asarray(fact_classes, np.int32).reshape(len(images), -1))
-        return cls(thumbnail_vectors(images).astype(np.float16), list(answers), list(groups), k, facts)
+        vectors = picture_vectors(images, colour_weight).astype(np.float16)
+        return cls(vectors, list(answers), list(groups), k, facts, colour_weight)
+
+    def vectors_of(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """New pictures as vectors comparable with the index's."""
+        if not images:
+            return np.zeros((0, self.vectors.shape[1]), np.float32)
+        return picture_vectors(images, self.colour_weight)
 
     def __len__(self) -> int:
         return len(self.answers)
@@ -183,7 +235,7 @@ class RetrievalIndex:
     def neighbour_rows(self, images: Sequence[Image.Image], k: int | None = None) -> list[list[int]]:
         """The rows of each new picture's k (default: the index's k) nearest training pictures, nearest
         first."""
-        return self.neighbours(thumbnail_vectors(images), k=k)
+        return self.neighbours(self.vectors_of(images), k=k)
 
     def neighbour_answers(self, images: Sequence[Image.Image], k: int | None = None) -> list[list[str]]:
         """The answers of each new picture's k (default: the index's k) nearest training pictures,
@@ -212,7 +264,8 @@ class RetrievalIndex:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, vectors=self.vectors)
         atomic_write_bytes(directory / INDEX_FILE, buffer.getvalue())
-        meta = {"k": self.k, "thumbnail_size": THUMBNAIL_SIZE, "answers": self.answers, "groups": self.groups}
+        meta = {"k": self.k, "thumbnail_size": THUMBNAIL_SIZE, "colour_weight": self.colour_weight,
+                "answers": self.answers, "groups": self.groups}  # fmt: skip
         atomic_write_text(directory / INDEX_META_FILE, json.dumps(meta, ensure_ascii=False))
         if self.facts is not None and self.facts.weights is not None:
             self.facts.save(directory)
@@ -237,7 +290,12 @@ class RetrievalIndex:
         if facts is not None and len(facts.classes) != len(vectors):
             raise PicovlmError(f"{directory}: {FACTS_FILE} has facts for {len(facts.classes)} rows and the "
                                f"index {len(vectors)}; copy the whole model folder that training wrote.")  # fmt: skip
-        return cls(vectors, meta["answers"], meta["groups"], int(meta["k"]), facts)
+        colour_weight = float(meta.get("colour_weight", 0.0))
+        expected = 3 * THUMBNAIL_SIZE**2 + (COLOUR_BINS**3 if colour_weight else 0)
+        if vectors.shape[1] != expected:
+            raise PicovlmError(f"{directory}: the retrieval index's vectors have {vectors.shape[1]} values "
+                               f"and this picovlm compares {expected}; re-save the model with this version.")  # fmt: skip
+        return cls(vectors, meta["answers"], meta["groups"], int(meta["k"]), facts, colour_weight)
 
 
 # --- Training: the index from the training split, neighbours from other objects -----------------------
@@ -275,7 +333,7 @@ def with_neighbours(dataset, index: RetrievalIndex, exclude_own_group: bool):
     rows, images = _first_images(dataset)
     groups = _row_groups(dataset) if exclude_own_group else None
     found = index.neighbours(
-        thumbnail_vectors(images) if images else np.zeros((0, 3 * THUMBNAIL_SIZE**2), np.float32),
+        index.vectors_of(images),
         exclude_groups=[groups[r] for r in rows] if groups else None,
     )
     prompts = {r: [index.answers[j] for j in neighbours] for r, neighbours in zip(rows, found)}
@@ -288,10 +346,13 @@ def with_neighbours(dataset, index: RetrievalIndex, exclude_own_group: bool):
     return dataset.map(rewrite, input_columns="texts", with_indices=True, keep_in_memory=True)
 
 
-def build_training_index(train_dataset, k: int, encode_facts=None) -> RetrievalIndex:
+def build_training_index(
+    train_dataset, k: int, encode_facts=None, colour_weight: float = 0.0
+) -> RetrievalIndex:
     """The index of a training split: every row with an image and an answer, with its object's group.
     encode_facts (e.g. FactVocabulary.encode): a row's `fields` -> its class per field (negative =
-    unknown); the index then keeps them, for the fact heads' weighting of the neighbours' vote."""
+    unknown); the index then keeps them, for the fact heads' weighting of the neighbours' vote.
+    colour_weight: how much colours count beside the thumbnails (`picture_vectors`)."""
     rows, images = _first_images(train_dataset)
     texts = train_dataset["texts"]
     groups = _row_groups(train_dataset)
@@ -306,4 +367,5 @@ def build_training_index(train_dataset, k: int, encode_facts=None) -> RetrievalI
         [groups[r] for r, _ in keep],
         k,
         fact_classes,
+        colour_weight,
     )

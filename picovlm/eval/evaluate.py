@@ -224,21 +224,41 @@ def nearest_answers(
     return answers
 
 
-def lookup_index(train, model=None, chunk: int = 256) -> tuple[list[EvalItem], np.ndarray, np.ndarray | None]:
+def colour_features(items: Sequence[EvalItem]) -> np.ndarray:
+    """Each row's first image's colour histogram (picovlm.retrieval.colour_histograms)."""
+    from picovlm.retrieval import colour_histograms
+
+    return colour_histograms([item.images[0] for item in items])
+
+
+@dataclass
+class LookupTable:
     """A training split as a lookup table: its rows (question and answer, images dropped), their 32x32
-    pixel vectors and, with a model, their raw pooled vision features. Read in chunks, so never all
-    training images are in memory at once."""
-    train_items, pixels, vision = [], [], []
+    pixel vectors, their colour histograms and, with a model, their raw pooled vision features."""
+
+    items: list[EvalItem]
+    pixels: np.ndarray
+    colours: np.ndarray | None
+    vision: np.ndarray | None
+
+
+def lookup_index(train, model=None, chunk: int = 256, colours: bool = True) -> LookupTable:
+    """The LookupTable of a training split, read in chunks, so never all training images are in memory
+    at once (colours=False: without the colour histograms)."""
+    train_items, pixels, colour, vision = [], [], [], []
     for start in range(0, len(train), chunk):
         rows = items_from_rows(train.select(range(start, min(start + chunk, len(train)))))
         if rows:
             pixels.append(pixel_features(rows))
+            if colours:
+                colour.append(colour_features(rows))
             if model is not None:
                 vision.append(vision_features(model, rows, center=False))
             train_items += [EvalItem([], item.question, item.reference, item.image_key) for item in rows]
     if not train_items:
         raise DataError("the training split has no rows with an image and a question/answer turn")
-    return train_items, np.concatenate(pixels), np.concatenate(vision) if vision else None
+    return LookupTable(train_items, np.concatenate(pixels), np.concatenate(colour) if colour else None,
+                       np.concatenate(vision) if vision else None)  # fmt: skip
 
 
 def training_answers(train) -> M.TrainingAnswers:
@@ -260,9 +280,9 @@ def pixel_baseline(
         stride = len(train) / max_train_rows
         train = train.select([int(k * stride) for k in range(max_train_rows)])
     items = items_from_rows(rows)
-    train_items, train_pixels, _ = lookup_index(train)
-    train_answers = [item.reference for item in train_items]
-    looked_up = nearest_answers(items, train_items, pixel_features(items), train_pixels)
+    table = lookup_index(train, colours=False)
+    train_answers = [item.reference for item in table.items]
+    looked_up = nearest_answers(items, table.items, pixel_features(items), table.pixels)
     metrics, _ = score_answers(items, looked_up, train_answers, extract_fields)
     baseline = {"baseline_token_f1": metrics["token_f1"], "baseline_name": "nearest-pixels"}
     if "field_accuracy" in metrics:
@@ -496,7 +516,7 @@ def evaluate(
     train = load_train_split(data_dir, train_split)
     if extract_fields == "auto":  # the facts' values are learned from both splits
         extract_fields = fact_parser_for(dataset, train)
-    # the model's answers and both lookups are compared with the same training answers
+    # the model's answers and the lookups are compared with the same training answers
     train_answers = training_answers(train) if train is not None else None
 
     answers = generate_answers(model, items, batch_size, progress=progress, **generation)
@@ -545,18 +565,24 @@ def evaluate(
 def nearest_baselines(
     model, items: Sequence[EvalItem], train, train_answers, extract_fields: M.ExtractFields | None
 ) -> dict[str, Any]:
-    """The nearest-neighbour lookup in two spaces, each scored like the model: {"nearest-pixels",
-    "nearest-vision"} -> {"metrics" (with their verdict), "items"}."""
-    train_items, train_pixels, train_vision = lookup_index(train, model)
-    test_vision = vision_features(model, items, center=False)
-    vision_mean = train_vision.mean(axis=0)  # the direction every image shares
+    """The nearest-neighbour lookup in three spaces, each scored like the model: {"nearest-pixels" (the
+    32x32 thumbnail), "nearest-colour" (thumbnail and colour histogram, as the retrieval presets' index
+    finds neighbours), "nearest-vision" (the model's pooled ViT features)} -> {"metrics" (with their
+    verdict), "items"}."""
+    from picovlm.retrieval import COLOUR_WEIGHT, with_colours
+
+    table = lookup_index(train, model)
+    test_pixels, test_vision = pixel_features(items), vision_features(model, items, center=False)
+    vision_mean = table.vision.mean(axis=0)  # the direction every image shares
     spaces = {
-        "nearest-pixels": (pixel_features(items), train_pixels),
-        "nearest-vision": (_unit(test_vision - vision_mean), _unit(train_vision - vision_mean)),
-    }
+        "nearest-pixels": (test_pixels, table.pixels),
+        "nearest-colour": (with_colours(test_pixels, colour_features(items), COLOUR_WEIGHT),
+                           with_colours(table.pixels, table.colours, COLOUR_WEIGHT)),
+        "nearest-vision": (_unit(test_vision - vision_mean), _unit(table.vision - vision_mean)),
+    }  # fmt: skip
     baselines = {}
     for baseline_name, (test_vectors, train_vectors) in spaces.items():
-        looked_up = nearest_answers(items, train_items, test_vectors, train_vectors)
+        looked_up = nearest_answers(items, table.items, test_vectors, train_vectors)
         b_metrics, b_rows = score_answers(items, looked_up, train_answers, extract_fields)
         baselines[baseline_name] = {"metrics": add_verdict(b_metrics), "items": b_rows}
     return baselines

@@ -203,7 +203,9 @@ def build_model(model_cfg: VLMConfig, tokenizer, train_ds, val_ds, progress: Pro
     if not model.cfg.retrieval_k:
         return model, train_ds, val_ds
     progress(0, None, "indexing the training pictures for retrieval")
-    model.retrieval = build_training_index(train_ds, model.cfg.retrieval_k, facts.encode if facts else None)
+    model.retrieval = build_training_index(
+        train_ds, model.cfg.retrieval_k, facts.encode if facts else None, model.cfg.retrieval_colour_weight
+    )
     # a training row's neighbours come from other objects, as a test picture's do
     train_rows = with_neighbours(train_ds, model.retrieval, exclude_own_group=True)
     val_rows = with_neighbours(val_ds, model.retrieval, exclude_own_group=False) if val_ds else None

@@ -25,6 +25,7 @@ def test_derived_values_follow_the_fields_they_depend_on():
         (dict(vit_img_size=230, vit_patch_size=16), ["vit_img_size", "vit_patch_size"]),
         (dict(vit_hidden_dim=768, vit_n_heads=5), ["vit_n_heads"]),
         (dict(lm_n_blocks=0), ["lm_n_blocks"]),
+        (dict(retrieval_colour_weight=-1.0), ["retrieval_colour_weight", "thumbnails alone"]),
     ],
 )
 def test_invalid_combinations_name_the_field_and_the_fix(changes, names):
@@ -118,6 +119,9 @@ def test_no_preset_means_the_recipe_default_and_threads_are_checked(tmp_path):
 
     model, train = load_config(overrides=["model.lm_n_blocks=2"])
     assert model == preset(DEFAULT_PRESET, lm_n_blocks=2) and train == TrainConfig()
+    # its index compares colours beside thumbnails; VLMConfig() (and older model files) compare thumbnails
+    assert model.retrieval_colour_weight == 1.0 and VLMConfig().retrieval_colour_weight == 0.0
+    assert load_config(overrides=["model.retrieval_colour_weight=0"])[0].retrieval_colour_weight == 0.0
     # A file without a preset starts from the default too; one with a preset starts from that.
     (tmp_path / "f.yaml").write_text("model:\n  lm_hidden_dim: 144\n")
     assert load_config(path=tmp_path / "f.yaml")[0] == preset(DEFAULT_PRESET, lm_hidden_dim=144)

@@ -12,9 +12,12 @@ from picovlm.data.cauldron import load_cauldron
 from picovlm.errors import PicovlmError
 from picovlm.model.vlm import VLM
 from picovlm.retrieval import (
+    INDEX_FILE,
     INDEX_META_FILE,
     RetrievalIndex,
     build_training_index,
+    colour_histograms,
+    picture_vectors,
     retrieval_prompt,
     thumbnail_vectors,
     with_neighbours,
@@ -44,6 +47,71 @@ def test_neighbours_are_the_most_similar_pictures_and_skip_the_rows_own_object()
         retrieval_prompt("Describe.", ["answer 3", f"answer {found[3][1]}"])
     ]
     assert retrieval_prompt("Q?", ["x.", "y."]) == "Q?\nSimilar: x.\nSimilar: y."
+
+
+def _figure(colour, shape: str = "disc", size: int = 64) -> Image.Image:
+    """A figure on white: a disc, or a bar, in one colour (with a dark outline, as an emoji's)."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    box = (12, 12, 52, 52) if shape == "disc" else (10, 24, 54, 40)
+    (draw.ellipse if shape == "disc" else draw.rectangle)(box, fill=colour, outline=(40, 40, 40), width=2)
+    return image
+
+
+def test_colour_histograms_count_the_colours_a_picture_holds_not_where():
+    light, dark = (240, 200, 160), (120, 80, 50)
+    histograms = colour_histograms(
+        [_figure(light), _figure(light, "bar"), _figure(dark), Image.new("RGB", (8, 8), "white")]
+    )
+    assert histograms.shape == (4, 512)
+    assert np.allclose(np.linalg.norm(histograms[:3], axis=1), 1.0)
+    similarity = histograms @ histograms.T
+    assert similarity[0, 1] > 0.95  # one colour in two shapes: nearly the same colours
+    assert similarity[0, 2] < 0.5  # one shape in two skin tones: other colours
+    assert not histograms[3].any()  # a blank white picture holds no colour (background is not counted)
+
+
+def test_the_colour_weight_finds_the_neighbour_of_the_same_colour_where_the_shape_alone_would_not():
+    """A light figure of an unseen shape: by thumbnail its nearest training picture is the same disc in a
+    dark tone; with the colours counted (retrieval_colour_weight) it is a light picture, as for emoji's
+    skin tones (docs/recipes.md, finding 26)."""
+    light, dark = (240, 200, 160), (120, 80, 50)
+    training = [_figure(dark), _figure(light, "bar")]
+    query = [_figure(light)]
+    by_shape = RetrievalIndex.build(training, ["dark disc", "light bar"], ["a", "b"], k=1)
+    by_colour = RetrievalIndex.build(training, ["dark disc", "light bar"], ["a", "b"], k=1, colour_weight=1.0)
+    assert by_shape.neighbour_answers(query) == [["dark disc"]]
+    assert by_colour.neighbour_answers(query) == [["light bar"]]
+    # the dot product of two pictures' vectors is (thumbnail cosine + w x colour cosine) / (1 + w)
+    both = picture_vectors(query + training, 1.0)
+    thumbs, colours = thumbnail_vectors(query + training), colour_histograms(query + training)
+    assert np.allclose(both @ both.T, (thumbs @ thumbs.T + colours @ colours.T) / 2, atol=1e-5)
+    assert by_colour.vectors.shape[1] == 3 * 32 * 32 + 512
+
+
+def test_an_index_keeps_its_colour_weight_and_older_indexes_compare_thumbnails(tmp_path):
+    light, dark = (240, 200, 160), (120, 80, 50)
+    training, query = [_figure(dark), _figure(light, "bar")], [_figure(light)]
+    RetrievalIndex.build(training, ["dark disc", "light bar"], ["a", "b"], k=1, colour_weight=1.0).save(
+        tmp_path
+    )
+    loaded = RetrievalIndex.load(tmp_path)
+    assert loaded.colour_weight == 1.0 and loaded.neighbour_answers(query) == [["light bar"]]
+    # an index saved before colours counted has no colour_weight: its thumbnails alone, as it was built
+    old = tmp_path / "old"
+    old.mkdir()
+    RetrievalIndex.build(training, ["dark disc", "light bar"], ["a", "b"], k=1).save(old)
+    meta = json.loads((old / INDEX_META_FILE).read_text())
+    del meta["colour_weight"]
+    (old / INDEX_META_FILE).write_text(json.dumps(meta))
+    assert RetrievalIndex.load(old).colour_weight == 0.0
+    assert RetrievalIndex.load(old).neighbour_answers(query) == [["dark disc"]]
+    # vectors of the wrong width for the weight it says: a clear error, not a shape error deep inside
+    (old / INDEX_FILE).write_bytes((tmp_path / INDEX_FILE).read_bytes())
+    with pytest.raises(PicovlmError, match="3584 values and this picovlm compares 3072"):
+        RetrievalIndex.load(old)
 
 
 def test_training_rows_get_neighbours_from_other_groups(demo_dir):
@@ -227,12 +295,14 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
 
     model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run", max_steps=12)
     model_cfg.retrieval_k = 1
+    model_cfg.retrieval_colour_weight = 1.0  # the runtime compares colours as the torch model does
     model_cfg.lm_max_length = 128
     model_dir = train(model_cfg, train_cfg).run_dir / "model"
     export_model(model_dir, tmp_path / "exported")
     runtime = Runtime.load(tmp_path / "exported")
     model = VLM.from_pretrained(model_dir)
     assert runtime.retrieval is not None and runtime.retrieval.answers == model.retrieval.answers
+    assert runtime.retrieval.colour_weight == model.retrieval.colour_weight == 1.0
     assert runtime.generation == model.generation  # the manifest keeps the model's own generation.json
     flagged = export_model(model_dir, tmp_path / "flagged", max_new_tokens=20)["generation"]
     assert flagged == model.generation.replace(max_new_tokens=20).to_dict()  # flags go over it
@@ -290,3 +360,4 @@ def test_the_retrieval_presets_train_from_the_command_line(demo_dir, tmp_path, n
     model = VLM.from_pretrained(tmp_path / "run" / "model")
     assert (model.cfg.retrieval_k, model.cfg.lm_n_blocks, model.cfg.vit_patch_size) == (2, lm_blocks, patch)
     assert model.retrieval is not None and model.retrieval.k == 2
+    assert model.cfg.retrieval_colour_weight == model.retrieval.colour_weight == 1.0  # colours count
