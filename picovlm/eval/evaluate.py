@@ -562,22 +562,33 @@ def evaluate(
     return result
 
 
+def lookup_colour_weight(model) -> float:
+    """How much the `nearest-colour` lookup counts colours: as the model's own index does, so the lookup
+    is the one its answers start from; the retrieval presets' weight for a model whose index compares
+    thumbnails alone or that retrieves nothing."""
+    from picovlm.retrieval import COLOUR_WEIGHT
+
+    index = getattr(model, "retrieval", None)
+    return index.colour_weight if index is not None and index.colour_weight > 0 else COLOUR_WEIGHT
+
+
 def nearest_baselines(
     model, items: Sequence[EvalItem], train, train_answers, extract_fields: M.ExtractFields | None
 ) -> dict[str, Any]:
     """The nearest-neighbour lookup in three spaces, each scored like the model: {"nearest-pixels" (the
-    32x32 thumbnail), "nearest-colour" (thumbnail and colour histogram, as the retrieval presets' index
-    finds neighbours), "nearest-vision" (the model's pooled ViT features)} -> {"metrics" (with their
-    verdict), "items"}."""
-    from picovlm.retrieval import COLOUR_WEIGHT, with_colours
+    32x32 thumbnail), "nearest-colour" (thumbnail and colour histogram, as the model's index finds
+    neighbours: lookup_colour_weight), "nearest-vision" (the model's pooled ViT features)} ->
+    {"metrics" (with their verdict), "items"}."""
+    from picovlm.retrieval import with_colours
 
+    colour_weight = lookup_colour_weight(model)
     table = lookup_index(train, model)
     test_pixels, test_vision = pixel_features(items), vision_features(model, items, center=False)
     vision_mean = table.vision.mean(axis=0)  # the direction every image shares
     spaces = {
         "nearest-pixels": (test_pixels, table.pixels),
-        "nearest-colour": (with_colours(test_pixels, colour_features(items), COLOUR_WEIGHT),
-                           with_colours(table.pixels, table.colours, COLOUR_WEIGHT)),
+        "nearest-colour": (with_colours(test_pixels, colour_features(items), colour_weight),
+                           with_colours(table.pixels, table.colours, colour_weight)),
         "nearest-vision": (_unit(test_vision - vision_mean), _unit(table.vision - vision_mean)),
     }  # fmt: skip
     baselines = {}

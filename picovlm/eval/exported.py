@@ -38,7 +38,7 @@ def is_exported_dir(path: str | os.PathLike) -> bool:
 
 class ExportedModel:
     """The runtime behind the interface `picovlm.eval.evaluate` uses: `processor`, `answer`,
-    `answer_loss`, `vision_features`."""
+    `answer_loss`, `vision_features`, `retrieval`."""
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -55,6 +55,11 @@ class ExportedModel:
     def backend(self) -> str:
         """ "onnx fp32" or "onnx int8": how the answers were produced."""
         return f"onnx {self.runtime.quantization}"
+
+    @property
+    def retrieval(self):
+        """The index the runtime retrieves with (None for a model without one), as a torch model's."""
+        return self.runtime.retrieval
 
     @property
     def generation(self) -> GenerationConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -295,14 +296,23 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
 
     model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run", max_steps=12)
     model_cfg.retrieval_k = 1
-    model_cfg.retrieval_colour_weight = 1.0  # the runtime compares colours as the torch model does
+    model_cfg.retrieval_colour_weight = 2.0  # not the presets' 1: the runtime and eval follow the model
     model_cfg.lm_max_length = 128
     model_dir = train(model_cfg, train_cfg).run_dir / "model"
     export_model(model_dir, tmp_path / "exported")
     runtime = Runtime.load(tmp_path / "exported")
     model = VLM.from_pretrained(model_dir)
     assert runtime.retrieval is not None and runtime.retrieval.answers == model.retrieval.answers
-    assert runtime.retrieval.colour_weight == model.retrieval.colour_weight == 1.0
+    assert runtime.retrieval.colour_weight == model.retrieval.colour_weight == 2.0
+    # eval's nearest-colour lookup counts colours as the model's index does, torch or exported
+    from picovlm.eval.evaluate import lookup_colour_weight
+    from picovlm.eval.exported import ExportedModel
+    from picovlm.retrieval import COLOUR_WEIGHT
+
+    assert lookup_colour_weight(model) == lookup_colour_weight(ExportedModel(runtime)) == 2.0
+    thumbnails_only = RetrievalIndex.build(_pictures(2), ["a", "b"], ["a", "b"], k=1)
+    assert lookup_colour_weight(SimpleNamespace(retrieval=thumbnails_only)) == COLOUR_WEIGHT
+    assert lookup_colour_weight(SimpleNamespace(retrieval=None)) == COLOUR_WEIGHT  # retrieves nothing
     assert runtime.generation == model.generation  # the manifest keeps the model's own generation.json
     flagged = export_model(model_dir, tmp_path / "flagged", max_new_tokens=20)["generation"]
     assert flagged == model.generation.replace(max_new_tokens=20).to_dict()  # flags go over it
