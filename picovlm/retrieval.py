@@ -88,6 +88,11 @@ def picture_vectors(images: Sequence[Image.Image], colour_weight: float = 0.0) -
     return with_colours(thumbnails, colour_histograms(images), colour_weight)
 
 
+def picture_vector_width(colour_weight: float) -> int:
+    """How many values `picture_vectors` gives a picture: the thumbnail's, and the colours' with w > 0."""
+    return 3 * THUMBNAIL_SIZE**2 + (COLOUR_BINS**3 if colour_weight else 0)
+
+
 def with_colours(thumbnails: np.ndarray, histograms: np.ndarray, colour_weight: float) -> np.ndarray:
     """`picture_vectors` from the two halves, for callers that keep them apart (eval's lookups)."""
     both = np.concatenate([thumbnails, np.sqrt(colour_weight) * histograms], axis=1)
@@ -291,7 +296,7 @@ class RetrievalIndex:
             raise PicovlmError(f"{directory}: {FACTS_FILE} has facts for {len(facts.classes)} rows and the "
                                f"index {len(vectors)}; copy the whole model folder that training wrote.")  # fmt: skip
         colour_weight = float(meta.get("colour_weight", 0.0))
-        expected = 3 * THUMBNAIL_SIZE**2 + (COLOUR_BINS**3 if colour_weight else 0)
+        expected = picture_vector_width(colour_weight)
         if vectors.shape[1] != expected:
             raise PicovlmError(f"{directory}: the retrieval index's vectors have {vectors.shape[1]} values "
                                f"and this picovlm compares {expected}; re-save the model with this version.")  # fmt: skip

@@ -50,6 +50,9 @@ def test_neighbours_are_the_most_similar_pictures_and_skip_the_rows_own_object()
     assert retrieval_prompt("Q?", ["x.", "y."]) == "Q?\nSimilar: x.\nSimilar: y."
 
 
+LIGHT, DARK = (240, 200, 160), (120, 80, 50)  # two skin tones
+
+
 def _figure(colour, shape: str = "disc", size: int = 64) -> Image.Image:
     """A figure on white: a disc, or a bar, in one colour (with a dark outline, as an emoji's)."""
     from PIL import ImageDraw
@@ -62,9 +65,8 @@ def _figure(colour, shape: str = "disc", size: int = 64) -> Image.Image:
 
 
 def test_colour_histograms_count_the_colours_a_picture_holds_not_where():
-    light, dark = (240, 200, 160), (120, 80, 50)
     histograms = colour_histograms(
-        [_figure(light), _figure(light, "bar"), _figure(dark), Image.new("RGB", (8, 8), "white")]
+        [_figure(LIGHT), _figure(LIGHT, "bar"), _figure(DARK), Image.new("RGB", (8, 8), "white")]
     )
     assert histograms.shape == (4, 512)
     assert np.allclose(np.linalg.norm(histograms[:3], axis=1), 1.0)
@@ -78,9 +80,8 @@ def test_the_colour_weight_finds_the_neighbour_of_the_same_colour_where_the_shap
     """A light figure of an unseen shape: by thumbnail its nearest training picture is the same disc in a
     dark tone; with the colours counted (retrieval_colour_weight) it is a light picture, as for emoji's
     skin tones (docs/recipes.md, finding 26)."""
-    light, dark = (240, 200, 160), (120, 80, 50)
-    training = [_figure(dark), _figure(light, "bar")]
-    query = [_figure(light)]
+    training = [_figure(DARK), _figure(LIGHT, "bar")]
+    query = [_figure(LIGHT)]
     by_shape = RetrievalIndex.build(training, ["dark disc", "light bar"], ["a", "b"], k=1)
     by_colour = RetrievalIndex.build(training, ["dark disc", "light bar"], ["a", "b"], k=1, colour_weight=1.0)
     assert by_shape.neighbour_answers(query) == [["dark disc"]]
@@ -93,8 +94,7 @@ def test_the_colour_weight_finds_the_neighbour_of_the_same_colour_where_the_shap
 
 
 def test_an_index_keeps_its_colour_weight_and_older_indexes_compare_thumbnails(tmp_path):
-    light, dark = (240, 200, 160), (120, 80, 50)
-    training, query = [_figure(dark), _figure(light, "bar")], [_figure(light)]
+    training, query = [_figure(DARK), _figure(LIGHT, "bar")], [_figure(LIGHT)]
     RetrievalIndex.build(training, ["dark disc", "light bar"], ["a", "b"], k=1, colour_weight=1.0).save(
         tmp_path
     )
