@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from picovlm.errors import ConfigError
-from picovlm.retrieval import COLOUR_WEIGHT
 from picovlm.utils import atomic_write_text
 
 # The question a row, a request or a command asks when it gives none: the built-in sets ask it too.
@@ -61,10 +60,13 @@ class VLMConfig:
     # The answers of this many most similar training pictures go into the prompt ("Similar: ..."), and
     # the model learns to edit them; the index travels with the model. 0 = off.
     retrieval_k: int = 0
-    # How much the pictures' colours count beside their 32x32 thumbnails when the index finds neighbours:
-    # similarity = thumbnail cosine + this x colour-histogram cosine (picovlm.retrieval.picture_vectors).
-    # 0 = the thumbnail alone (models saved before it existed); the retrieval presets set 1.
-    retrieval_colour_weight: float = 0.0
+    # How much the pictures' colours and strokes count beside their 32x32 thumbnails when the index finds
+    # neighbours: similarity = thumbnail cosine + colour weight x colour-histogram cosine + gradient weight
+    # x stroke-histogram cosine (picovlm.retrieval.PictureFeatures). 0 = not at all (models saved before
+    # they existed); "auto" (the retrieval presets) = as the training split says works best
+    # (picovlm.retrieval.choose_weights), written here as numbers when training builds the index.
+    retrieval_colour_weight: float | str = 0.0
+    retrieval_gradient_weight: float | str = 0.0
 
     # --- Token ids the model needs at run time (filled in from the tokenizer) --------------------
     image_token_id: int | None = None
@@ -85,9 +87,11 @@ class VLMConfig:
         )
         if self.retrieval_k < 0:
             raise ConfigError(f"retrieval_k={self.retrieval_k} is negative: use 0 (off) or a count (e.g. 2).")
-        if self.retrieval_colour_weight < 0:
-            raise ConfigError(f"retrieval_colour_weight={self.retrieval_colour_weight} is negative: use 0 "
-                              "(thumbnails alone) or a weight (e.g. 1).")  # fmt: skip
+        for name in ("retrieval_colour_weight", "retrieval_gradient_weight"):
+            weight = getattr(self, name)
+            if (isinstance(weight, str) and weight != "auto") or (not isinstance(weight, str) and weight < 0):
+                raise ConfigError(f"{name}={weight!r}: use auto (chosen on the training split), 0 (thumbnails "
+                                  "alone) or a weight (e.g. 1).")  # fmt: skip
         multiple = self.vit_img_size // self.vit_patch_size * self.vit_patch_size
         _check_divisible(
             self,
@@ -335,9 +339,12 @@ PRESETS["picovlm-small"] = dict(
 # wesnoth; 10 minutes, two seeds) it beat picovlm-small on token F1 and facts, and with the fact loss
 # (TrainConfig.fact_loss_weight "auto") never collapsed (docs/recipes.md, "Real data"). 4 neighbours
 # instead of 2 did not help.
-# Neighbours by thumbnail and colours (retrieval_colour_weight=1): the colour histogram told emoji's skin
-# tones and wesnoth's units apart where the thumbnail's shape did not (finding 26).
-_RETRIEVAL = dict(retrieval_k=2, lm_max_length=512, retrieval_colour_weight=COLOUR_WEIGHT)
+# Neighbours by thumbnail, colours and strokes, weighted as the training split says (auto): the colour
+# histogram told emoji's skin tones and wesnoth's units apart where the thumbnail's shape did not
+# (finding 26); strokes found CJK characters' look-alikes (finding 27).
+_RETRIEVAL = dict(
+    retrieval_k=2, lm_max_length=512, retrieval_colour_weight="auto", retrieval_gradient_weight="auto"
+)
 PRESETS["picovlm-small-retrieval"] = dict(PRESETS["picovlm-small"], **_RETRIEVAL, lm_n_blocks=2)
 # The blog's iteration 11 unchanged (one LM block, 224/16 ViT; retrieval adds no parameters) with the
 # default recipe's retrieval: on real data it got ~370 steps in 10 CPU minutes and collapsed without it

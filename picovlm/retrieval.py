@@ -15,8 +15,9 @@ The lookup becomes the model's floor rather than its rival.
 
 During training each row's neighbours come from *other groups* (another object, not a variant of the
 same one), as a test picture's do: otherwise the model would learn that the first neighbour is always
-right. Pictures are similar by shape and colour (`picture_vectors`). The index (their vectors, answers,
-groups) is saved with the model, so `VLM.answer`, the ONNX runtime and the server retrieve the same
+right. Pictures are similar by shape, colour and strokes (`picture_vectors`), weighted as the training
+split itself says works best (`choose_weights`). The index (their vectors, answers, groups) is saved
+with the model, so `VLM.answer`, the ONNX runtime and the server retrieve the same
 way. numpy + Pillow only: the runtime shares this module.
 """
 
@@ -37,10 +38,19 @@ INDEX_FILE = "retrieval_index.npz"
 INDEX_META_FILE = "retrieval_index.json"
 FACTS_FILE = "retrieval_facts.npz"
 THUMBNAIL_SIZE = 32
-COLOUR_WEIGHT = 1.0  # the retrieval presets' colour weight, and eval's nearest-colour lookup's
+COLOUR_WEIGHT = (
+    1.0  # what a model saved with colour weight "auto" but never trained counts (tests, hand-built)
+)
 COLOUR_BINS = 8  # per channel: 8 x 8 x 8 = 512 colours
 COLOUR_SIZE = 64  # pictures are counted at 64x64 pixels
 INK_BELOW = 235  # a pixel whose every channel is this bright or brighter is background, not counted
+GRADIENT_SIZE = 64  # strokes are measured on the grey picture at 64x64 pixels,
+GRADIENT_CELLS = 8  # in 8x8 cells of 8x8 pixels,
+GRADIENT_BINS = 9  # each cell's strokes counted in 9 directions (0-180 degrees)
+# What choose_weights tries: colour weights x stroke weights. Strokes weighted 2 lost to 1 on every
+# validation split (docs/recipes.md, finding 27), so the grid stops at 1.
+COLOUR_CHOICES = (0.0, 1.0, 2.0)
+GRADIENT_CHOICES = (0.0, 1.0)
 NEIGHBOUR_PREFIX = "Similar: "
 
 
@@ -74,29 +84,160 @@ def colour_histograms(images: Sequence[Image.Image]) -> np.ndarray:
     return histograms / np.maximum(np.linalg.norm(histograms, axis=1, keepdims=True), 1e-6)
 
 
-def picture_vectors(images: Sequence[Image.Image], colour_weight: float = 0.0) -> np.ndarray:
-    """The vectors the index compares: the thumbnail, and with colour_weight w > 0 the colour histogram
-    beside it, scaled so that for two pictures
+def gradient_histograms(images: Sequence[Image.Image], chunk: int = 256) -> np.ndarray:
+    """Each picture's strokes: a histogram of oriented gradients (HOG, Dalal & Triggs 2005), unit-length.
 
-        dot product = (thumbnail cosine + w x colour cosine) / (1 + w)
+    The grey picture at 64x64; per cell of an 8x8 grid, the gradient magnitude summed into 9 directions
+    (0-180 degrees), each cell's histogram unit-length so that faint and bold strokes count alike. The
+    thumbnail says where the ink is; this says which way the strokes run, which the thumbnail misses
+    when two drawings of one kind are shifted, thicker or in other colours (two characters that share
+    a radical, two units of one race). chunk pictures at a time: the gradients of a whole training split
+    at once would take ~100 MB per 1,000 pictures."""
+    size, cells, bins = GRADIENT_SIZE, GRADIENT_CELLS, GRADIENT_BINS
+    if len(images) > chunk:
+        return np.concatenate(
+            [gradient_histograms(images[i : i + chunk]) for i in range(0, len(images), chunk)]
+        )
+    if not len(images):
+        return np.zeros((0, cells * cells * bins), np.float32)
+    grey = np.stack(
+        [np.asarray(_rgb(image).convert("L").resize((size, size), Image.Resampling.BILINEAR), np.float32)
+         for image in images]
+    ) / 255.0  # fmt: skip
+    dx, dy = np.zeros_like(grey), np.zeros_like(grey)
+    dx[:, :, 1:-1] = grey[:, :, 2:] - grey[:, :, :-2]  # central differences
+    dy[:, 1:-1, :] = grey[:, 2:, :] - grey[:, :-2, :]
+    magnitude = np.hypot(dx, dy)
+    direction = np.minimum((np.arctan2(dy, dx) % np.pi / np.pi * bins).astype(np.int64), bins - 1)
+    side = size // cells
+    cell = (np.arange(size) // side)[:, None] * cells + (np.arange(size) // side)[None, :]
+    slot = (np.arange(len(images))[:, None, None] * cells * cells + cell[None]) * bins + direction
+    counts = np.bincount(slot.ravel(), magnitude.ravel(), len(images) * cells * cells * bins)
+    counts = counts.reshape(len(images), cells * cells, bins)
+    counts /= np.linalg.norm(counts, axis=2, keepdims=True) + 1e-3
+    vectors = counts.reshape(len(images), -1).astype(np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
 
-    (one matrix product finds the neighbours, and the vectors stay unit-length, but for a picture with no
-    colour but white, whose colour half is zero)."""
-    thumbnails = thumbnail_vectors(images)
-    if not colour_weight:
-        return thumbnails
-    return with_colours(thumbnails, colour_histograms(images), colour_weight)
+
+@dataclass
+class PictureFeatures:
+    """What the index can compare pictures by, kept apart until weighted: thumbnails (shape), colour
+    histograms (colours), gradient histograms (strokes); None where not computed."""
+
+    thumbnails: np.ndarray
+    colours: np.ndarray | None = None
+    gradients: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, images: Sequence[Image.Image], colours: bool = True, gradients: bool = True):
+        return cls(
+            thumbnail_vectors(images),
+            colour_histograms(images) if colours else None,
+            gradient_histograms(images) if gradients else None,
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[PictureFeatures]) -> PictureFeatures:
+        def joined(name):
+            arrays = [getattr(part, name) for part in parts]
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+        return cls(np.concatenate([p.thumbnails for p in parts]), joined("colours"), joined("gradients"))
+
+    def vectors(self, colour_weight: float = 0.0, gradient_weight: float = 0.0) -> np.ndarray:
+        """The index's vectors: for two pictures, with weights c and g,
+
+            dot product = (thumbnail cosine + c x colour cosine + g x stroke cosine) / (1 + c + g)
+
+        (one matrix product finds the neighbours; the vectors stay unit-length, but for a picture with
+        no colour but white, whose colour part is zero)."""
+        parts = [self.thumbnails]
+        for features, weight, name in ((self.colours, colour_weight, "colours"),
+                                       (self.gradients, gradient_weight, "gradients")):  # fmt: skip
+            if weight:
+                if features is None:
+                    raise ValueError(f"PictureFeatures without {name} cannot weight them {weight}")
+                parts.append(np.sqrt(weight) * features)
+        return np.concatenate(parts, axis=1) / np.sqrt(1.0 + colour_weight + gradient_weight)
 
 
-def picture_vector_width(colour_weight: float) -> int:
-    """How many values `picture_vectors` gives a picture: the thumbnail's, and the colours' with w > 0."""
-    return 3 * THUMBNAIL_SIZE**2 + (COLOUR_BINS**3 if colour_weight else 0)
+def picture_vectors(images: Sequence[Image.Image], colour_weight: float = 0.0, gradient_weight: float = 0.0):
+    """The vectors the index compares (PictureFeatures.vectors), computing only the features weighted."""
+    features = PictureFeatures.of(images, colours=bool(colour_weight), gradients=bool(gradient_weight))
+    return features.vectors(colour_weight, gradient_weight)
 
 
-def with_colours(thumbnails: np.ndarray, histograms: np.ndarray, colour_weight: float) -> np.ndarray:
-    """`picture_vectors` from the two halves, for callers that keep them apart (eval's lookups)."""
-    both = np.concatenate([thumbnails, np.sqrt(colour_weight) * histograms], axis=1)
-    return both / np.sqrt(1.0 + colour_weight)
+def picture_vector_width(colour_weight: float, gradient_weight: float = 0.0) -> int:
+    """How many values `picture_vectors` gives a picture: the thumbnail's, and the weighted features'."""
+    width = 3 * THUMBNAIL_SIZE**2
+    width += COLOUR_BINS**3 if colour_weight else 0
+    width += GRADIENT_CELLS**2 * GRADIENT_BINS if gradient_weight else 0
+    return width
+
+
+@dataclass
+class WeightChoice:
+    """What choose_weights found: the weights, and each tried pair's leave-one-object-out token F1."""
+
+    colour_weight: float
+    gradient_weight: float
+    scores: dict[tuple[float, float], float]
+    queries: int
+
+    def describe(self) -> str:
+        tried = ", ".join(f"{c:g}/{g:g}: {f1:.3f}" for (c, g), f1 in self.scores.items())
+        return (f"retrieval weights chosen on the training split: colour {self.colour_weight:g}, strokes "
+                f"{self.gradient_weight:g} (token F1 of the nearest other object's answer over {self.queries} "
+                f"rows, colour/strokes: {tried})")  # fmt: skip
+
+
+def choose_weights(
+    features: PictureFeatures,
+    answers: Sequence[str],
+    groups: Sequence[str],
+    colour_choices: Sequence[float] = COLOUR_CHOICES,
+    gradient_choices: Sequence[float] = GRADIENT_CHOICES,
+    max_queries: int = 3000,
+    seed: int = 0,
+) -> WeightChoice:
+    """The weights of colours and strokes under which a training row's nearest picture *of another
+    object* has the answer most like its own (mean token F1), as a test picture's nearest would.
+
+    Which features tell a dataset's objects apart is a fact about the data: colours name emoji's skin
+    tones and wesnoth's units, and add only noise to black characters on white, whose strokes matter
+    (docs/recipes.md, finding 27). The training split says so itself, with no test picture involved. Ties
+    go to the lighter weights, which come first in the grid."""
+    from picovlm.eval.metrics import token_f1
+
+    n = len(answers)
+    rng = np.random.default_rng(seed)
+    queries = np.sort(rng.choice(n, max_queries, replace=False)) if n > max_queries else np.arange(n)
+    group_ids = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    row_group = np.array([group_ids[g] for g in groups])
+    pairs = [(c, g) for c in colour_choices for g in gradient_choices]
+    nearest = {pair: np.empty(len(queries), np.int64) for pair in pairs}
+    for start in range(0, len(queries), 512):  # similarities a block of queries at a time: memory stays small
+        rows = queries[start : start + 512]
+        same_object = row_group[rows][:, None] == row_group[None, :]
+        similar = {"thumbnails": features.thumbnails[rows] @ features.thumbnails.T}
+        for name in ("colours", "gradients"):
+            table = getattr(features, name)
+            similar[name] = table[rows] @ table.T if table is not None else 0.0
+        for c, g in pairs:
+            score = similar["thumbnails"] + c * similar["colours"] + g * similar["gradients"]
+            score = np.where(same_object, -np.inf, score)
+            nearest[(c, g)][start : start + len(rows)] = score.argmax(axis=1)
+    cache: dict[tuple[int, int], float] = {}
+
+    def f1(i: int, j: int) -> float:
+        if (i, j) not in cache:
+            cache[(i, j)] = token_f1(answers[j], answers[i])
+        return cache[(i, j)]
+
+    scores = {pair: float(np.mean([f1(int(i), int(j)) for i, j in zip(queries, nearest[pair])]))
+              for pair in pairs}  # fmt: skip
+    best = max(pairs, key=lambda pair: (round(scores[pair], 4), -pair[0] - pair[1]))
+    return WeightChoice(best[0], best[1], scores, len(queries))
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -180,6 +321,7 @@ class RetrievalIndex:
     k: int  # neighbours per prompt
     facts: FactReader | None = None
     colour_weight: float = 0.0  # VLMConfig.retrieval_colour_weight; 0 in indexes saved before it existed
+    gradient_weight: float = 0.0  # VLMConfig.retrieval_gradient_weight; 0 in indexes saved before it existed
 
     @classmethod
     def build(
@@ -190,21 +332,29 @@ class RetrievalIndex:
         k: int,
         fact_classes: Sequence[Sequence[int]] | None = None,
         colour_weight: float = 0.0,
+        gradient_weight: float = 0.0,
+        features: PictureFeatures | None = None,
     ):
-        """fact_classes: each row's class per fact field (-1 = unknown), for a reader of the fact heads."""
+        """fact_classes: each row's class per fact field (-1 = unknown), for a reader of the fact heads;
+        features: the pictures' PictureFeatures where the caller has them already."""
         if not len(images):
             raise PicovlmError("a retrieval index needs at least one training picture")
         facts = None
         if fact_classes is not None:
             facts = FactReader(np.asarray(fact_classes, np.int32).reshape(len(images), -1))
-        vectors = picture_vectors(images, colour_weight).astype(np.float16)
-        return cls(vectors, list(answers), list(groups), k, facts, colour_weight)
+        if features is None:
+            vectors = picture_vectors(images, colour_weight, gradient_weight)
+        else:
+            vectors = features.vectors(colour_weight, gradient_weight)
+        return cls(
+            vectors.astype(np.float16), list(answers), list(groups), k, facts, colour_weight, gradient_weight
+        )
 
     def vectors_of(self, images: Sequence[Image.Image]) -> np.ndarray:
         """New pictures as vectors comparable with the index's."""
         if not images:
             return np.zeros((0, self.vectors.shape[1]), np.float32)
-        return picture_vectors(images, self.colour_weight)
+        return picture_vectors(images, self.colour_weight, self.gradient_weight)
 
     def __len__(self) -> int:
         return len(self.answers)
@@ -270,7 +420,7 @@ class RetrievalIndex:
         np.savez_compressed(buffer, vectors=self.vectors)
         atomic_write_bytes(directory / INDEX_FILE, buffer.getvalue())
         meta = {"k": self.k, "thumbnail_size": THUMBNAIL_SIZE, "colour_weight": self.colour_weight,
-                "answers": self.answers, "groups": self.groups}  # fmt: skip
+                "gradient_weight": self.gradient_weight, "answers": self.answers, "groups": self.groups}  # fmt: skip
         atomic_write_text(directory / INDEX_META_FILE, json.dumps(meta, ensure_ascii=False))
         if self.facts is not None and self.facts.weights is not None:
             self.facts.save(directory)
@@ -296,11 +446,14 @@ class RetrievalIndex:
             raise PicovlmError(f"{directory}: {FACTS_FILE} has facts for {len(facts.classes)} rows and the "
                                f"index {len(vectors)}; copy the whole model folder that training wrote.")  # fmt: skip
         colour_weight = float(meta.get("colour_weight", 0.0))
-        expected = picture_vector_width(colour_weight)
+        gradient_weight = float(meta.get("gradient_weight", 0.0))
+        expected = picture_vector_width(colour_weight, gradient_weight)
         if vectors.shape[1] != expected:
             raise PicovlmError(f"{directory}: the retrieval index's vectors have {vectors.shape[1]} values "
                                f"and this picovlm compares {expected}; re-save the model with this version.")  # fmt: skip
-        return cls(vectors, meta["answers"], meta["groups"], int(meta["k"]), facts, colour_weight)
+        return cls(
+            vectors, meta["answers"], meta["groups"], int(meta["k"]), facts, colour_weight, gradient_weight
+        )
 
 
 # --- Training: the index from the training split, neighbours from other objects -----------------------
@@ -352,12 +505,19 @@ def with_neighbours(dataset, index: RetrievalIndex, exclude_own_group: bool):
 
 
 def build_training_index(
-    train_dataset, k: int, encode_facts=None, colour_weight: float = 0.0
+    train_dataset,
+    k: int,
+    encode_facts=None,
+    colour_weight: float | str = 0.0,
+    gradient_weight: float | str = 0.0,
+    report=None,
 ) -> RetrievalIndex:
     """The index of a training split: every row with an image and an answer, with its object's group.
     encode_facts (e.g. FactVocabulary.encode): a row's `fields` -> its class per field (negative =
     unknown); the index then keeps them, for the fact heads' weighting of the neighbours' vote.
-    colour_weight: how much colours count beside the thumbnails (`picture_vectors`)."""
+    colour_weight, gradient_weight: how much colours and strokes count beside the thumbnails
+    (`PictureFeatures.vectors`); "auto" = as `choose_weights` finds on this split, said to report (a
+    callable taking one line, e.g. the run's notes)."""
     rows, images = _first_images(train_dataset)
     texts = train_dataset["texts"]
     groups = _row_groups(train_dataset)
@@ -366,11 +526,28 @@ def build_training_index(
     if encode_facts is not None:
         fields = train_dataset["fields"]
         fact_classes = [[max(c, -1) for c in encode_facts(fields[r])] for r, _ in keep]
+    kept_images = [im for _, im in keep]
+    answers = [texts[r][0]["assistant"] for r, _ in keep]
+    kept_groups = [groups[r] for r, _ in keep]
+    features = PictureFeatures.of(kept_images, colours=colour_weight != 0, gradients=gradient_weight != 0)
+    if "auto" in (colour_weight, gradient_weight):
+        choice = choose_weights(
+            features,
+            answers,
+            kept_groups,
+            COLOUR_CHOICES if colour_weight == "auto" else (float(colour_weight),),
+            GRADIENT_CHOICES if gradient_weight == "auto" else (float(gradient_weight),),
+        )
+        colour_weight, gradient_weight = choice.colour_weight, choice.gradient_weight
+        if report is not None:
+            report(choice.describe())
     return RetrievalIndex.build(
-        [im for _, im in keep],
-        [texts[r][0]["assistant"] for r, _ in keep],
-        [groups[r] for r, _ in keep],
+        kept_images,
+        answers,
+        kept_groups,
         k,
         fact_classes,
-        colour_weight,
+        float(colour_weight),
+        float(gradient_weight),
+        features,
     )

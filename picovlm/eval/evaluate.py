@@ -40,6 +40,7 @@ from picovlm.errors import DataError, PicovlmError
 from picovlm.eval import metrics as M
 from picovlm.eval.facts import fact_parser_for
 from picovlm.generation import GenerationConfig, generation_config
+from picovlm.retrieval import PictureFeatures
 from picovlm.utils import ProgressFn, no_progress
 
 
@@ -224,40 +225,41 @@ def nearest_answers(
     return answers
 
 
-def colour_features(items: Sequence[EvalItem]) -> np.ndarray:
-    """Each row's first image's colour histogram (picovlm.retrieval.colour_histograms)."""
-    from picovlm.retrieval import colour_histograms
-
-    return colour_histograms([item.images[0] for item in items])
-
-
 @dataclass
 class LookupTable:
-    """A training split as a lookup table: its rows (question and answer, images dropped), their 32x32
-    pixel vectors, their colour histograms and, with a model, their raw pooled vision features."""
+    """A training split as a lookup table: its rows (question and answer, images dropped), each row's
+    object (its `group`, else its picture), the features the retrieval index compares (thumbnails,
+    and colours and strokes unless left out) and, with a model, their raw pooled vision features."""
 
     items: list[EvalItem]
-    pixels: np.ndarray
-    colours: np.ndarray | None
+    groups: list[str]
+    features: PictureFeatures
     vision: np.ndarray | None
 
+    @property
+    def pixels(self) -> np.ndarray:
+        return self.features.thumbnails
 
-def lookup_index(train, model=None, chunk: int = 256, colours: bool = True) -> LookupTable:
+
+def lookup_index(train, model=None, chunk: int = 256, all_features: bool = True) -> LookupTable:
     """The LookupTable of a training split, read in chunks, so never all training images are in memory
-    at once (colours=False: without the colour histograms)."""
-    train_items, pixels, colour, vision = [], [], [], []
+    at once (all_features=False: the thumbnails alone)."""
+    train_items, groups, features, vision = [], [], [], []
     for start in range(0, len(train), chunk):
-        rows = items_from_rows(train.select(range(start, min(start + chunk, len(train)))))
+        rows = []
+        for row in train.select(range(start, min(start + chunk, len(train)))):
+            for item in items_from_rows([row]):
+                rows.append(item)
+                groups.append(str(row.get("group") or item.image_key))
         if rows:
-            pixels.append(pixel_features(rows))
-            if colours:
-                colour.append(colour_features(rows))
+            images = [item.images[0] for item in rows]
+            features.append(PictureFeatures.of(images, colours=all_features, gradients=all_features))
             if model is not None:
                 vision.append(vision_features(model, rows, center=False))
             train_items += [EvalItem([], item.question, item.reference, item.image_key) for item in rows]
     if not train_items:
         raise DataError("the training split has no rows with an image and a question/answer turn")
-    return LookupTable(train_items, np.concatenate(pixels), np.concatenate(colour) if colour else None,
+    return LookupTable(train_items, groups, PictureFeatures.concatenate(features),
                        np.concatenate(vision) if vision else None)  # fmt: skip
 
 
@@ -280,7 +282,7 @@ def pixel_baseline(
         stride = len(train) / max_train_rows
         train = train.select([int(k * stride) for k in range(max_train_rows)])
     items = items_from_rows(rows)
-    table = lookup_index(train, colours=False)
+    table = lookup_index(train, all_features=False)
     train_answers = [item.reference for item in table.items]
     looked_up = nearest_answers(items, table.items, pixel_features(items), table.pixels)
     metrics, _ = score_answers(items, looked_up, train_answers, extract_fields)
@@ -562,35 +564,37 @@ def evaluate(
     return result
 
 
-def lookup_colour_weight(model) -> float:
-    """How much the `nearest-colour` lookup counts colours: as the model's own index does, so the lookup
-    is the one its answers start from; the retrieval presets' weight for a model whose index compares
-    thumbnails alone or that retrieves nothing."""
-    from picovlm.retrieval import COLOUR_WEIGHT
+def lookup_weights(model, table: LookupTable) -> tuple[float, float]:
+    """(colour weight, stroke weight) of the `nearest-index` lookup: the model's own index's, so the
+    lookup is the one its answers start from; for a model that retrieves nothing, or whose index
+    compares thumbnails alone (saved before colours counted), the weights training would choose on this
+    split (picovlm.retrieval.choose_weights)."""
+    from picovlm.retrieval import choose_weights
 
     index = getattr(model, "retrieval", None)
-    return index.colour_weight if index is not None and index.colour_weight > 0 else COLOUR_WEIGHT
+    if index is not None and (index.colour_weight or index.gradient_weight):
+        return index.colour_weight, index.gradient_weight
+    choice = choose_weights(table.features, [item.reference for item in table.items], table.groups)
+    return choice.colour_weight, choice.gradient_weight
 
 
 def nearest_baselines(
     model, items: Sequence[EvalItem], train, train_answers, extract_fields: M.ExtractFields | None
 ) -> dict[str, Any]:
     """The nearest-neighbour lookup in three spaces, each scored like the model: {"nearest-pixels" (the
-    32x32 thumbnail), "nearest-colour" (thumbnail and colour histogram, as the model's index finds
-    neighbours: lookup_colour_weight), "nearest-vision" (the model's pooled ViT features)} ->
+    32x32 thumbnail), "nearest-index" (thumbnails, colours and strokes weighted as the model's index
+    finds neighbours: lookup_weights), "nearest-vision" (the model's pooled ViT features)} ->
     {"metrics" (with their verdict), "items"}."""
-    from picovlm.retrieval import with_colours
-
-    colour_weight = lookup_colour_weight(model)
     table = lookup_index(train, model)
-    test_pixels, test_vision = pixel_features(items), vision_features(model, items, center=False)
+    weights = lookup_weights(model, table)
+    test_features = PictureFeatures.of([item.images[0] for item in items])
+    test_vision = vision_features(model, items, center=False)
     vision_mean = table.vision.mean(axis=0)  # the direction every image shares
     spaces = {
-        "nearest-pixels": (test_pixels, table.pixels),
-        "nearest-colour": (with_colours(test_pixels, colour_features(items), colour_weight),
-                           with_colours(table.pixels, table.colours, colour_weight)),
+        "nearest-pixels": (test_features.thumbnails, table.pixels),
+        "nearest-index": (test_features.vectors(*weights), table.features.vectors(*weights)),
         "nearest-vision": (_unit(test_vision - vision_mean), _unit(table.vision - vision_mean)),
-    }  # fmt: skip
+    }
     baselines = {}
     for baseline_name, (test_vectors, train_vectors) in spaces.items():
         looked_up = nearest_answers(items, table.items, test_vectors, train_vectors)

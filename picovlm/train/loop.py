@@ -140,7 +140,7 @@ def _train(
     train_cfg, field_parser = settle_best_metric(train_cfg, train_ds, val_ds)
     train_cfg, fact_vocabulary = settle_fact_loss(train_cfg, train_ds, notes)  # None: no fact loss
     model, train_rows, val_rows = build_model(
-        model_cfg, tokenizer, train_ds, val_ds, progress, fact_vocabulary
+        model_cfg, tokenizer, train_ds, val_ds, progress, fact_vocabulary, notes
     )
     report = param_report(model.cfg)
     fact_heads = FactHeads(fact_vocabulary, model.cfg.vit_hidden_dim) if fact_vocabulary is not None else None

@@ -193,9 +193,19 @@ def _train_tokenizer(model_cfg, train_cfg, train_ds, saved: Path, dist_: Dist, n
 # --- Model, memory, loaders ------------------------------------------------------------------------
 
 
-def build_model(model_cfg: VLMConfig, tokenizer, train_ds, val_ds, progress: ProgressFn, facts=None):
+def build_model(
+    model_cfg: VLMConfig,
+    tokenizer,
+    train_ds,
+    val_ds,
+    progress: ProgressFn,
+    facts=None,
+    notes: list[str] | None = None,
+):
     """The model, and the rows it reads: with retrieval (model.retrieval_k), each row with its neighbours.
-    facts: the fact loss's FactVocabulary; the index then keeps each training row's classes."""
+    facts: the fact loss's FactVocabulary; the index then keeps each training row's classes. Retrieval
+    weights "auto" become the numbers chosen on train_ds (in model.cfg, so the saved model says them),
+    and the choice goes to notes."""
     from picovlm.model.vlm import VisionLanguageModel
     from picovlm.retrieval import build_training_index, with_neighbours
 
@@ -203,9 +213,17 @@ def build_model(model_cfg: VLMConfig, tokenizer, train_ds, val_ds, progress: Pro
     if not model.cfg.retrieval_k:
         return model, train_ds, val_ds
     progress(0, None, "indexing the training pictures for retrieval")
+    cfg = model.cfg
     model.retrieval = build_training_index(
-        train_ds, model.cfg.retrieval_k, facts.encode if facts else None, model.cfg.retrieval_colour_weight
+        train_ds,
+        cfg.retrieval_k,
+        facts.encode if facts else None,
+        cfg.retrieval_colour_weight,
+        cfg.retrieval_gradient_weight,
+        report=notes.append if notes is not None else None,
     )
+    cfg.retrieval_colour_weight = model.retrieval.colour_weight
+    cfg.retrieval_gradient_weight = model.retrieval.gradient_weight
     # a training row's neighbours come from other objects, as a test picture's do
     train_rows = with_neighbours(train_ds, model.retrieval, exclude_own_group=True)
     val_rows = with_neighbours(val_ds, model.retrieval, exclude_own_group=False) if val_ds else None

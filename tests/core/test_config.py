@@ -26,6 +26,7 @@ def test_derived_values_follow_the_fields_they_depend_on():
         (dict(vit_hidden_dim=768, vit_n_heads=5), ["vit_n_heads"]),
         (dict(lm_n_blocks=0), ["lm_n_blocks"]),
         (dict(retrieval_colour_weight=-1.0), ["retrieval_colour_weight", "thumbnails alone"]),
+        (dict(retrieval_gradient_weight="best"), ["retrieval_gradient_weight", "use auto"]),
     ],
 )
 def test_invalid_combinations_name_the_field_and_the_fix(changes, names):
@@ -119,9 +120,14 @@ def test_no_preset_means_the_recipe_default_and_threads_are_checked(tmp_path):
 
     model, train = load_config(overrides=["model.lm_n_blocks=2"])
     assert model == preset(DEFAULT_PRESET, lm_n_blocks=2) and train == TrainConfig()
-    # its index compares colours beside thumbnails; VLMConfig() (and older model files) compare thumbnails
-    assert model.retrieval_colour_weight == 1.0 and VLMConfig().retrieval_colour_weight == 0.0
-    assert load_config(overrides=["model.retrieval_colour_weight=0"])[0].retrieval_colour_weight == 0.0
+    # its index weighs colours and strokes as training finds best; VLMConfig() (and older model files)
+    # compare thumbnails alone
+    assert (model.retrieval_colour_weight, model.retrieval_gradient_weight) == ("auto", "auto")
+    assert (VLMConfig().retrieval_colour_weight, VLMConfig().retrieval_gradient_weight) == (0.0, 0.0)
+    chosen = load_config(
+        overrides=["model.retrieval_colour_weight=0", "model.retrieval_gradient_weight=1.5"]
+    )[0]
+    assert (chosen.retrieval_colour_weight, chosen.retrieval_gradient_weight) == (0.0, 1.5)
     # A file without a preset starts from the default too; one with a preset starts from that.
     (tmp_path / "f.yaml").write_text("model:\n  lm_hidden_dim: 144\n")
     assert load_config(path=tmp_path / "f.yaml")[0] == preset(DEFAULT_PRESET, lm_hidden_dim=144)

@@ -33,7 +33,7 @@ def test_eval_scores_exported_folders_beside_the_torch_model(run_exports, traine
     assert [m["backend"] for m in document["models"]] == ["torch", "onnx fp32", "onnx int8"]
     for m in (fp32, int8):  # every figure a torch model gets, an exported folder gets too
         assert set(torch_m["metrics"]) == set(m["metrics"])
-        assert set(m["baselines"]) == {"nearest-pixels", "nearest-colour", "nearest-vision"}
+        assert set(m["baselines"]) == {"nearest-pixels", "nearest-index", "nearest-vision"}
         assert "field_accuracy" in m["metrics"] and m["metrics"]["verdict"]
 
     # fp32 through the runtime is the torch model: the same answers, the same losses

@@ -52,7 +52,7 @@ def test_model_trained_on_shuffled_images_is_flagged_as_ignoring_them(results):
 
 def test_nearest_baseline_and_loss_fields(results):
     m = results["grounded"]["metrics"]
-    assert set(results["grounded"]["baselines"]) == {"nearest-pixels", "nearest-colour", "nearest-vision"}
+    assert set(results["grounded"]["baselines"]) == {"nearest-pixels", "nearest-index", "nearest-vision"}
     pixels = results["grounded"]["baselines"]["nearest-pixels"]["metrics"]
     assert pixels["token_f1"] > 0.8  # colour squares: a pixel lookup is a strong baseline
     assert m["baseline_token_f1"] >= pixels["token_f1"]

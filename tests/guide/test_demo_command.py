@@ -41,7 +41,7 @@ def test_run_demo_writes_every_artefact_and_the_runtime_answers(tmp_path):
     # The lookup is real: the answer of the nearest training image states ~40 % of a scene's facts.
     # The demo reports the strongest of the three lookups; which one wins on 12 items varies by machine.
     baselines = eval_metrics["models"][0]["baselines"]
-    assert set(baselines) == {"nearest-pixels", "nearest-colour", "nearest-vision"}
+    assert set(baselines) == {"nearest-pixels", "nearest-index", "nearest-vision"}
     stronger = max(baselines, key=lambda name: baselines[name]["metrics"]["token_f1"])
     assert f["baseline_name"] == stronger
     assert f["baseline_token_f1"] == baselines[stronger]["metrics"]["token_f1"] > 0.4

@@ -15,9 +15,12 @@ from picovlm.model.vlm import VLM
 from picovlm.retrieval import (
     INDEX_FILE,
     INDEX_META_FILE,
+    PictureFeatures,
     RetrievalIndex,
     build_training_index,
+    choose_weights,
     colour_histograms,
+    gradient_histograms,
     picture_vectors,
     retrieval_prompt,
     thumbnail_vectors,
@@ -93,6 +96,74 @@ def test_the_colour_weight_finds_the_neighbour_of_the_same_colour_where_the_shap
     assert by_colour.vectors.shape[1] == 3 * 32 * 32 + 512
 
 
+def _bar(colour, vertical: bool, offset: int = 0, size: int = 64) -> Image.Image:
+    """A bar on white, standing or lying, moved by offset pixels along its length."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (size, size), "white")
+    box = (28, 8 + offset, 36, 56 + offset) if vertical else (8 + offset, 28, 56 + offset, 36)
+    ImageDraw.Draw(image).rectangle(box, fill=colour)
+    return image
+
+
+def test_gradient_histograms_say_which_way_the_strokes_run():
+    standing, moved_other_colour, lying = _bar(DARK, True), _bar(LIGHT, True, offset=4), _bar(DARK, False)
+    gradients = gradient_histograms([standing, moved_other_colour, lying, Image.new("RGB", (8, 8), "white")])
+    assert gradients.shape == (4, 8 * 8 * 9)
+    assert np.allclose(np.linalg.norm(gradients[:3], axis=1), 1.0)
+    similarity = gradients @ gradients.T
+    assert similarity[0, 1] > 0.75  # the same stroke, moved and recoloured
+    assert similarity[0, 2] < 0.25  # a stroke the other way
+    assert not gradients[3].any()  # a blank picture has no strokes
+    pictures = [standing, moved_other_colour, lying]
+    assert np.array_equal(
+        gradient_histograms(pictures, chunk=2), gradients[:3]
+    )  # a chunk at a time: the same
+    # the index's vectors: (thumbnail cosine + c x colour cosine + g x stroke cosine) / (1 + c + g)
+    vectors = picture_vectors(pictures, 1.0, 2.0)
+    thumbs, colours = thumbnail_vectors(pictures), colour_histograms(pictures)
+    expected = (thumbs @ thumbs.T + colours @ colours.T + 2 * gradients[:3] @ gradients[:3].T) / 4
+    assert np.allclose(vectors @ vectors.T, expected, atol=1e-5)
+    assert vectors.shape[1] == 3 * 32 * 32 + 512 + 576
+
+
+@pytest.mark.parametrize("answers_follow", ["colour", "shape"])
+def test_choose_weights_counts_colours_where_the_answers_follow_them(answers_follow):
+    """Four objects: a disc and a bar, each in a light and a dark tone. By thumbnail, each one's nearest
+    other object is the same shape in the other tone. When the answers name the tone, colours must count
+    to find an object with the same answer; when they name the shape, counting colours can only pull in
+    the wrong shape, and the choice is 0 (ties go to the lighter weights)."""
+    objects = [(tone, shape) for tone in (LIGHT, DARK) for shape in ("disc", "bar")]
+    images = [_figure(tone, shape) for tone, shape in objects]
+    if answers_follow == "colour":
+        answers = [f"a {'light' if tone == LIGHT else 'dark'} figure" for tone, _ in objects]
+    else:
+        answers = [f"a {shape} drawn here" for _, shape in objects]
+    choice = choose_weights(PictureFeatures.of(images), answers, ["a", "b", "c", "d"])
+    assert set(choice.scores) == {(c, g) for c in (0.0, 1.0, 2.0) for g in (0.0, 1.0)}
+    best = max(choice.scores.values())
+    assert choice.scores[(choice.colour_weight, choice.gradient_weight)] == best
+    if answers_follow == "colour":
+        assert choice.colour_weight > 0 and best > choice.scores[(0.0, 0.0)]
+    else:
+        assert choice.colour_weight == 0.0 and choice.scores[(0.0, 0.0)] == pytest.approx(1.0)
+    assert "colour" in choice.describe() and "over 4 rows" in choice.describe()
+
+
+def test_an_auto_index_takes_the_chosen_weights_and_keeps_them(tmp_path, demo_dir):
+    train_ds = load_cauldron(demo_dir, split="train")
+    said: list[str] = []
+    index = build_training_index(train_ds, k=1, colour_weight="auto", gradient_weight=1.0, report=said.append)
+    assert index.gradient_weight == 1.0 and index.colour_weight in (0.0, 1.0, 2.0)
+    assert len(said) == 1 and "chosen on the training split" in said[0]
+    assert index.vectors.shape[1] == picture_vectors(train_ds[0]["images"], index.colour_weight, 1.0).shape[1]
+    index.save(tmp_path)
+    loaded = RetrievalIndex.load(tmp_path)
+    assert (loaded.colour_weight, loaded.gradient_weight) == (index.colour_weight, 1.0)
+    query = [row["images"][0] for row in load_cauldron(demo_dir, split="test").select(range(3))]
+    assert loaded.neighbour_rows(query) == index.neighbour_rows(query)
+
+
 def test_an_index_keeps_its_colour_weight_and_older_indexes_compare_thumbnails(tmp_path):
     training, query = [_figure(DARK), _figure(LIGHT, "bar")], [_figure(LIGHT)]
     RetrievalIndex.build(training, ["dark disc", "light bar"], ["a", "b"], k=1, colour_weight=1.0).save(
@@ -132,10 +203,17 @@ def test_a_retrieving_model_saves_its_index_and_answers_with_it(demo_dir, tmp_pa
     model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run", gen_eval_interval=4)
     model_cfg.retrieval_k = 2
     model_cfg.lm_max_length = 160
+    model_cfg.retrieval_colour_weight = model_cfg.retrieval_gradient_weight = "auto"  # as the presets
     result = train(model_cfg, train_cfg)
     model_dir = result.run_dir / "model"
-    assert json.loads((model_dir / INDEX_META_FILE).read_text())["k"] == 2
+    meta = json.loads((model_dir / INDEX_META_FILE).read_text())
+    assert meta["k"] == 2
     model = VLM.from_pretrained(model_dir)
+    # "auto" became the weights chosen on the training split: in the index, the saved config and the notes
+    weights = (model.cfg.retrieval_colour_weight, model.cfg.retrieval_gradient_weight)
+    assert weights == (meta["colour_weight"], meta["gradient_weight"])
+    assert weights[0] in (0.0, 1.0, 2.0) and weights[1] in (0.0, 1.0)
+    assert any(note.startswith("retrieval weights chosen") for note in result.notes)
     assert model.retrieval is not None and len(model.retrieval) == len(load_cauldron(demo_dir, split="train"))
     test = load_cauldron(demo_dir, split="test")
     image = test[0]["images"][0]
@@ -296,7 +374,8 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
 
     model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run", max_steps=12)
     model_cfg.retrieval_k = 1
-    model_cfg.retrieval_colour_weight = 2.0  # not the presets' 1: the runtime and eval follow the model
+    model_cfg.retrieval_colour_weight = 2.0  # weights of its own: the runtime and eval follow the model
+    model_cfg.retrieval_gradient_weight = 1.0
     model_cfg.lm_max_length = 128
     model_dir = train(model_cfg, train_cfg).run_dir / "model"
     export_model(model_dir, tmp_path / "exported")
@@ -304,15 +383,18 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
     model = VLM.from_pretrained(model_dir)
     assert runtime.retrieval is not None and runtime.retrieval.answers == model.retrieval.answers
     assert runtime.retrieval.colour_weight == model.retrieval.colour_weight == 2.0
-    # eval's nearest-colour lookup counts colours as the model's index does, torch or exported
-    from picovlm.eval.evaluate import lookup_colour_weight
+    assert runtime.retrieval.gradient_weight == model.retrieval.gradient_weight == 1.0
+    # eval's nearest-index lookup weighs the features as the model's index does, torch or exported;
+    # for a model that retrieves nothing (or by thumbnails alone), as training would choose
+    from picovlm.eval.evaluate import lookup_index, lookup_weights
     from picovlm.eval.exported import ExportedModel
-    from picovlm.retrieval import COLOUR_WEIGHT
 
-    assert lookup_colour_weight(model) == lookup_colour_weight(ExportedModel(runtime)) == 2.0
+    table = lookup_index(load_cauldron(demo_dir, split="train"))
+    assert lookup_weights(model, table) == lookup_weights(ExportedModel(runtime), table) == (2.0, 1.0)
+    chosen = choose_weights(table.features, [item.reference for item in table.items], table.groups)
     thumbnails_only = RetrievalIndex.build(_pictures(2), ["a", "b"], ["a", "b"], k=1)
-    assert lookup_colour_weight(SimpleNamespace(retrieval=thumbnails_only)) == COLOUR_WEIGHT
-    assert lookup_colour_weight(SimpleNamespace(retrieval=None)) == COLOUR_WEIGHT  # retrieves nothing
+    for other in (SimpleNamespace(retrieval=thumbnails_only), SimpleNamespace(retrieval=None)):
+        assert lookup_weights(other, table) == (chosen.colour_weight, chosen.gradient_weight)
     assert runtime.generation == model.generation  # the manifest keeps the model's own generation.json
     flagged = export_model(model_dir, tmp_path / "flagged", max_new_tokens=20)["generation"]
     assert flagged == model.generation.replace(max_new_tokens=20).to_dict()  # flags go over it
@@ -370,4 +452,6 @@ def test_the_retrieval_presets_train_from_the_command_line(demo_dir, tmp_path, n
     model = VLM.from_pretrained(tmp_path / "run" / "model")
     assert (model.cfg.retrieval_k, model.cfg.lm_n_blocks, model.cfg.vit_patch_size) == (2, lm_blocks, patch)
     assert model.retrieval is not None and model.retrieval.k == 2
-    assert model.cfg.retrieval_colour_weight == model.retrieval.colour_weight == 1.0  # colours count
+    # the preset's "auto" weights are the numbers chosen on the training split, saved with the model
+    assert model.cfg.retrieval_colour_weight == model.retrieval.colour_weight in (0.0, 1.0, 2.0)
+    assert model.cfg.retrieval_gradient_weight == model.retrieval.gradient_weight in (0.0, 1.0)
