@@ -38,9 +38,6 @@ INDEX_FILE = "retrieval_index.npz"
 INDEX_META_FILE = "retrieval_index.json"
 FACTS_FILE = "retrieval_facts.npz"
 THUMBNAIL_SIZE = 32
-COLOUR_WEIGHT = (
-    1.0  # what a model saved with colour weight "auto" but never trained counts (tests, hand-built)
-)
 COLOUR_BINS = 8  # per channel: 8 x 8 x 8 = 512 colours
 COLOUR_SIZE = 64  # pictures are counted at 64x64 pixels
 INK_BELOW = 235  # a pixel whose every channel is this bright or brighter is background, not counted
