@@ -45,8 +45,8 @@ class GenerationConfig:
     # neighbours vote; the model's own logits can overrule them. 0 = off.
     copy_bias: float = 0.0
     copy_neighbours: int = 8
-    # With copy_bias, a model trained with the fact loss: each neighbour's vote is also multiplied by
-    # P^copy_fact_weight, P = how likely its fact heads find that neighbour's facts in this picture
+    # With copy_bias, a model trained on rows with facts: each neighbour's vote is also multiplied by
+    # P^copy_fact_weight, P = how likely its fact probes find that neighbour's facts in this picture
     # (`neighbour_weights`), so the neighbours the picture agrees with count more. 0 = by rank alone.
     copy_fact_weight: float = 0.0
     seed: int | None = 0  # the sampler's seed; None: a fresh draw each call
@@ -226,7 +226,7 @@ CLI_FLAGS = {  # option -> (type, help); each help ends with the default, from G
     "copy_neighbours": (int, "how many nearest training answers copy_bias votes over"),
     "copy_fact_weight": (
         float,
-        "with copy_bias, models with fact heads: e.g. 0.2 to weigh neighbours by them",
+        "with copy_bias, models with fact probes: e.g. 0.5 to weigh neighbours by them",
     ),
     "seed": (int, "random seed for sampling"),
 }

@@ -49,6 +49,8 @@ GRADIENT_BINS = 9  # each cell's strokes counted in 9 directions (0-180 degrees)
 COLOUR_CHOICES = (0.0, 1.0, 2.0)
 GRADIENT_CHOICES = (0.0, 1.0)
 NEIGHBOUR_PREFIX = "Similar: "
+READS_PICTURES = "pictures"  # FactReader heads over the index's picture vectors
+READS_VISION = "vision"  # FactReader heads over the vision tower's pooled features
 
 
 def thumbnail_vectors(images: Sequence[Image.Image], size: int = THUMBNAIL_SIZE) -> np.ndarray:
@@ -251,25 +253,34 @@ def retrieval_prompt(question: str, neighbour_answers: Sequence[str]) -> str:
 @dataclass
 class FactReader:
     """How strongly a new picture supports each training row's facts, for the neighbours' vote
-    (GenerationConfig.copy_fact_weight): the fact heads of training (train.fact_loss_weight,
-    picovlm/train/facts.py: one linear classifier per field over the vision tower's mean-pooled
-    features) as numpy, beside each indexed row's class per field.
+    (GenerationConfig.copy_fact_weight): one linear classifier per field (a head) beside each indexed
+    row's class per field.
 
         support(features, rows)[i][r] = sum over the fields row r has of log P_heads(its value | picture i)
 
-    Pixels find the neighbours; the heads, trained on every picture's facts, say which of them the
-    picture agrees with (docs/recipes.md, finding 24)."""
+    What the heads read is `reads`:
+      "pictures"  the index's own picture vectors (thumbnail, colours, strokes: `RetrievalIndex.vectors_of`),
+                  heads fitted on the training rows when the index is built (`fit_fact_probes`). What
+                  training saves since finding 28: on the real sets these probes name a unit's race, an
+                  emoji's group, a glyph's radical far better than the vision tower does.
+      "vision"    the vision tower's mean-pooled features, heads trained with the fact loss
+                  (picovlm/train/facts.py): what models saved before finding 28 hold.
+    Pixels find the neighbours; the heads, fitted on every training picture's facts, say which of them
+    the picture agrees with (docs/recipes.md, findings 24 and 28)."""
 
     classes: np.ndarray  # (n_index, n_fields) int32: each indexed row's class per field, -1 = unknown
     weights: list[np.ndarray] | None = None  # per field (n_classes, vision_dim); None until the heads are set
     biases: list[np.ndarray] | None = None  # per field (n_classes,)
+    reads: str = READS_VISION  # what the heads read: READS_PICTURES or READS_VISION
 
-    def with_heads(self, heads: Sequence[tuple[np.ndarray, np.ndarray]]) -> FactReader:
-        """This reader with the heads' (weight, bias) per field, e.g. those of the step being saved."""
+    def with_heads(self, heads: Sequence[tuple[np.ndarray, np.ndarray]], reads: str) -> FactReader:
+        """This reader with the heads' (weight, bias) per field, reading `reads`."""
         if len(heads) != self.classes.shape[1]:
             raise PicovlmError(f"{len(heads)} fact heads for {self.classes.shape[1]} fields")
+        if reads not in (READS_PICTURES, READS_VISION):
+            raise PicovlmError(f"fact heads read {READS_PICTURES!r} or {READS_VISION!r}, not {reads!r}")
         weights = [np.asarray(w, np.float32) for w, _ in heads]
-        return FactReader(self.classes, weights, [np.asarray(b, np.float32) for _, b in heads])
+        return FactReader(self.classes, weights, [np.asarray(b, np.float32) for _, b in heads], reads)
 
     def support(self, features: np.ndarray, rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """(n, vision_dim) pooled features of n pictures, each picture's neighbour rows -> for each
@@ -294,7 +305,7 @@ class FactReader:
         buffer = io.BytesIO()
         arrays = {f"weight_{i}": w for i, w in enumerate(self.weights)}
         arrays.update({f"bias_{i}": b for i, b in enumerate(self.biases)})
-        np.savez_compressed(buffer, classes=self.classes, **arrays)
+        np.savez_compressed(buffer, classes=self.classes, reads=np.array(self.reads), **arrays)
         atomic_write_bytes(directory / FACTS_FILE, buffer.getvalue())
 
     @classmethod
@@ -304,7 +315,9 @@ class FactReader:
         with np.load(directory / FACTS_FILE) as data:
             classes = data["classes"]
             fields = range(classes.shape[1])
-            return cls(classes, [data[f"weight_{i}"] for i in fields], [data[f"bias_{i}"] for i in fields])
+            reads = str(data["reads"]) if "reads" in data.files else READS_VISION  # saved before finding 28
+            weights = [data[f"weight_{i}"] for i in fields]
+            return cls(classes, weights, [data[f"bias_{i}"] for i in fields], reads)
 
 
 @dataclass
@@ -355,6 +368,23 @@ class RetrievalIndex:
 
     def __len__(self) -> int:
         return len(self.answers)
+
+    @property
+    def facts_read_pictures(self) -> bool:
+        """Whether the fact heads read the pictures themselves (else the vision tower's features)."""
+        return self.facts is not None and self.facts.reads == READS_PICTURES
+
+    def fact_support(self, images: Sequence[Image.Image], rows: Sequence[Sequence[int]], vision_pooled=None):
+        """`FactReader.support` of each new picture's neighbour rows, from what the heads read: the
+        pictures' vectors, or the vision tower's (n, D_vit) pooled features `vision_pooled` (heads saved
+        before finding 28)."""
+        if self.facts is None:
+            raise PicovlmError("this retrieval index keeps no facts to weigh its neighbours by")
+        if self.facts_read_pictures:
+            return self.facts.support(self.vectors_of(images), rows)
+        if vision_pooled is None:
+            raise PicovlmError("these fact heads read the vision tower's pooled features: pass them")
+        return self.facts.support(np.asarray(vision_pooled, np.float32), rows)
 
     def neighbours(
         self,

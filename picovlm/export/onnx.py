@@ -66,7 +66,8 @@ VISION_OUTPUTS = ("image_embeds", "vision_pooled")
 
 class VisionEncoder(nn.Module):
     """ViT + projector: pixels (n, 3, H, W) -> image embeddings (n, L, D), and the ViT's features
-    mean-pooled over patches (n, D_vit): what the fact heads read (copy_fact_weight, picovlm/retrieval.py)."""
+    mean-pooled over patches (n, D_vit): eval's vision lookup, and what fact heads saved before finding 28
+    read (copy_fact_weight, picovlm/retrieval.py)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()

@@ -260,9 +260,9 @@ class VisionLanguageModel(nn.Module):
         `on_token(tokens)` is called with each step's (B,) tokens: the hook for streaming.
         `copy_sources`: each row's token sequences that `copy_bias` leans towards (prepare_prompts gives
         a retrieving model's neighbours' answers); `copy_weights`: each source's vote (default 1/r for the
-        r-th; prepare_prompts gives the fact heads' weights when copy_fact_weight > 0).
+        r-th; prepare_prompts gives the fact probes' weights when copy_fact_weight > 0).
         `vision_features`: the vision tower's output for pixel_values, when the caller has it already
-        (prepare_prompts with copy_fact_weight), so the tower does not run twice.
+        (prepare_prompts with copy_fact_weight and heads that read the tower), so it does not run twice.
         """
         gen = generation_config(generation, **options)
         if gen.copy_bias and copy_sources is None:
@@ -337,9 +337,9 @@ class VisionLanguageModel(nn.Module):
         """Left-padded prompt batch for (image or list of images, question) pairs, on the model's device.
         copy_neighbours > 0 (a retrieving model): the batch also holds "copy_sources", the answers of
         that many nearest training pictures as token ids, for generate's copy_bias; with
-        copy_fact_weight > 0 also "copy_weights", their votes weighted by the fact heads, and
-        "vision_features", the vision tower's output for the pictures, which both the weights and
-        generate's image embeddings are made from."""
+        copy_fact_weight > 0 also "copy_weights", their votes weighted by the fact heads (with heads
+        saved before finding 28, which read the vision tower, also "vision_features": the tower's output
+        for the pictures, which both the weights and generate's image embeddings are made from)."""
         if self.processor is None:
             raise PicovlmError(
                 "this model has no tokenizer: load it with from_pretrained or call attach_tokenizer."
@@ -358,31 +358,27 @@ class VisionLanguageModel(nn.Module):
                 [encode(a) for a in answers[:copy_neighbours]] for answers in neighbours
             ]
             if copy_fact_weight:
-                # The vision tower runs once: its features weigh the votes here, and generate embeds
-                # the pictures from the same features.
-                with torch.no_grad():
-                    dtype = self.decoder.embed_tokens.weight.dtype
-                    prompts["vision_features"] = self.vision_encoder(prompts["pixel_values"].to(dtype))
+                if self.retrieval is None or self.retrieval.facts is None:
+                    raise ConfigError(COPY_FACTS_NEED_HEADS)
                 rows = [found[:copy_neighbours] for found in rows]
-                prompts["copy_weights"] = self.fact_weights(
-                    prompts["vision_features"], image_lists, rows, copy_fact_weight
-                )
+                pooled = None
+                if not self.retrieval.facts_read_pictures:
+                    # The vision tower runs once: its features weigh the votes here, and generate embeds
+                    # the pictures from the same features.
+                    with torch.no_grad():
+                        dtype = self.decoder.embed_tokens.weight.dtype
+                        prompts["vision_features"] = self.vision_encoder(prompts["pixel_values"].to(dtype))
+                    first = np.cumsum(
+                        [0] + [len(images) for images in image_lists[:-1]]
+                    )  # rows' first pictures
+                    pooled = (
+                        prompts["vision_features"][torch.from_numpy(first)].mean(dim=1).float().cpu().numpy()
+                    )
+                support = self.retrieval.fact_support([ims[0] for ims in image_lists], rows, pooled)
+                prompts["copy_weights"] = [
+                    neighbour_weights(len(found), s, copy_fact_weight) for found, s in zip(rows, support)
+                ]
         return prompts
-
-    @torch.no_grad()
-    def fact_weights(
-        self, vision_features: torch.Tensor, image_lists: list, rows: list[list[int]], fact_weight: float
-    ) -> list[list[float]]:
-        """Each row's neighbours' votes (`neighbour_weights`), weighted by how likely the fact heads saved
-        with the index find each neighbour's facts in the row's first picture: its vision features (the
-        tower's output for every picture of the batch) mean-pooled over patches, as the heads read them
-        in training."""
-        if self.retrieval is None or self.retrieval.facts is None:
-            raise ConfigError(COPY_FACTS_NEED_HEADS)
-        first = np.cumsum([0] + [len(images) for images in image_lists[:-1]])  # each row's first picture
-        pooled = vision_features[torch.from_numpy(first)].mean(dim=1)
-        support = self.retrieval.facts.support(pooled.float().cpu().numpy(), rows)
-        return [neighbour_weights(len(found), s, fact_weight) for found, s in zip(rows, support)]
 
     def neighbour_rows(self, image_lists: list, k: int | None = None) -> list[list[int]] | None:
         """With retrieval on, the index rows of the k (default: retrieval_k) training pictures most

@@ -183,7 +183,7 @@ class Runtime:
         self, images: list[Image.Image], blank_images: bool = False, pooled: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """One run of the vision graph: (n, L, D) image embeddings and, when `pooled`, the (n, D_vit)
-        vision features mean-pooled over patches that the fact heads read (else None).
+        vision features mean-pooled over patches that fact heads saved before finding 28 read (else None).
         blank_images: pixels 0 (mid-grey after normalisation)."""
         if pooled and "vision_pooled" not in self.manifest.get("vision_io", {}).get("outputs", []):
             raise PicovlmError(f"{self.directory}: its vision graph has no pooled features (exported by an "
@@ -286,7 +286,7 @@ class Runtime:
         images = [open_image(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
         neighbours = None  # with copy_bias, the neighbours it votes over; the prompt holds the first k
         weights = None  # their votes: 1/r by rank, or weighted by the fact heads (copy_fact_weight)
-        image_embeds = None  # with the fact heads, from the one vision run that also gives their input
+        image_embeds = None  # with heads that read the vision tower, from the one run that also feeds them
         if options.copy_bias:
             copy_options_check(options, self.retrieval)
             if images:
@@ -295,8 +295,11 @@ class Runtime:
                 (neighbours,) = self.retrieval.answers_of([rows])
                 if options.copy_fact_weight:
                     rows = rows[: options.copy_neighbours]
-                    image_embeds, pooled = self.vision_outputs(images, pooled=True)
-                    (support,) = self.retrieval.facts.support(pooled[:1], [rows])
+                    pooled = None
+                    if not self.retrieval.facts_read_pictures:  # heads saved before finding 28
+                        image_embeds, pooled = self.vision_outputs(images, pooled=True)
+                        pooled = pooled[:1]
+                    (support,) = self.retrieval.fact_support(images[:1], [rows], pooled)
                     weights = neighbour_weights(len(rows), support, options.copy_fact_weight)
         ids, embeds = self.prompt_embeddings(
             images, question, neighbours=neighbours, image_embeds=image_embeds

@@ -126,18 +126,8 @@ def restore_training_state(
     return state, saved["schedule"]
 
 
-def attach_fact_heads(model, fact_heads=None) -> None:
-    """Give a retrieving model's index the fact heads (training's, picovlm/train/facts.py) as they are
-    now, for the neighbours' vote (copy_fact_weight); a no-op without heads or an index of facts."""
-    index = getattr(model, "retrieval", None)
-    if fact_heads is not None and index is not None and index.facts is not None:
-        index.facts = index.facts.with_heads(fact_heads.numpy_heads())
-
-
-def save_model(model, directory: Path, fact_heads=None) -> None:
-    """save_pretrained into `directory` (best/, model/) atomically: a kill mid-save leaves the old folder.
-    fact_heads: saved with a retrieving model's index as they are now (`attach_fact_heads`)."""
-    attach_fact_heads(model, fact_heads)
+def save_model(model, directory: Path) -> None:
+    """save_pretrained into `directory` (best/, model/) atomically: a kill mid-save leaves the old folder."""
     with atomic_path(directory) as tmp:
         model.save_pretrained(tmp)
 

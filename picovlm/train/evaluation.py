@@ -26,7 +26,7 @@ from picovlm.eval.choose import GenerationChoice, choose_generation
 from picovlm.eval.evaluate import items_from_rows, pixel_baseline, quick_eval, training_answers
 from picovlm.eval.facts import fact_parser_for
 from picovlm.generation import save_generation
-from picovlm.train.checkpoint import attach_fact_heads, save_model
+from picovlm.train.checkpoint import save_model
 from picovlm.train.setup import Dist
 from picovlm.train.state import TrainState
 from picovlm.train.step import autocast, to_device
@@ -115,9 +115,7 @@ class EvalHook:
         run_dir: Path,
         dist_: Dist,
         amp_dtype: torch.dtype | None,
-        fact_heads=None,
     ):
-        self.fact_heads = fact_heads  # saved with best/ (picovlm/train/checkpoint.py, save_model)
         self.model, self.cfg, self.val_loader, self.field_parser = model, train_cfg, val_loader, field_parser
         self.best_dir, self.dist, self.amp_dtype = run_dir / "best", dist_, amp_dtype
         self.gen_rows = None
@@ -197,7 +195,7 @@ class EvalHook:
         if improved:
             state.best_score, state.best_step, state.bad_evals = score, state.step, 0
             if self.dist.main:
-                save_model(self.model, self.best_dir, self.fact_heads)
+                save_model(self.model, self.best_dir)
             return False
         state.bad_evals += 1
         patience = self.cfg.early_stopping_patience
@@ -206,7 +204,6 @@ class EvalHook:
 
 def choose_answering(
     model,
-    fact_heads,
     val_ds,
     field_parser,
     train_cfg: TrainConfig,
@@ -224,7 +221,6 @@ def choose_answering(
     items = items_from_rows(val_ds.select(range(min(train_cfg.choose_generation_items, len(val_ds)))))
     if not items:
         return None
-    attach_fact_heads(model, fact_heads)  # the heads of this step weigh the vote
     choice = choose_generation(model, items, field_parser, progress=progress)
     model.generation = choice.generation
     best = run_dir / "best"

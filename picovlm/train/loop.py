@@ -166,7 +166,7 @@ def _train(
     amp_dtype = autocast_dtype(train_cfg.precision, device)
     train_model = wrap_model(model, train_cfg, dist_, fact_heads)
     evaluate = EvalHook(
-        model, train_cfg, train_ds, val_ds, val_loader, field_parser, run_dir, dist_, amp_dtype, fact_heads
+        model, train_cfg, train_ds, val_ds, val_loader, field_parser, run_dir, dist_, amp_dtype
     )
     batches = StepBatches(loader, train_cfg, steps_per_epoch, state.step)
 
@@ -242,7 +242,7 @@ def _train(
     choice = None
     if dist_.main:
         choice = choose_answering(
-            model, fact_heads, val_ds, field_parser, train_cfg, state, run_dir,
+            model, val_ds, field_parser, train_cfg, state, run_dir,
             lambda done, total, message: progress(state.step, budget.total_steps, f"choosing: {message}"),
         )  # fmt: skip
         evaluate.check_chosen_answers(choice)

@@ -203,7 +203,8 @@ def build_model(
     notes: list[str] | None = None,
 ):
     """The model, and the rows it reads: with retrieval (model.retrieval_k), each row with its neighbours.
-    facts: the fact loss's FactVocabulary; the index then keeps each training row's classes. Retrieval
+    facts: the fact loss's FactVocabulary; the index then keeps each training row's classes and a probe
+    per field over its picture vectors, for the neighbours' vote (`fit_fact_probes`). Retrieval
     weights "auto" become the numbers chosen on train_ds (in model.cfg, so the saved model says them),
     and the choice goes to notes."""
     from picovlm.model.vlm import VisionLanguageModel
@@ -224,6 +225,16 @@ def build_model(
     )
     cfg.retrieval_colour_weight = model.retrieval.colour_weight
     cfg.retrieval_gradient_weight = model.retrieval.gradient_weight
+    if model.retrieval.facts is not None:
+        from picovlm.retrieval import READS_PICTURES
+        from picovlm.train.facts import fit_fact_probes
+
+        progress(0, None, "fitting the fact probes on the training pictures")
+        counts = [len(values) for values in facts.values.values()]
+        probes = fit_fact_probes(
+            model.retrieval.vectors.astype(np.float32), model.retrieval.facts.classes, counts
+        )
+        model.retrieval.facts = model.retrieval.facts.with_heads(probes, READS_PICTURES)
     # a training row's neighbours come from other objects, as a test picture's do
     train_rows = with_neighbours(train_ds, model.retrieval, exclude_own_group=True)
     val_rows = with_neighbours(val_ds, model.retrieval, exclude_own_group=False) if val_ds else None

@@ -14,7 +14,7 @@ from picovlm.data.collate import pad_collate
 from picovlm.errors import ConfigError, DataError, PicovlmError
 from picovlm.model.vlm import VLM
 from picovlm.train.checkpoint import load_checkpoint
-from picovlm.train.facts import IGNORE, FactHeads, FactSupervised, FactVocabulary
+from picovlm.train.facts import IGNORE, FactHeads, FactSupervised, FactVocabulary, fit_fact_probes
 from picovlm.train.loop import train
 from picovlm.train.tracking import read_metrics
 
@@ -29,6 +29,33 @@ def test_vocabulary_keeps_repeated_fields_and_drops_one_off_values():
     # a value never trained on, a missing field and a row without facts are ignored by the loss
     assert vocabulary.encode({"race": "dwarf"}) == [IGNORE, IGNORE]
     assert vocabulary.encode(None) == [IGNORE, IGNORE]
+
+
+def test_fact_probes_learn_each_field_from_the_picture_vectors_and_skip_unknown_facts():
+    """fit_fact_probes: one softmax classifier per field over unit vectors. Field 0 follows which of
+    three directions a vector points to, field 1 the sign of another coordinate; rows whose class is
+    unknown (-1) teach nothing, even when their label would contradict; new vectors are read right."""
+    rng = np.random.default_rng(0)
+
+    def pictures(n):
+        kind, sign = rng.integers(0, 3, n), rng.integers(0, 2, n)
+        vectors = rng.normal(0, 0.15, (n, 16))
+        vectors[np.arange(n), kind] += 1.0
+        vectors[:, 5] += np.where(sign == 1, 0.8, -0.8)
+        return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), kind, sign
+
+    vectors, kind, sign = pictures(300)
+    classes = np.stack([kind, sign], axis=1)
+    classes[:40, 0] = -1  # unknown: these rows say nothing about field 0
+    probes = fit_fact_probes(vectors, classes, [3, 2])
+    assert [w.shape for w, _ in probes] == [(3, 16), (2, 16)] and [b.shape for _, b in probes] == [(3,), (2,)]
+    new, new_kind, new_sign = pictures(200)
+    for (weight, bias), truth in zip(probes, (new_kind, new_sign)):
+        assert ((new @ weight.T + bias).argmax(axis=1) == truth).mean() > 0.95
+    again = fit_fact_probes(vectors, classes, [3, 2])  # full-batch from zeros: the same fit every time
+    assert all(np.allclose(a, b, atol=1e-5) for (a, _), (b, _) in zip(probes, again))
+    with pytest.raises(ValueError, match="fields"):
+        fit_fact_probes(vectors, classes, [3])
 
 
 def test_collate_points_each_row_at_its_first_image():

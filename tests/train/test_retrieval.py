@@ -239,17 +239,18 @@ def test_a_retrieving_model_saves_its_index_and_answers_with_it(demo_dir, tmp_pa
         VLM.from_pretrained(model_dir)
 
 
-def test_the_fact_heads_are_saved_with_the_index_and_weigh_the_neighbours(demo_dir, tmp_path, tiny_configs):
-    """A retrieving run with the fact loss saves its heads and each training row's facts beside the
-    index (retrieval_facts.npz); copy_fact_weight then weighs each neighbour's vote by how likely the
-    heads find its facts in the picture, as the heads computed in torch say."""
+def test_the_fact_probes_are_saved_with_the_index_and_weigh_the_neighbours(demo_dir, tmp_path, tiny_configs):
+    """A retrieving run with facts fits one probe per field over its index's picture vectors and saves
+    them, with each training row's facts, beside the index (retrieval_facts.npz); copy_fact_weight then
+    weighs each neighbour's vote by how likely the probes find its facts in the picture. Heads saved
+    before finding 28 read the vision tower instead, and weigh the vote as the heads in torch say."""
     import torch
 
     from picovlm.errors import ConfigError
     from picovlm.generation import neighbour_weights
-    from picovlm.retrieval import FACTS_FILE
+    from picovlm.retrieval import FACTS_FILE, READS_PICTURES, READS_VISION, FactReader
     from picovlm.train.checkpoint import load_checkpoint
-    from picovlm.train.facts import FactHeads, FactVocabulary
+    from picovlm.train.facts import FactHeads, FactVocabulary, fit_fact_probes
 
     model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run")
     model_cfg.retrieval_k = 2
@@ -257,37 +258,74 @@ def test_the_fact_heads_are_saved_with_the_index_and_weigh_the_neighbours(demo_d
     result = train(model_cfg, train_cfg)
     assert (result.run_dir / "model" / FACTS_FILE).is_file()
     model = VLM.from_pretrained(result.run_dir / "model")
-    facts = model.retrieval.facts
+    facts, index = model.retrieval.facts, model.retrieval
+    assert facts.reads == READS_PICTURES and index.facts_read_pictures
     train_ds = load_cauldron(demo_dir, split="train")
     vocabulary = FactVocabulary.from_rows(train_ds["fields"])
     assert len(vocabulary) > 0
     assert facts.classes.tolist() == [[max(c, -1) for c in vocabulary.encode(f)] for f in train_ds["fields"]]
-    heads = FactHeads(vocabulary, model.cfg.vit_hidden_dim)
-    heads.load_state_dict(load_checkpoint(result.run_dir)["extra"])  # the last step's heads, as saved
-    for weight, bias, head in zip(facts.weights, facts.biases, heads.heads, strict=True):
-        assert np.array_equal(weight, head.weight.detach().numpy())
-        assert np.array_equal(bias, head.bias.detach().numpy())
+    counts = [len(values) for values in vocabulary.values.values()]
+    probes = fit_fact_probes(index.vectors.astype(np.float32), facts.classes, counts)
+    for (weight, bias), saved_weight, saved_bias in zip(probes, facts.weights, facts.biases, strict=True):
+        assert np.allclose(weight, saved_weight, atol=1e-4) and np.allclose(bias, saved_bias, atol=1e-4)
+    # the probes read the training pictures' facts (the demo's colours and shapes)
+    training_vectors = index.vectors.astype(np.float32)
+    for field, (weight, bias) in enumerate(zip(facts.weights, facts.biases)):
+        known = facts.classes[:, field] >= 0
+        read = (training_vectors[known] @ weight.T + bias).argmax(axis=1)
+        assert (read == facts.classes[known, field]).mean() > 0.9
 
     images = [row["images"][0] for row in load_cauldron(demo_dir, split="test").select(range(3))]
+    rows = model.neighbour_rows([[im] for im in images], 4)
+
+    def support_from(log_softmax):  # field -> (pictures, classes) log-probabilities
+        return [
+            [
+                sum(float(log_softmax(f)[i, c]) for f, c in enumerate(facts.classes[j]) if c >= 0)
+                for j in found
+            ]
+            for i, found in enumerate(rows)
+        ]
+
     batch = model.prepare_prompts(
         images, ["Describe the image."] * 3, copy_neighbours=4, copy_fact_weight=2.0
     )
-    rows = model.neighbour_rows([[im] for im in images], 4)
+    vectors = index.vectors_of(images)  # the probes over the pictures' vectors, in numpy
+
+    def probe_log_probs(field):
+        logits = vectors @ facts.weights[field].T + facts.biases[field]
+        logits -= logits.max(axis=1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+    for i, support in enumerate(support_from(probe_log_probs)):
+        assert batch["copy_weights"][i] == pytest.approx(neighbour_weights(4, support, 2.0), rel=1e-4)
+    assert batch["copy_weights"] != [neighbour_weights(4)] * 3  # the probes moved some votes
+    assert "vision_features" not in batch  # nothing of the vision tower is needed to weigh them
+    assert isinstance(model.answer(images[0], copy_bias=8.0, copy_fact_weight=2.0), str)
+
+    # heads saved before finding 28 read the vision tower's pooled features: the training heads here
+    heads = FactHeads(vocabulary, model.cfg.vit_hidden_dim)
+    heads.load_state_dict(load_checkpoint(result.run_dir)["extra"])
+    model.retrieval.facts = FactReader(facts.classes).with_heads(heads.numpy_heads(), READS_VISION)
+    batch = model.prepare_prompts(
+        images, ["Describe the image."] * 3, copy_neighbours=4, copy_fact_weight=2.0
+    )
     with torch.no_grad():  # the heads in torch, over the pooled features of each picture
         pooled = model.vision_encoder(batch["pixel_values"]).mean(dim=1)
         log_probs = [torch.log_softmax(head(pooled), dim=-1) for head in heads.heads]
-    for i, found in enumerate(rows):
-        support = [
-            sum(float(log_probs[f][i, c]) for f, c in enumerate(facts.classes[j]) if c >= 0) for j in found
-        ]
+    for i, support in enumerate(support_from(lambda f: log_probs[f])):
         assert batch["copy_weights"][i] == pytest.approx(neighbour_weights(4, support, 2.0), rel=1e-4)
-    assert batch["copy_weights"] != [neighbour_weights(4)] * 3  # the heads moved some votes
     # the vision tower ran once for both: generate embeds the pictures from the same features
     assert torch.equal(batch["vision_features"], model.vision_encoder(batch["pixel_values"]))
     options = {"copy_bias": 8.0, "copy_fact_weight": 2.0, "max_new_tokens": 12}
     without = {k: v for k, v in batch.items() if k != "vision_features"}
     assert torch.equal(model.generate(**batch, **options), model.generate(**without, **options))
-    assert isinstance(model.answer(images[0], copy_bias=8.0, copy_fact_weight=2.0), str)
+    saved = tmp_path / "legacy"
+    model.save_pretrained(saved)  # the reader says what it reads; a file without it reads the tower
+    assert VLM.from_pretrained(saved).retrieval.facts.reads == READS_VISION
+    with np.load(saved / FACTS_FILE) as data:
+        np.savez(saved / FACTS_FILE, **{k: data[k] for k in data.files if k != "reads"})
+    assert VLM.from_pretrained(saved).retrieval.facts.reads == READS_VISION
 
     model.retrieval.facts = None  # e.g. a run saved before the heads were kept: a clear refusal
     with pytest.raises(ConfigError, match="copy_fact_weight"):
@@ -415,6 +453,18 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
         runtime.retrieval.facts is not None
         and runtime.manifest["files"]["retrieval_facts"] == "retrieval_facts.npz"
     )
+    assert [runtime.answer(image, **weighed) for image in images] == model.answer(images, **weighed)
+    assert runtime.retrieval.facts_read_pictures
+    # heads saved before finding 28 read the vision tower: the runtime reads its graph's pooled output
+    from picovlm.retrieval import READS_VISION
+
+    rng = np.random.default_rng(0)
+    tower_heads = [
+        (rng.normal(0, 1, (len(w), model.cfg.vit_hidden_dim)).astype(np.float32), b)
+        for w, b in zip(model.retrieval.facts.weights, model.retrieval.facts.biases)
+    ]
+    legacy = model.retrieval.facts.with_heads(tower_heads, READS_VISION)
+    model.retrieval.facts = runtime.retrieval.facts = legacy
     assert [runtime.answer(image, **weighed) for image in images] == model.answer(images, **weighed)
     # `picovlm eval` of the exported folder retrieves as the server does: the torch model's figures
     from picovlm.eval.evaluate import evaluate
