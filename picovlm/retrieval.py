@@ -269,7 +269,7 @@ class FactReader:
     the picture agrees with (docs/recipes.md, findings 24 and 28)."""
 
     classes: np.ndarray  # (n_index, n_fields) int32: each indexed row's class per field, -1 = unknown
-    weights: list[np.ndarray] | None = None  # per field (n_classes, vision_dim); None until the heads are set
+    weights: list[np.ndarray] | None = None  # per field (n_classes, width read); None until the heads are set
     biases: list[np.ndarray] | None = None  # per field (n_classes,)
     reads: str = READS_VISION  # what the heads read: READS_PICTURES or READS_VISION
 
@@ -283,8 +283,9 @@ class FactReader:
         return FactReader(self.classes, weights, [np.asarray(b, np.float32) for _, b in heads], reads)
 
     def support(self, features: np.ndarray, rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """(n, vision_dim) pooled features of n pictures, each picture's neighbour rows -> for each
-        picture, the heads' log-probability of each neighbour's facts, summed over its known fields."""
+        """(n, width) features of n pictures, as the heads read them (`reads`), and each picture's
+        neighbour rows -> for each picture, the heads' log-probability of each neighbour's facts, summed
+        over its known fields."""
         if self.weights is None or self.biases is None:
             raise PicovlmError("this fact reader has no heads: set them with with_heads before reading")
         total = [np.zeros(len(r)) for r in rows]

@@ -1,11 +1,11 @@
 """Choosing how a model answers: the decoding that answers its own validation rows best.
 
 A retrieving model can answer greedily, lean on its nearest training pictures' answers (copy_bias,
-docs/recipes.md finding 23) or weigh that vote by its fact probes (copy_fact_weight, findings 24, 28). Which
-is best depends on the data. On issue 14's real sets the weighed vote beat greedy on every run; on the
-demo scenes, where the model already beats its lookup, it lost (validation token F1 0.736 greedy against
-0.627). So a run decides on its own validation rows, once, after training, and keeps the winner as the
-model's generation.json (finding 25):
+docs/recipes.md finding 23) or weigh that vote by its fact probes (copy_fact_weight, findings 24 and
+28). Which is best depends on the data. On issue 14's real sets the weighed vote beat greedy on every
+run; on the demo scenes, where the model already beats its lookup, it lost (validation token F1 0.736
+greedy against 0.627). So a run decides on its own validation rows, once, after training, and keeps
+the winner as the model's generation.json (finding 25):
 
     candidates   greedy (the base), the vote (copy_bias=8), the weighed vote (copy_bias=16,
                  copy_fact_weight=0.5): those this model can do
@@ -13,8 +13,9 @@ model's generation.json (finding 25):
     winner       the highest score; a tie keeps the earlier, simpler candidate
 
 The candidates' settings were chosen on the suite's validation splits (findings 23, 24 and 28: the
-weighed vote's 0.5 since the fact probes read the pictures), never on a test split. Training calls `choose_generation` on its validation rows (train.choose_generation_items);
-`picovlm choose-generation` does the same for a folder trained before, or on other rows.
+weighed vote's 0.5 since the fact probes read the pictures), never on a test split. Training calls
+`choose_generation` on its validation rows (train.choose_generation_items); `picovlm choose-generation`
+does the same for a folder trained before, or on other rows.
 """
 
 from __future__ import annotations

@@ -367,13 +367,10 @@ class VisionLanguageModel(nn.Module):
                     # the pictures from the same features.
                     with torch.no_grad():
                         dtype = self.decoder.embed_tokens.weight.dtype
-                        prompts["vision_features"] = self.vision_encoder(prompts["pixel_values"].to(dtype))
-                    first = np.cumsum(
-                        [0] + [len(images) for images in image_lists[:-1]]
-                    )  # rows' first pictures
-                    pooled = (
-                        prompts["vision_features"][torch.from_numpy(first)].mean(dim=1).float().cpu().numpy()
-                    )
+                        features = self.vision_encoder(prompts["pixel_values"].to(dtype))
+                    prompts["vision_features"] = features
+                    first = torch.from_numpy(np.cumsum([0] + [len(ims) for ims in image_lists[:-1]]))
+                    pooled = features[first].mean(dim=1).float().cpu().numpy()  # each row's first picture
                 support = self.retrieval.fact_support([ims[0] for ims in image_lists], rows, pooled)
                 prompts["copy_weights"] = [
                     neighbour_weights(len(found), s, copy_fact_weight) for found, s in zip(rows, support)
