@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 from datasets import load_from_disk
 
 from picovlm.model.vlm import VisionLanguageModel
@@ -44,7 +43,7 @@ def main() -> None:
         rows = build_training_index(train, index.k, vocabulary.encode)  # each indexed row's facts
         if rows.answers != index.answers:
             raise SystemExit(f"{args.data_dir}: its training rows are not those of {folder}'s index.")
-        probes = fit_fact_probes(index.vectors.astype(np.float32), rows.facts.classes, counts)
+        probes = fit_fact_probes(index.table, rows.facts.classes, counts)
         index.facts = rows.facts.with_heads(probes, READS_PICTURES)
         save_model(model, folder)
         print(f"fitted {len(vocabulary)} fact probes ({', '.join(vocabulary.values)}) for {folder}")

@@ -358,7 +358,7 @@ class VisionLanguageModel(nn.Module):
                 [encode(a) for a in answers[:copy_neighbours]] for answers in neighbours
             ]
             if copy_fact_weight:
-                if self.retrieval is None or self.retrieval.facts is None:
+                if self.retrieval.facts is None:  # neighbours were found, so the model retrieves
                     raise ConfigError(COPY_FACTS_NEED_HEADS)
                 rows = [found[:copy_neighbours] for found in rows]
                 pooled = None

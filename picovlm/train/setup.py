@@ -231,9 +231,7 @@ def build_model(
 
         progress(0, None, "fitting the fact probes on the training pictures")
         counts = [len(values) for values in facts.values.values()]
-        probes = fit_fact_probes(
-            model.retrieval.vectors.astype(np.float32), model.retrieval.facts.classes, counts
-        )
+        probes = fit_fact_probes(model.retrieval.table, model.retrieval.facts.classes, counts)
         model.retrieval.facts = model.retrieval.facts.with_heads(probes, READS_PICTURES)
     # a training row's neighbours come from other objects, as a test picture's do
     train_rows = with_neighbours(train_ds, model.retrieval, exclude_own_group=True)
