@@ -21,7 +21,7 @@ from datasets import load_from_disk
 
 from picovlm.data.collate import pad_collate
 from picovlm.eval import metrics as M
-from picovlm.eval.evaluate import items_from_rows, score_answers
+from picovlm.eval.evaluate import items_from_rows, next_token_logits, score_answers
 from picovlm.eval.facts import fact_parser_for
 from picovlm.model.vlm import VisionLanguageModel
 from picovlm.retrieval import thumbnail_vectors
@@ -37,16 +37,7 @@ def mean_log_probs(model, image, question: str, candidates: list[str]) -> list[f
         input_ids, labels = model.processor.encode_turns([(prompt, answer)], 1)
         samples.append({"input_ids": input_ids, "labels": labels, "pixel_values": pixels})
     batch = pad_collate(samples, model.processor.pad_token_id)
-    logits = (
-        model(
-            input_ids=batch["input_ids"],
-            pixel_values=batch["pixel_values"],
-            attention_mask=batch["attention_mask"],
-        )
-        .logits[:, :-1]
-        .float()
-    )
-    targets = batch["labels"][:, 1:]
+    logits, targets = next_token_logits(model, batch)
     answer = (targets != -100).float()
     log_probs = -F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
     return ((log_probs * answer).sum(dim=1) / answer.sum(dim=1)).tolist()

@@ -101,25 +101,18 @@ def _pixels(model, images: list[Image.Image], blank: bool) -> np.ndarray:
 # --- Loss --------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def answer_loss(
+def loss_batches(
     model,
     items: Sequence[EvalItem],
     batch_size: int = 16,
     image_source: Sequence[int] | None = None,
     blank: bool = False,
-) -> float:
-    """Mean cross-entropy per answer token (nats), row i shown the images of row image_source[i]."""
+):
+    """Padded batches ({"input_ids", "labels", "pixel_values", "attention_mask"}) of `items`' question and
+    reference answer, row i shown the images of row image_source[i] (or blank, mid-grey images)."""
     from picovlm.data.collate import pad_collate
-    from picovlm.eval.exported import ExportedModel
-
-    if isinstance(model, ExportedModel):  # the deployed graphs, through the runtime
-        return model.answer_loss(items, image_source, blank)
 
     processor = model.processor
-    device = next(model.parameters()).device
-    total, n_tokens = 0.0, 0
-    model.eval()
     for start in range(0, len(items), batch_size):
         samples = []
         for i in range(start, min(start + batch_size, len(items))):
@@ -130,7 +123,40 @@ def answer_loss(
             samples.append(
                 {"input_ids": input_ids, "labels": labels, "pixel_values": _pixels(model, list(shown), blank)}
             )
-        batch = pad_collate(samples, processor.pad_token_id)
+        yield pad_collate(samples, processor.pad_token_id)
+
+
+@torch.no_grad()
+def next_token_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (B, L-1, V) as float32, targets (B, L-1)) of one padded batch: the logits at each
+    position against the token that follows it, -100 where it is not an answer token. For scripts
+    that need more than `answer_loss`'s mean (per-token losses, other temperatures, answer ranking)."""
+    logits = model(
+        input_ids=batch["input_ids"],
+        pixel_values=batch["pixel_values"],
+        attention_mask=batch["attention_mask"],
+    ).logits
+    return logits[:, :-1].float(), batch["labels"][:, 1:]
+
+
+@torch.no_grad()
+def answer_loss(
+    model,
+    items: Sequence[EvalItem],
+    batch_size: int = 16,
+    image_source: Sequence[int] | None = None,
+    blank: bool = False,
+) -> float:
+    """Mean cross-entropy per answer token (nats), row i shown the images of row image_source[i]."""
+    from picovlm.eval.exported import ExportedModel
+
+    if isinstance(model, ExportedModel):  # the deployed graphs, through the runtime
+        return model.answer_loss(items, image_source, blank)
+
+    device = next(model.parameters()).device
+    total, n_tokens = 0.0, 0
+    model.eval()
+    for batch in loss_batches(model, items, batch_size, image_source, blank):
         out = model(
             input_ids=batch["input_ids"].to(device),
             pixel_values=batch["pixel_values"].to(device),

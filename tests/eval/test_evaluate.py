@@ -211,3 +211,29 @@ def test_eval_reports_test_rows_seen_in_training_and_its_verdict_names_them(tmp_
     fresh = evaluate(model, tmp_path / "d", split="fresh", **options)["metrics"]
     assert fresh["leakage_shared_image_rows"] == 0 and fresh["leakage_shared_answer_share"] == 1.0
     assert "seen in training" not in fresh["verdict"]
+
+
+def test_the_gap_by_parts_and_temperature_reproduces_evals_gap(results, tiny_models, squares_dir):
+    """bench/recipes/image_gap_parts.py (finding 29) scores the same batches as `picovlm eval`
+    (`loss_batches`): at temperature 1 its per-token losses average to eval's loss with the true and
+    the shuffled pictures, and dividing the logits by 2 changes them."""
+    import importlib.util
+    from pathlib import Path
+
+    from picovlm.data.cauldron import load_cauldron
+    from picovlm.eval.evaluate import items_from_rows
+    from picovlm.model.vlm import VisionLanguageModel
+
+    script = Path(__file__).parents[2] / "bench" / "recipes" / "image_gap_parts.py"
+    spec = importlib.util.spec_from_file_location("image_gap_parts", script)
+    parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parts)
+    model = VisionLanguageModel.from_pretrained(tiny_models["grounded"])
+    items = items_from_rows(load_cauldron(squares_dir, split="test"))
+    m = results["grounded"]["metrics"]
+    for source, expected in ((None, m["loss"]), (shuffled_sources(items, seed=0), m["loss_shuffled_images"])):
+        rows = parts.token_losses(model, items, source, (1.0, 2.0))
+        losses = np.concatenate(rows, axis=1)
+        assert losses[0].mean() == pytest.approx(expected, abs=1e-4)
+        assert not np.allclose(losses[0], losses[1])
+    assert m["image_gap_shuffled"] > 0.3  # the grounded model's gap, which the parts split up
