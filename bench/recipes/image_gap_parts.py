@@ -26,31 +26,26 @@ TEMPERATURES = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 @torch.no_grad()
-def token_losses(model, items, image_source, temperatures) -> list[np.ndarray]:
-    """Per row: (len(temperatures), answer tokens) losses in nats."""
+def token_losses(model, items, image_source, temperatures) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per row: (its answer's token ids, their losses in nats (len(temperatures), tokens))."""
     rows = []
     for batch in loss_batches(model, items, batch_size=8, image_source=image_source):
         logits, targets = next_token_logits(model, batch)
         for r in range(targets.shape[0]):
             answer = targets[r] != -100
             row_logits, row_targets = logits[r][answer], targets[r][answer]
-            rows.append(
-                np.stack([
-                    -torch.log_softmax(row_logits / t, dim=-1).gather(-1, row_targets[:, None])[:, 0].numpy()
-                    for t in temperatures
-                ])
-            )  # fmt: skip
+            losses = [
+                -torch.log_softmax(row_logits / t, dim=-1).gather(-1, row_targets[:, None])[:, 0].numpy()
+                for t in temperatures
+            ]
+            rows.append((row_targets.numpy(), np.stack(losses)))
     return rows
 
 
-def first_sentence_lengths(model, items) -> list[int]:
+def first_sentence_length(tokenizer, ids: np.ndarray) -> int:
     """Answer tokens up to and including the first one that holds a full stop."""
-    lengths = []
-    for item in items:
-        ids = model.processor.tokenizer.encode(item.reference)
-        pieces = [model.processor.tokenizer.decode([i]) for i in ids]
-        lengths.append(next((k + 1 for k, piece in enumerate(pieces) if "." in piece), len(ids)))
-    return lengths
+    pieces = [tokenizer.decode([int(i)]) for i in ids]
+    return next((k + 1 for k, piece in enumerate(pieces) if "." in piece), len(ids))
 
 
 def main() -> None:
@@ -65,11 +60,11 @@ def main() -> None:
     items = items_from_rows(load_cauldron(args.data, split=args.split))
     true = token_losses(model, items, None, TEMPERATURES)
     shuffled = token_losses(model, items, shuffled_sources(items, seed=0), TEMPERATURES)
-    cuts = first_sentence_lengths(model, items)
+    cuts = [first_sentence_length(model.processor.tokenizer, ids) for ids, _ in true]
 
     def part(select) -> tuple[np.ndarray, np.ndarray, int]:
-        a = np.concatenate([select(x, c) for x, c in zip(true, cuts)], axis=1)
-        b = np.concatenate([select(x, c) for x, c in zip(shuffled, cuts)], axis=1)
+        a = np.concatenate([select(x, c) for (_, x), c in zip(true, cuts)], axis=1)
+        b = np.concatenate([select(x, c) for (_, x), c in zip(shuffled, cuts)], axis=1)
         return a.mean(axis=1), b.mean(axis=1), a.shape[1]
 
     parts = {

@@ -131,12 +131,13 @@ def next_token_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (B, L-1, V) as float32, targets (B, L-1)) of one padded batch: the logits at each
     position against the token that follows it, -100 where it is not an answer token. For scripts
     that need more than `answer_loss`'s mean (per-token losses, other temperatures, answer ranking)."""
+    device = next(model.parameters()).device
     logits = model(
-        input_ids=batch["input_ids"],
-        pixel_values=batch["pixel_values"],
-        attention_mask=batch["attention_mask"],
+        input_ids=batch["input_ids"].to(device),
+        pixel_values=batch["pixel_values"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
     ).logits
-    return logits[:, :-1].float(), batch["labels"][:, 1:]
+    return logits[:, :-1].float().cpu(), batch["labels"][:, 1:]
 
 
 @torch.no_grad()

@@ -233,7 +233,8 @@ def test_the_gap_by_parts_and_temperature_reproduces_evals_gap(results, tiny_mod
     m = results["grounded"]["metrics"]
     for source, expected in ((None, m["loss"]), (shuffled_sources(items, seed=0), m["loss_shuffled_images"])):
         rows = parts.token_losses(model, items, source, (1.0, 2.0))
-        losses = np.concatenate(rows, axis=1)
+        losses = np.concatenate([row_losses for _, row_losses in rows], axis=1)
+        assert [len(ids) for ids, _ in rows] == [row_losses.shape[1] for _, row_losses in rows]
         assert losses[0].mean() == pytest.approx(expected, abs=1e-4)
         assert not np.allclose(losses[0], losses[1])
     assert m["image_gap_shuffled"] > 0.3  # the grounded model's gap, which the parts split up
