@@ -126,18 +126,20 @@ def loss_batches(
         yield pad_collate(samples, processor.pad_token_id)
 
 
+def _on_model_device(model, batch: dict) -> dict:
+    """The model's inputs and labels from a `loss_batches` batch, moved to where its weights are."""
+    device = next(model.parameters()).device
+    return {key: batch[key].to(device) for key in ("input_ids", "pixel_values", "attention_mask", "labels")}
+
+
 @torch.no_grad()
 def next_token_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (B, L-1, V) as float32, targets (B, L-1)) of one padded batch: the logits at each
     position against the token that follows it, -100 where it is not an answer token. For scripts
     that need more than `answer_loss`'s mean (per-token losses, other temperatures, answer ranking)."""
-    device = next(model.parameters()).device
-    logits = model(
-        input_ids=batch["input_ids"].to(device),
-        pixel_values=batch["pixel_values"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
-    ).logits
-    return logits[:, :-1].float().cpu(), batch["labels"][:, 1:]
+    inputs = _on_model_device(model, batch)
+    labels = inputs.pop("labels")
+    return model(**inputs).logits[:, :-1].float().cpu(), labels[:, 1:].cpu()
 
 
 @torch.no_grad()
@@ -154,17 +156,10 @@ def answer_loss(
     if isinstance(model, ExportedModel):  # the deployed graphs, through the runtime
         return model.answer_loss(items, image_source, blank)
 
-    device = next(model.parameters()).device
     total, n_tokens = 0.0, 0
     model.eval()
     for batch in loss_batches(model, items, batch_size, image_source, blank):
-        out = model(
-            input_ids=batch["input_ids"].to(device),
-            pixel_values=batch["pixel_values"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            labels=batch["labels"].to(device),
-            reduction="sum",
-        )
+        out = model(**_on_model_device(model, batch), reduction="sum")
         total += float(out.loss)
         n_tokens += out.n_tokens
     return total / max(n_tokens, 1)
