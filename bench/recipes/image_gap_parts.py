@@ -19,10 +19,14 @@ import numpy as np
 import torch
 
 from picovlm.data.cauldron import load_cauldron
-from picovlm.eval.evaluate import items_from_rows, loss_batches, next_token_logits, shuffled_sources
+from picovlm.eval.evaluate import (
+    CALIBRATION_TEMPERATURES,
+    items_from_rows,
+    loss_batches,
+    next_token_logits,
+    shuffled_sources,
+)
 from picovlm.model.vlm import VisionLanguageModel
-
-TEMPERATURES = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 @torch.no_grad()
@@ -58,8 +62,8 @@ def main() -> None:
     model = VisionLanguageModel.from_pretrained(args.model)
     model.eval()
     items = items_from_rows(load_cauldron(args.data, split=args.split))
-    true = token_losses(model, items, None, TEMPERATURES)
-    shuffled = token_losses(model, items, shuffled_sources(items, seed=0), TEMPERATURES)
+    true = token_losses(model, items, None, CALIBRATION_TEMPERATURES)
+    shuffled = token_losses(model, items, shuffled_sources(items, seed=0), CALIBRATION_TEMPERATURES)
     cuts = [first_sentence_length(model.processor.tokenizer, ids) for ids, _ in true]
 
     def part(select) -> tuple[np.ndarray, np.ndarray, int]:
@@ -76,12 +80,12 @@ def main() -> None:
     best = int(np.argmin(parts["whole answer"][0]))
     print(f"{args.model} on {args.split}: {len(items)} rows, {total_tokens} answer tokens")
     print("temperature | loss | loss, shuffled pictures | gap")
-    for k, t in enumerate(TEMPERATURES):
+    for k, t in enumerate(CALIBRATION_TEMPERATURES):
         loss, loss_shuffled, _ = parts["whole answer"]
         mark = "  <- lowest loss" if k == best else ""
         print(f"{t:11.1f} | {loss[k]:.3f} | {loss_shuffled[k]:.3f} | {loss_shuffled[k] - loss[k]:+.3f}{mark}")
-    one = TEMPERATURES.index(1.0)
-    print(f"part | tokens | gap at T=1 (share of the whole gap) | gap at T={TEMPERATURES[best]}")
+    one = CALIBRATION_TEMPERATURES.index(1.0)
+    print(f"part | tokens | gap at T=1 (share of the whole gap) | gap at T={CALIBRATION_TEMPERATURES[best]}")
     for name, (loss, loss_shuffled, n) in parts.items():
         share = (loss_shuffled[one] - loss[one]) * n / total_tokens
         print(

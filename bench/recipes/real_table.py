@@ -14,7 +14,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).with_name("real_results.jsonl")
 KEYS = ("token_f1", "field_accuracy", "distinct_answer_share", "reference_distinct_answer_share",
-        "copied_from_train_share", "image_gap_shuffled", "verdict_status")  # fmt: skip
+        "copied_from_train_share", "image_gap_shuffled", "image_gap_shuffled_calibrated",
+        "calibrated_temperature", "verdict_status")  # fmt: skip
 
 
 def row_of(run_dir: Path, overrides: str, seed: int, eval_dir: str = "eval") -> dict:
@@ -35,18 +36,21 @@ def row_of(run_dir: Path, overrides: str, seed: int, eval_dir: str = "eval") -> 
 
 def table(rows: list[dict]) -> str:
     lines = ["| set | run | steps | token F1 | facts | best lookup F1 / facts | distinct (refs) | "
-             "verbatim training answers | shuffled gap | best/ F1 / facts | verdict |",
+             "verbatim training answers | shuffled gap (calibrated) | best/ F1 / facts | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         f, b = r["final"], r["best"] or {}
         look_f1 = max(v["token_f1"] for v in r["lookups"].values())
         look_facts = max((v["field_accuracy"] or 0) for v in r["lookups"].values())
         best_cell = f"{b['token_f1']:.3f} / {b['field_accuracy']:.3f}" if b else "—"  # best/ not evaluated
+        gap = f"{f['image_gap_shuffled']:+.2f}"
+        if f.get("image_gap_shuffled_calibrated") is not None:  # evaluated since finding 30
+            gap += f" ({f['image_gap_shuffled_calibrated']:+.2f} at T={f['calibrated_temperature']:g})"
         lines.append(
             f"| {r['data']} | {r['run']} | {r['steps']:,} | {f['token_f1']:.3f} | {f['field_accuracy']:.3f} | "
             f"{look_f1:.3f} / {look_facts:.3f} | {f['distinct_answer_share']:.0%} "
             f"({f['reference_distinct_answer_share']:.0%}) | {f['copied_from_train_share']:.0%} | "
-            f"{f['image_gap_shuffled']:+.2f} | {best_cell} | "
+            f"{gap} | {best_cell} | "
             f"{f['verdict_status']} |"
         )
     return "\n".join(lines)

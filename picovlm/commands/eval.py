@@ -205,7 +205,8 @@ def run_eval(args: argparse.Namespace) -> int:
         m = result["metrics"]
         print(f"{result['name']}: {m['verdict']}")
         print(
-            f"  loss {m['loss']:.3f} (image gap shuffled {m['image_gap_shuffled']:+.3f}) · token F1 "
+            f"  loss {m['loss']:.3f} (image gap shuffled {m['image_gap_shuffled']:+.3f}, "
+            f"{m['image_gap_shuffled_calibrated']:+.3f} at temperature {m['calibrated_temperature']:g}) · token F1 "
             f"{m['token_f1']:.3f} · ROUGE-L {m['rouge_l']:.3f} · BLEU {m['bleu']:.1f} · chrF {m['chrf']:.1f}"
             + (f" · field acc. {m['field_accuracy']:.3f}" if "field_accuracy" in m else "")
         )

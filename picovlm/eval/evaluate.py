@@ -142,7 +142,42 @@ def next_token_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return model(**inputs).logits[:, :-1].float().cpu(), labels[:, 1:].cpu()
 
 
+# The grid the calibrated image gap picks its temperature from (T < 1 surer, T > 1 less sure).
+CALIBRATION_TEMPERATURES = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
 @torch.no_grad()
+def answer_losses(
+    model,
+    items: Sequence[EvalItem],
+    temperatures: Sequence[float] = (1.0,),
+    batch_size: int = 16,
+    image_source: Sequence[int] | None = None,
+    blank: bool = False,
+) -> np.ndarray:
+    """Mean cross-entropy per answer token (nats) with the logits divided by each temperature, row i
+    shown the images of row image_source[i]: one pass over the rows for all the temperatures."""
+    from picovlm.eval.exported import ExportedModel
+    from picovlm.model.vlm import chunked_cross_entropy
+
+    if isinstance(model, ExportedModel):  # the deployed graphs, through the runtime
+        return model.answer_losses(items, temperatures, image_source, blank)
+
+    totals, n_tokens = np.zeros(len(temperatures)), 0
+    model.eval()
+    head = model.decoder.lm_head.weight
+    for batch in loss_batches(model, items, batch_size, image_source, blank):
+        inputs = _on_model_device(model, batch)
+        targets = inputs.pop("labels")[:, 1:]
+        answer = targets != -100
+        # only the answer positions' hidden states: all positions' logits would not fit a large vocabulary
+        hidden = model.hidden_states(**inputs)[:, :-1][answer]
+        for k, temperature in enumerate(temperatures):
+            totals[k] += float(chunked_cross_entropy(hidden, head / temperature, targets[answer]))
+        n_tokens += int(answer.sum())
+    return totals / max(n_tokens, 1)
+
+
 def answer_loss(
     model,
     items: Sequence[EvalItem],
@@ -151,18 +186,7 @@ def answer_loss(
     blank: bool = False,
 ) -> float:
     """Mean cross-entropy per answer token (nats), row i shown the images of row image_source[i]."""
-    from picovlm.eval.exported import ExportedModel
-
-    if isinstance(model, ExportedModel):  # the deployed graphs, through the runtime
-        return model.answer_loss(items, image_source, blank)
-
-    total, n_tokens = 0.0, 0
-    model.eval()
-    for batch in loss_batches(model, items, batch_size, image_source, blank):
-        out = model(**_on_model_device(model, batch), reduction="sum")
-        total += float(out.loss)
-        n_tokens += out.n_tokens
-    return total / max(n_tokens, 1)
+    return float(answer_losses(model, items, (1.0,), batch_size, image_source, blank)[0])
 
 
 # --- Generation --------------------------------------------------------------------------------------
@@ -358,20 +382,31 @@ def image_reliance(
 ) -> dict[str, float]:
     """Loss with true / shuffled / blank images, their gaps, and how many answers change with the image.
 
+    The shuffled gap comes twice: as the model answers (T=1) and with the logits divided by the
+    temperature of CALIBRATION_TEMPERATURES that gives these rows' true images the lowest loss
+    (`calibrated_temperature`, fitted on the rows it scores).
+
     `answers` are the answers already generated with the true images (regenerated if None); the swap
     check regenerates the first `swap_items` rows with another row's image.
     """
     source = shuffled_sources(items, seed)
-    loss = answer_loss(model, items, batch_size)
-    loss_shuffled = answer_loss(model, items, batch_size, image_source=source)
+    grid = CALIBRATION_TEMPERATURES
+    losses = answer_losses(model, items, grid, batch_size)
+    losses_shuffled = answer_losses(model, items, grid, batch_size, image_source=source)
+    loss, loss_shuffled = losses[grid.index(1.0)], losses_shuffled[grid.index(1.0)]
     loss_blank = answer_loss(model, items, batch_size, blank=True)
+    # An over-confident model's gap is larger than what its picture earns (docs/recipes.md, finding 29):
+    # the gap again at the temperature that fits these rows best says how much is reading the picture.
+    calibrated = int(np.argmin(losses))
     result = {
-        "loss": loss,
+        "loss": float(loss),
         "perplexity": math.exp(min(loss, 50.0)),
-        "loss_shuffled_images": loss_shuffled,
+        "loss_shuffled_images": float(loss_shuffled),
         "loss_blank_images": loss_blank,
-        "image_gap_shuffled": loss_shuffled - loss,
+        "image_gap_shuffled": float(loss_shuffled - loss),
         "image_gap_blank": loss_blank - loss,
+        "calibrated_temperature": grid[calibrated],
+        "image_gap_shuffled_calibrated": float(losses_shuffled[calibrated] - losses[calibrated]),
     }
     n_swap = len(items) if swap_items is None else min(swap_items, len(items))
     if n_swap >= 2:

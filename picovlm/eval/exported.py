@@ -6,8 +6,9 @@ and everything after the answers (metrics, collapse verdict, report) is the same
 model. What eval needs from a model, and how the runtime gives it:
 
     answers        Runtime.answer, one image at a time (the server's way; no batching)
-    answer loss    Runtime.answer_nll: the prompt prefilled, then the reference fed token by token
-                   through the decoder graph, which returns the last position's logits
+    answer loss    Runtime.answer_nll_at: the prompt prefilled, then the reference fed token by token
+                   through the decoder graph, which returns the last position's logits (scored at
+                   each temperature of the calibrated image gap in the same pass)
     image features the vision graph's output (ViT + projector, fused at export), mean-pooled, for the
                    nearest-vision baseline (a torch model uses its ViT alone)
 
@@ -38,7 +39,7 @@ def is_exported_dir(path: str | os.PathLike) -> bool:
 
 class ExportedModel:
     """The runtime behind the interface `picovlm.eval.evaluate` uses: `processor`, `answer`,
-    `answer_loss`, `vision_features`, `retrieval`."""
+    `answer_losses`, `vision_features`, `retrieval`."""
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -82,13 +83,21 @@ class ExportedModel:
         answers = [self.runtime.answer(im, q, generation, **options) for im, q in zip(images, questions)]
         return answers[0] if single else answers
 
-    def answer_loss(self, items, image_source: Sequence[int] | None = None, blank: bool = False) -> float:
-        """Mean cross-entropy per answer token (nats), row i shown the images of row image_source[i]:
-        `picovlm.eval.evaluate.answer_loss` for a torch model."""
-        total, n_tokens = 0.0, 0
+    def answer_losses(
+        self,
+        items,
+        temperatures: Sequence[float] = (1.0,),
+        image_source: Sequence[int] | None = None,
+        blank: bool = False,
+    ) -> np.ndarray:
+        """Mean cross-entropy per answer token (nats) at each temperature, row i shown the images of row
+        image_source[i]: `picovlm.eval.evaluate.answer_losses` for a torch model."""
+        total, n_tokens = np.zeros(len(temperatures)), 0
         for i, item in enumerate(items):
             shown = items[image_source[i] if image_source is not None else i].images
-            nll, n = self.runtime.answer_nll(list(shown), item.question, item.reference, blank_images=blank)
+            nll, n = self.runtime.answer_nll_at(
+                list(shown), item.question, item.reference, temperatures, blank_images=blank
+            )
             total, n_tokens = total + nll, n_tokens + n
         return total / max(n_tokens, 1)
 

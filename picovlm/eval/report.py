@@ -31,6 +31,8 @@ SUMMARY_COLUMNS = [
     ("perplexity", "ppl", "{:.2f}"),
     ("train_test_loss_gap", "test−train loss", "{:+.3f}"),
     ("image_gap_shuffled", "image gap (shuffled)", "{:+.3f}"),
+    ("image_gap_shuffled_calibrated", "image gap (shuffled, calibrated)", "{:+.3f}"),
+    ("calibrated_temperature", "calibrated temperature", "{:g}"),
     ("image_gap_blank", "image gap (blank)", "{:+.3f}"),
     ("answers_changed_share", "answers change with image", "{:.0%}"),
     ("token_f1", "token F1", "{:.3f}"),

@@ -202,6 +202,23 @@ class VisionLanguageModel(nn.Module):
             )
         return embeds.masked_scatter(slots.unsqueeze(-1), image_embeds.to(embeds.dtype))
 
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The decoder's last hidden states (B, T, D), before the LM head."""
+        embeds = self.embed(input_ids, pixel_values, vision_features)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, input_ids.shape).to(input_ids.device)
+        # Right padding needs no mask: under causal attention no real token ever sees a later pad.
+        key_padding = None if attention_mask is None or is_right_padded(attention_mask) else attention_mask
+        return self.decoder(embeds, position_ids, key_padding=key_padding, segment_ids=segment_ids)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -214,12 +231,9 @@ class VisionLanguageModel(nn.Module):
         label_smoothing: float = 0.0,
         vision_features: torch.Tensor | None = None,
     ) -> VLMOutput:
-        embeds = self.embed(input_ids, pixel_values, vision_features)
-        if position_ids is None:
-            position_ids = positions_from_mask(attention_mask, input_ids.shape).to(input_ids.device)
-        # Right padding needs no mask: under causal attention no real token ever sees a later pad.
-        key_padding = None if attention_mask is None or is_right_padded(attention_mask) else attention_mask
-        hidden = self.decoder(embeds, position_ids, key_padding=key_padding, segment_ids=segment_ids)
+        hidden = self.hidden_states(
+            input_ids, pixel_values, attention_mask, position_ids, segment_ids, vision_features
+        )
         if labels is None:
             return VLMOutput(logits=self.decoder.lm_head(hidden))
         targets = labels[:, 1:]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,14 @@ class Runtime:
         """(summed negative log-likelihood in nats, token count) of `answer` and its end token after the
         prompt, teacher-forced: the tokens the trainer's loss counts. Evaluation's loss for an exported
         folder. blank_images: the pictures replaced by mid-grey (retrieval still sees the real ones)."""
+        nll, n_tokens = self.answer_nll_at(images, question, answer, (1.0,), blank_images)
+        return float(nll[0]), n_tokens
+
+    def answer_nll_at(
+        self, images, question: str, answer: str, temperatures: Sequence[float], blank_images: bool = False
+    ) -> tuple[np.ndarray, int]:
+        """`answer_nll` with the logits divided by each temperature: (summed nll per temperature, token
+        count), from one pass through the decoder (evaluation's calibrated image gap)."""
         images = [open_image(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
         ids, labels = self.processor.encode_turns(
             [(self.model_question(question, images), answer)], len(images)
@@ -252,11 +260,12 @@ class Runtime:
             np.arange(first, dtype=np.int64)[None],
             [empty] * (2 * self.n_layers),
         )
-        nll = 0.0
+        scales = 1.0 / np.asarray(temperatures, np.float64)[:, None]
+        nll = np.zeros(len(temperatures))
         for t in range(first, last + 1):
-            logits = logits.astype(np.float64)
-            top = logits.max()
-            nll += float(top + np.log(np.exp(logits - top).sum()) - logits[labels[t]])
+            scaled = logits.astype(np.float64)[None] * scales  # (temperatures, V)
+            top = scaled.max(axis=1)
+            nll += top + np.log(np.exp(scaled - top[:, None]).sum(axis=1)) - scaled[:, labels[t]]
             if t < last:
                 token_embed = np.asarray(self.embed_tokens[[ids[t]]], dtype=np.float32)[None]  # (1, 1, D)
                 logits, cache = self._step(token_embed, np.array([[t]], np.int64), cache)

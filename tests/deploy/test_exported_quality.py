@@ -41,8 +41,15 @@ def test_eval_scores_exported_folders_beside_the_torch_model(run_exports, traine
     torch_answers = [row["answer"] for row in predictions[torch_m["name"]]]
     assert [row["answer"] for row in predictions[fp32["name"]]] == torch_answers
     assert len(set(torch_answers)) >= 3  # a model that reads its images, not one answer for all
-    for key in ("loss", "loss_shuffled_images", "loss_blank_images", "train_loss"):
+    for key in (
+        "loss",
+        "loss_shuffled_images",
+        "loss_blank_images",
+        "train_loss",
+        "image_gap_shuffled_calibrated",
+    ):
         assert fp32["metrics"][key] == pytest.approx(torch_m["metrics"][key], abs=1e-3), key
+    assert fp32["metrics"]["calibrated_temperature"] == torch_m["metrics"]["calibrated_temperature"]
     for key in ("token_f1", "field_accuracy", "answers_changed_share"):
         assert fp32["metrics"][key] == pytest.approx(torch_m["metrics"][key], abs=1e-9), key
     assert fp32["metrics"]["image_gap_shuffled"] > 0.05  # the loss does depend on the picture

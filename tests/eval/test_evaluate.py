@@ -9,9 +9,13 @@ import pytest
 from PIL import Image
 
 from picovlm.eval.evaluate import (
+    CALIBRATION_TEMPERATURES,
     EvalItem,
+    answer_loss,
+    answer_losses,
     evaluate,
     evaluate_many,
+    items_from_rows,
     nearest_answers,
     pixel_baseline,
     pixel_features,
@@ -221,7 +225,6 @@ def test_the_gap_by_parts_and_temperature_reproduces_evals_gap(results, tiny_mod
     from pathlib import Path
 
     from picovlm.data.cauldron import load_cauldron
-    from picovlm.eval.evaluate import items_from_rows
     from picovlm.model.vlm import VisionLanguageModel
 
     script = Path(__file__).parents[2] / "bench" / "recipes" / "image_gap_parts.py"
@@ -237,4 +240,50 @@ def test_the_gap_by_parts_and_temperature_reproduces_evals_gap(results, tiny_mod
         assert [len(ids) for ids, _ in rows] == [row_losses.shape[1] for _, row_losses in rows]
         assert losses[0].mean() == pytest.approx(expected, abs=1e-4)
         assert not np.allclose(losses[0], losses[1])
+        # eval's own temperatures (the calibrated gap) are the script's: full logits over T, log-softmax
+        assert answer_losses(model, items, (2.0,), image_source=source)[0] == pytest.approx(
+            losses[1].mean(), abs=1e-4
+        )
     assert m["image_gap_shuffled"] > 0.3  # the grounded model's gap, which the parts split up
+
+
+def test_the_calibrated_gap_is_the_gap_at_the_temperature_that_fits_best(results, tiny_models, squares_dir):
+    """`calibrated_temperature` is the grid's temperature with the lowest loss on the scored rows' true
+    images, and the calibrated gap is the shuffled-image gap there. The grounded model keeps a gap at
+    its calibrated confidence; the model trained on shuffled pictures has none at any temperature."""
+    from picovlm.data.cauldron import load_cauldron
+    from picovlm.model.vlm import VisionLanguageModel
+
+    items = items_from_rows(load_cauldron(squares_dir, split="test"))
+    source = shuffled_sources(items, seed=0)
+    for name in ("grounded", "shuffled"):
+        m = results[name]["metrics"]
+        model = VisionLanguageModel.from_pretrained(tiny_models[name])
+        true = answer_losses(model, items, CALIBRATION_TEMPERATURES)
+        shuffled = answer_losses(model, items, CALIBRATION_TEMPERATURES, image_source=source)
+        best = int(np.argmin(true))
+        assert m["calibrated_temperature"] == CALIBRATION_TEMPERATURES[best]
+        assert m["image_gap_shuffled_calibrated"] == pytest.approx(shuffled[best] - true[best], abs=1e-6)
+        assert true[CALIBRATION_TEMPERATURES.index(1.0)] == pytest.approx(m["loss"], abs=1e-6)
+    assert results["grounded"]["metrics"]["image_gap_shuffled_calibrated"] > 0.3
+    assert abs(results["shuffled"]["metrics"]["image_gap_shuffled_calibrated"]) < 0.05
+
+
+def test_answer_losses_at_temperature_one_is_the_trainers_loss(tiny_models, squares_dir):
+    """eval scores the answer from the decoder's hidden states; the trainer's forward pass gives the
+    same mean loss on the same batches."""
+    import torch
+
+    from picovlm.data.cauldron import load_cauldron
+    from picovlm.eval.evaluate import loss_batches
+    from picovlm.model.vlm import VisionLanguageModel
+
+    model = VisionLanguageModel.from_pretrained(tiny_models["grounded"]).eval()
+    items = items_from_rows(load_cauldron(squares_dir, split="test"))
+    total, n_tokens = 0.0, 0
+    for batch in loss_batches(model, items, batch_size=5):
+        with torch.no_grad():
+            inputs = {key: batch[key] for key in ("input_ids", "pixel_values", "attention_mask", "labels")}
+            out = model(**inputs, reduction="sum")
+        total, n_tokens = total + float(out.loss), n_tokens + out.n_tokens
+    assert answer_loss(model, items, batch_size=7) == pytest.approx(total / n_tokens, abs=1e-5)
