@@ -61,6 +61,28 @@ def test_greedy_answers_match_the_torch_model(trained_model_dir, exported_dir):
     assert stopped_early, "no answer ended at <|im_end|> before max_new_tokens"
 
 
+def test_answer_nll_matches_the_torch_models_loss_at_each_temperature(trained_model_dir, exported_dir):
+    """The runtime's teacher-forced loss (what `picovlm eval` scores an exported folder by) is the torch
+    model's, at T=1 and with the logits divided by other temperatures (the calibrated image gap)."""
+    from picovlm.eval.evaluate import EvalItem, answer_losses
+    from picovlm.model.vlm import VLM
+    from picovlm.runtime import Runtime
+
+    model = VLM.from_pretrained(trained_model_dir)
+    runtime = Runtime.load(exported_dir)
+    temperatures = (0.5, 1.0, 3.0)
+    for index in range(2):
+        image = demo_image(index)
+        answer = "The image shows a small red circle at the top left."
+        expected = answer_losses(
+            model, [EvalItem([image], "Describe the image.", answer, str(index))], temperatures
+        )
+        nll, n_tokens = runtime.answer_nll_at([image], "Describe the image.", answer, temperatures)
+        assert nll / n_tokens == pytest.approx(expected, abs=1e-4)
+        assert runtime.answer_nll([image], "Describe the image.", answer) == pytest.approx((nll[1], n_tokens))
+        assert len(set(np.round(nll, 3))) == 3  # the temperatures do change the loss
+
+
 def test_generate_cli_answers_with_an_exported_folder_as_with_the_torch_model(
     trained_model_dir, exported_dir, tmp_path, capsys
 ):
