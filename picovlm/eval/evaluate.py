@@ -393,17 +393,17 @@ def image_reliance(
     grid = CALIBRATION_TEMPERATURES
     losses = answer_losses(model, items, grid, batch_size)
     losses_shuffled = answer_losses(model, items, grid, batch_size, image_source=source)
-    loss, loss_shuffled = losses[grid.index(1.0)], losses_shuffled[grid.index(1.0)]
+    loss, loss_shuffled = float(losses[grid.index(1.0)]), float(losses_shuffled[grid.index(1.0)])
     loss_blank = answer_loss(model, items, batch_size, blank=True)
     # An over-confident model's gap is larger than what its picture earns (docs/recipes.md, finding 29):
     # the gap again at the temperature that fits these rows best says how much is reading the picture.
     calibrated = int(np.argmin(losses))
     result = {
-        "loss": float(loss),
+        "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
-        "loss_shuffled_images": float(loss_shuffled),
+        "loss_shuffled_images": loss_shuffled,
         "loss_blank_images": loss_blank,
-        "image_gap_shuffled": float(loss_shuffled - loss),
+        "image_gap_shuffled": loss_shuffled - loss,
         "image_gap_blank": loss_blank - loss,
         "calibrated_temperature": grid[calibrated],
         "image_gap_shuffled_calibrated": float(losses_shuffled[calibrated] - losses[calibrated]),
