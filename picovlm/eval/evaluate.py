@@ -173,7 +173,8 @@ def answer_losses(
         # only the answer positions' hidden states: all positions' logits would not fit a large vocabulary
         hidden = model.hidden_states(**inputs)[:, :-1][answer]
         for k, temperature in enumerate(temperatures):
-            totals[k] += float(chunked_cross_entropy(hidden, head / temperature, targets[answer]))
+            # (h / T) W^T = logits / T; scaling the answer tokens' states, not the head, copies N x D, not V x D
+            totals[k] += float(chunked_cross_entropy(hidden / temperature, head, targets[answer]))
         n_tokens += int(answer.sum())
     return totals / max(n_tokens, 1)
 
@@ -393,7 +394,8 @@ def image_reliance(
     grid = CALIBRATION_TEMPERATURES
     losses = answer_losses(model, items, grid, batch_size)
     losses_shuffled = answer_losses(model, items, grid, batch_size, image_source=source)
-    loss, loss_shuffled = float(losses[grid.index(1.0)]), float(losses_shuffled[grid.index(1.0)])
+    one = grid.index(1.0)  # the model as it answers
+    loss, loss_shuffled = float(losses[one]), float(losses_shuffled[one])
     loss_blank = answer_loss(model, items, batch_size, blank=True)
     # An over-confident model's gap is larger than what its picture earns (docs/recipes.md, finding 29):
     # the gap again at the temperature that fits these rows best says how much is reading the picture.
