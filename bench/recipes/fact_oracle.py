@@ -2,15 +2,15 @@
 
 docs/recipes.md finding 31. Issue 14 asks for a shuffled-image gap above +0.3 nats per answer token. On
 Wesnoth and the flags the final recipe stays near +0.1 and +0.0 (+0.05 and +0.01 calibrated), and
-finding 29 argued that the picture cannot carry more: the rest of each answer is the object's own text.
-This script measures that bound instead of arguing it. `build` copies a set with each row's question
+finding 29 argued why: most of a Wesnoth answer is the unit's own text, and a flag says little about
+its nation. This script measures the bound instead of arguing it. `build` copies a set with each row's question
 extended by the row's own facts (its `fields`, the words a perfect reader of the picture could state);
 train the default recipe on the copy as a user would; `gap` then scores the answers with each row shown
 another row's picture *and* facts (`picovlm eval`'s shuffle), at T=1 and at the calibrated temperature
 (the grid of `picovlm eval`). A model that is told the facts has no reason to guess them, so its gap is
-about what knowing them is worth; what a picture carries beyond its facts (a name's hint, a drawing's
-style) is the small part this leaves out. `gap` also shuffles the pictures alone and the facts alone,
-to show which of the two the model leans on.
+what knowing them is worth, plus what its picture says beyond them (an emoji's picture names the
+emoji): the ceiling, under the same recipe and budget, for a model that reads the facts off the
+picture. `gap` also shuffles the pictures alone (that second part) and the facts alone.
 
     python bench/recipes/fact_oracle.py build DATA_DIR OUT_DIR
     picovlm train train.data_dir=OUT_DIR train.out_dir=RUN train.max_minutes=10
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
+from pathlib import Path
 
 from picovlm.data.cauldron import load_cauldron_splits
 from picovlm.eval.evaluate import (
@@ -45,17 +46,17 @@ def facts_sentence(fields: str | dict | None) -> str:
 def with_facts(row: dict) -> dict:
     """The row with its facts appended to every turn's question."""
     facts = facts_sentence(row.get("fields"))
-    texts = [{**turn, "user": f"{turn['user']} {facts}".strip()} for turn in row["texts"]]
+    texts = [{**turn, "user": f"{turn.get('user') or ''} {facts}".strip()} for turn in row["texts"]]
     return {"texts": texts}
 
 
-def build(data_dir: str, out_dir: str) -> dict[str, int]:
+def build(data_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
     """Copy every split of `data_dir` into `out_dir` with the facts in the questions; rows per split."""
     import datasets
 
     splits = load_cauldron_splits(data_dir)
     oracle = datasets.DatasetDict({name: split.map(with_facts) for name, split in splits.items()})
-    oracle.save_to_disk(out_dir)
+    oracle.save_to_disk(str(out_dir))
     return {name: len(split) for name, split in oracle.items()}
 
 
