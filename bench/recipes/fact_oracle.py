@@ -30,6 +30,7 @@ from picovlm.eval.evaluate import (
     EvalItem,
     answer_losses,
     items_from_rows,
+    shuffled_gaps,
     shuffled_sources,
 )
 
@@ -43,11 +44,10 @@ def facts_sentence(fields: str | dict | None) -> str:
     return "Facts: " + "; ".join(f"{name} {value}" for name, value in sorted(fields.items())) + "."
 
 
-def with_facts(row: dict) -> dict:
-    """The row with its facts appended to every turn's question."""
-    facts = facts_sentence(row.get("fields"))
-    texts = [{**turn, "user": f"{turn.get('user') or ''} {facts}".strip()} for turn in row["texts"]]
-    return {"texts": texts}
+def with_facts(texts: list[dict], fields: str | dict | None = None) -> dict:
+    """A row's turns with its facts appended to every question."""
+    facts = facts_sentence(fields)
+    return {"texts": [{**turn, "user": f"{turn.get('user') or ''} {facts}".strip()} for turn in texts]}
 
 
 def build(data_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
@@ -55,7 +55,15 @@ def build(data_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
     import datasets
 
     splits = load_cauldron_splits(data_dir)
-    oracle = datasets.DatasetDict({name: split.map(with_facts) for name, split in splits.items()})
+    # only the text columns go through the function: the pictures are copied, never decoded
+    oracle = datasets.DatasetDict(
+        {
+            name: split.map(
+                with_facts, input_columns=[c for c in ("texts", "fields") if c in split.column_names]
+            )
+            for name, split in splits.items()
+        }
+    )
     oracle.save_to_disk(str(out_dir))
     return {name: len(split) for name, split in oracle.items()}
 
@@ -76,15 +84,13 @@ def oracle_gaps(model, items: list[EvalItem], seed: int = 0, batch_size: int = 1
     """Gaps (shuffled - true, nats per answer token) at T=1 and at the temperature that fits the true
     rows best, with the pictures and facts shuffled together, the pictures alone and the facts alone."""
     grid = CALIBRATION_TEMPERATURES
-    one = grid.index(1.0)
     true = answer_losses(model, items, grid, batch_size)
-    calibrated = int(true.argmin())
     source = shuffled_sources(items, seed)
-    result = {"loss": float(true[one]), "calibrated_temperature": grid[calibrated], "rows": len(items)}
+    result = {"loss": float(true[grid.index(1.0)]), "rows": len(items)}
     for name, pictures, facts in (("both", True, True), ("pictures", True, False), ("facts", False, True)):
         shuffled = answer_losses(model, shown(items, source, pictures, facts), grid, batch_size)
-        result[f"gap_{name}"] = float(shuffled[one] - true[one])
-        result[f"gap_{name}_calibrated"] = float(shuffled[calibrated] - true[calibrated])
+        gap, gap_calibrated, result["calibrated_temperature"] = shuffled_gaps(true, shuffled)
+        result[f"gap_{name}"], result[f"gap_{name}_calibrated"] = gap, gap_calibrated
     return result
 
 

@@ -179,6 +179,19 @@ def answer_losses(
     return totals / max(n_tokens, 1)
 
 
+def shuffled_gaps(losses: np.ndarray, losses_shuffled: np.ndarray) -> tuple[float, float, float]:
+    """(gap at T=1, gap at the calibrated temperature, that temperature) from `answer_losses` over
+    CALIBRATION_TEMPERATURES with the true and the shuffled images. The calibrated temperature is the
+    one that gives the true images the lowest loss: an over-confident model's gap at T=1 is larger than
+    what its picture earns (docs/recipes.md, finding 29)."""
+    one, calibrated = CALIBRATION_TEMPERATURES.index(1.0), int(np.argmin(losses))
+    return (
+        float(losses_shuffled[one] - losses[one]),
+        float(losses_shuffled[calibrated] - losses[calibrated]),
+        CALIBRATION_TEMPERATURES[calibrated],
+    )
+
+
 def answer_loss(
     model,
     items: Sequence[EvalItem],
@@ -397,18 +410,16 @@ def image_reliance(
     one = grid.index(1.0)  # the model as it answers
     loss, loss_shuffled = float(losses[one]), float(losses_shuffled[one])
     loss_blank = answer_loss(model, items, batch_size, blank=True)
-    # An over-confident model's gap is larger than what its picture earns (docs/recipes.md, finding 29):
-    # the gap again at the temperature that fits these rows best says how much is reading the picture.
-    calibrated = int(np.argmin(losses))
+    gap, gap_calibrated, temperature = shuffled_gaps(losses, losses_shuffled)
     result = {
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
         "loss_shuffled_images": loss_shuffled,
         "loss_blank_images": loss_blank,
-        "image_gap_shuffled": loss_shuffled - loss,
+        "image_gap_shuffled": gap,
         "image_gap_blank": loss_blank - loss,
-        "calibrated_temperature": grid[calibrated],
-        "image_gap_shuffled_calibrated": float(losses_shuffled[calibrated] - losses[calibrated]),
+        "calibrated_temperature": temperature,
+        "image_gap_shuffled_calibrated": gap_calibrated,
     }
     n_swap = len(items) if swap_items is None else min(swap_items, len(items))
     if n_swap >= 2:

@@ -23,12 +23,14 @@ def oracle():
     return module
 
 
+def colour_of(row: dict) -> str:
+    """A squares row's colour, read back from its answer ("The square is red.")."""
+    return row["texts"][0]["assistant"].split()[-1][:-1]
+
+
 def with_fields(rows: list[dict]) -> list[dict]:
-    """The squares' rows with their colour as a fact (read back from the answer)."""
-    return [
-        {**row, "fields": json.dumps({"colour": row["texts"][0]["assistant"].split()[-1][:-1]})}
-        for row in rows
-    ]
+    """The squares' rows with their colour as a fact."""
+    return [{**row, "fields": json.dumps({"colour": colour_of(row)})} for row in rows]
 
 
 def test_build_puts_each_rows_own_facts_in_its_question_and_keeps_the_rest(oracle, tmp_path):
@@ -63,7 +65,7 @@ def test_a_model_told_the_facts_leans_on_them_and_not_on_the_picture(oracle):
     random.Random(1).shuffle(pictures)
 
     def told(row):
-        user = f"{QUESTION} Facts: colour {row['texts'][0]['assistant'].split()[-1][:-1]}."
+        user = f"{QUESTION} Facts: colour {colour_of(row)}."
         return {**row, "texts": [{**row["texts"][0], "user": user}]}
 
     model = train_tiny([{**told(row), "images": images} for row, images in zip(rows, pictures)])
