@@ -513,7 +513,7 @@ def _row_groups(dataset) -> list[str]:
     return out
 
 
-def _first_images(dataset, chunk: int = 256) -> tuple[list[int], list[Image.Image]]:
+def first_images(dataset, chunk: int = 256) -> tuple[list[int], list[Image.Image]]:
     """(row numbers, first image) of the rows that have an image, read a chunk at a time."""
     rows, images = [], []
     for start in range(0, len(dataset), chunk):
@@ -527,7 +527,7 @@ def _first_images(dataset, chunk: int = 256) -> tuple[list[int], list[Image.Imag
 def with_neighbours(dataset, index: RetrievalIndex, exclude_own_group: bool):
     """A copy of a cauldron split (in memory) whose first question of each row carries its neighbours'
     answers; rows without an image stay as they are."""
-    rows, images = _first_images(dataset)
+    rows, images = first_images(dataset)
     groups = _row_groups(dataset) if exclude_own_group else None
     found = index.neighbours(
         index.vectors_of(images),
@@ -557,7 +557,7 @@ def build_training_index(
     colour_weight, gradient_weight: how much colours and strokes count beside the thumbnails
     (`PictureFeatures.vectors`); "auto" = as `choose_weights` finds on this split, said to report (a
     callable taking one line, e.g. the run's notes)."""
-    rows, images = _first_images(train_dataset)
+    rows, images = first_images(train_dataset)
     texts = train_dataset["texts"]
     groups = _row_groups(train_dataset)
     keep = [(r, im) for r, im in zip(rows, images) if texts[r] and texts[r][0].get("assistant")]

@@ -1,4 +1,4 @@
-"""`picovlm data <import|check|stats|split|mix|demo>`: datasets in the_cauldron's schema."""
+"""`picovlm data <import|check|stats|facts|split|mix|demo>`: datasets in the_cauldron's schema."""
 
 from __future__ import annotations
 
@@ -171,6 +171,36 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_facts(args: argparse.Namespace) -> int:
+    from picovlm.data.cauldron import load_cauldron, split_names
+    from picovlm.eval.fact_visibility import fact_visibility
+
+    held_split = args.split
+    if held_split is None:  # validation where there is one: the test split stays for the final figures
+        names = split_names(args.data)
+        held_split = next((name for name in ("validation", "val", "test") if name in names), None)
+        if held_split is None or args.train_split not in names:
+            raise DataError(
+                f"{args.data} has the splits {names}: scoring which facts the pictures show needs a "
+                f"training split ({args.train_split!r}) and a held-out one (validation or test) whose "
+                "objects training never saw. Make them with `picovlm data split`, or name them with "
+                "--train-split and --split"
+            )
+    train = load_cauldron(args.data, split=args.train_split)
+    held = load_cauldron(args.data, split=held_split)
+    with ProgressBar("reading the facts", unit="step") as progress:
+        result = fact_visibility(train, held, held_split, progress=progress)
+    print(result.markdown())
+    if result.index:
+        print(f"\n{result.index}")
+    if args.json:
+        from picovlm.utils import atomic_write_text
+
+        atomic_write_text(args.json, result.to_json())
+        print(f"json: {args.json}")
+    return 0
+
+
 def cmd_split(args: argparse.Namespace) -> int:
     from picovlm.data.cauldron import load_cauldron, save_cauldron
     from picovlm.data.split import split_dataset
@@ -213,7 +243,7 @@ def add_parser(subparsers) -> None:
     )  # fmt: skip
     verbs = data.add_subparsers(dest="data_verb", metavar="<sub>")
     data.set_defaults(func=lambda _args: data.print_help() or 2)
-    for add_verb in (_add_import, _add_check, _add_stats, _add_split, _add_mix, _add_demo):
+    for add_verb in (_add_import, _add_check, _add_stats, _add_facts, _add_split, _add_mix, _add_demo):
         add_verb(verbs)
 
 
@@ -309,6 +339,21 @@ def _add_stats(verbs) -> None:
         "--plot", help="write the answer-length histogram to this PNG file (several splits: FILE-<split>.png)"
     )
     p.set_defaults(func=cmd_stats)
+
+
+def _add_facts(verbs) -> None:
+    p = verbs.add_parser(
+        "facts", help="which facts in `fields` the pictures show: probes and the nearest picture vs a guess",
+        description="For each fact field of the rows' `fields`, fit the readers a retrieving run fits (a "
+        "probe over the picture vectors, the nearest training picture) on the training split and score "
+        "them on a held-out split against always guessing the most common value. A field the pictures do "
+        "not show is one no model trained on them will read. See docs/data.md.",
+    )  # fmt: skip
+    p.add_argument("data", help="dataset folder with a training split and a held-out split")
+    p.add_argument("--split", help="held-out split to score (default: validation, else test)")
+    p.add_argument("--train-split", default="train", help="split the readers learn from (default: train)")
+    p.add_argument("--json", help="also write the table as JSON to this file")
+    p.set_defaults(func=cmd_facts)
 
 
 def _add_split(verbs) -> None:

@@ -1,0 +1,110 @@
+"""`picovlm data facts`: which of a set's facts its pictures show, scored on objects unseen in training."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from picovlm.cli import main
+from picovlm.errors import DataError
+from picovlm.eval.fact_visibility import BARELY, SHOWN, UNSHOWN, FieldVisibility, fact_visibility
+from tests.eval.conftest import make_rows
+
+MOODS = ("calm", "busy", "sleepy")
+
+
+def with_facts(rows: list[dict], seed: int) -> list[dict]:
+    """The squares with three facts: the colour (drawn), a mood drawn by chance (not in the picture) and
+    a serial number (a one-off per row)."""
+    rng = random.Random(seed)
+    out = []
+    for i, row in enumerate(rows):
+        colour = row["texts"][0]["assistant"].split()[-1][:-1]
+        facts = {"colour": colour, "mood": rng.choice(MOODS), "serial": f"{seed}-{i}"}
+        out.append({**row, "fields": json.dumps(facts)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def squares_with_facts(tmp_path_factory):
+    from datasets import DatasetDict
+
+    from picovlm.data.cauldron import rows_to_dataset
+
+    train = make_rows(120, 0)
+    splits = {"train": with_facts(train, 0), "validation": with_facts(make_rows(60, 1, avoid=train), 1)}
+    folder = tmp_path_factory.mktemp("facts") / "squares"
+    DatasetDict(
+        {name: rows_to_dataset(rows, ("images", "texts", "fields")) for name, rows in splits.items()}
+    ).save_to_disk(str(folder))
+    return folder
+
+
+def test_the_drawn_fact_is_shown_the_chance_fact_is_not_and_one_offs_are_not_scored(squares_with_facts):
+    from picovlm.data.cauldron import load_cauldron
+
+    train = load_cauldron(squares_with_facts, split="train")
+    held = load_cauldron(squares_with_facts, split="validation")
+    result = fact_visibility(train, held)
+    by_field = {f.field: f for f in result.fields}
+    assert set(by_field) == {"colour", "mood"}
+    colour, mood = by_field["colour"], by_field["mood"]
+    assert colour.values == 6 and colour.rows == 60 and colour.unseen == 0
+    assert colour.probe > 0.9 and colour.nearest > 0.9 and colour.guess < 0.3
+    assert colour.verdict == SHOWN
+    assert mood.values == 3 and mood.best - mood.guess <= mood.margin
+    assert mood.verdict == UNSHOWN
+    assert "serial" in result.skipped and "one-offs" in result.skipped["serial"]
+    assert result.train_rows == 120 and result.held_rows == 60
+    table = result.markdown()
+    assert "| colour | 6 | 60 |" in table and "do not show mood" in table
+
+
+def test_the_verdict_follows_the_margin_and_the_share_of_errors_removed():
+    def field(best, guess, rows=400):
+        return FieldVisibility("f", 4, rows, 0, best, best - 0.01, guess, "x")
+
+    assert field(0.30, 0.28).verdict == UNSHOWN  # +0.02, under two standard errors (0.045)
+    assert field(0.36, 0.28).verdict == BARELY  # +0.08: past the margin, 11 % of the errors gone
+    assert field(0.60, 0.28).verdict == SHOWN  # 44 % of the errors gone
+    assert field(0.36, 0.28, rows=40).verdict == UNSHOWN  # the same +0.08 on 40 rows is within chance
+
+
+def test_the_command_prints_the_table_and_writes_json(squares_with_facts, tmp_path, capsys):
+    out = tmp_path / "facts.json"
+    assert main(["data", "facts", str(squares_with_facts), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| colour |" in printed and "validation" in printed
+    document = json.loads(out.read_text())
+    assert document["held_split"] == "validation"
+    assert {row["field"]: row["verdict"] for row in document["fields"]} == {"colour": SHOWN, "mood": UNSHOWN}
+
+
+def test_data_without_facts_or_without_a_held_out_split_is_told_what_to_do(
+    squares_with_facts, tmp_path, capsys
+):
+    from datasets import DatasetDict
+
+    from picovlm.data.cauldron import load_cauldron, rows_to_dataset
+
+    plain = tmp_path / "plain"
+    DatasetDict(
+        {
+            "train": rows_to_dataset(make_rows(12, 0), ("images", "texts")),
+            "validation": rows_to_dataset(make_rows(6, 1), ("images", "texts")),
+        }
+    ).save_to_disk(str(plain))
+    assert main(["data", "facts", str(plain)]) == 1
+    assert re.search("training split has no `fields` column.*--fact-columns", capsys.readouterr().err)
+    assert main(["data", "facts", str(squares_with_facts), "--train-split", "training"]) == 1
+    said = capsys.readouterr().err
+    assert "'train'" in said and "'validation'" in said and "picovlm data split" in said
+    train = load_cauldron(squares_with_facts, split="train").remove_columns("fields")
+    serials = [json.dumps({"serial": str(i)}) for i in range(len(train))]
+    with pytest.raises(DataError, match="one-offs"):  # no field repeats: nothing a picture can teach
+        fact_visibility(
+            train.add_column("fields", serials), load_cauldron(squares_with_facts, split="validation")
+        )
