@@ -483,7 +483,9 @@ def _ignores_image(m: dict[str, Any], t: dict[str, float]) -> str | None:
         how_much = (
             f"only {gap:.2f} nats/token higher" if gap >= 0.005 else f"no higher ({gap:+.2f} nats/token)"
         )
-        return f"ignores the image: loss with shuffled images is {how_much}"
+        # with facts to score, the set may be one whose pictures do not show them (docs/recipes.md, 32)
+        hint = "; `picovlm data facts` tells which facts the pictures show" if "field_accuracy" in m else ""
+        return f"ignores the image: loss with shuffled images is {how_much}{hint}"
     if "answers_changed_share" in m:  # else: answers that stay the same whatever the image
         changed, limit = m["answers_changed_share"], t["answers_changed_share"]
         if changed < limit * m.get("reference_answers_changed_share", 1.0):

@@ -249,6 +249,9 @@ def test_verdict_ignores_image_and_overfitting_and_baseline():
     status, sentence = M.collapse_verdict({"image_gap_shuffled": 0.01})
     assert status == "ignores-image"
     assert sentence == "ignores the image: loss with shuffled images is only 0.01 nats/token higher"
+    # where the set has facts, the sentence points to the check of which ones its pictures show
+    sentence = M.collapse_verdict({"image_gap_shuffled": 0.01, "field_accuracy": 0.2})[1]
+    assert sentence.endswith("higher; `picovlm data facts` tells which facts the pictures show")
     # the loss depends on the image but greedy answers do not: generation still ignores it
     status, sentence = M.collapse_verdict({"image_gap_shuffled": 0.9, "answers_changed_share": 0.05})
     assert status == "ignores-image" and "only 5% of answers change" in sentence
