@@ -21,7 +21,8 @@ and compares the better reader with the guess:
 A field the pictures do not show can still be learned as words, but the answers state it as often as
 a guess, and the shuffled-image gap (`picovlm eval`) cannot grow from it. Fields whose values are
 mostly one-offs (a name) are not classes a picture can be taught: they are listed, not scored (the
-fact loss skips them for the same reason: `FactVocabulary`).
+fact loss skips them for the same reason: `FactVocabulary`). A retrieving run with facts scores its
+own index on its validation rows the same way (`read_held_out`) and notes the result.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from picovlm.errors import DataError
+from picovlm.errors import DataError, PicovlmError
 from picovlm.eval.facts import row_facts
 from picovlm.eval.metrics import flatten_fields
 from picovlm.utils import ProgressFn, no_progress
@@ -90,6 +91,14 @@ class FactVisibility:
     def verdicts(self) -> dict[str, str]:
         return {f.field: f.verdict for f in self.fields}
 
+    def note(self) -> str:
+        """One line for a run's notes: each field's probe / nearest picture / guess and its verdict."""
+        scored = "; ".join(
+            f"{f.field} {f.probe:.2f} / {f.nearest:.2f} / {f.guess:.2f} {f.verdict}" for f in self.fields
+        )
+        return (f"facts the {self.held_split} pictures show (probe / nearest picture / most common value; "
+                f"`picovlm data facts`): {scored or 'none scored'}")  # fmt: skip
+
     def to_dict(self) -> dict:
         rows = [{**asdict(f), "best": f.best, "margin": f.margin, "errors_removed": f.errors_removed,
                  "verdict": f.verdict} for f in self.fields]  # fmt: skip
@@ -130,14 +139,10 @@ class FactVisibility:
         return "\n".join(lines)
 
 
-def _stated_facts(fields_column) -> list[dict[str, str]]:
-    return [flatten_fields(row_facts({"fields": raw}) or {}) for raw in fields_column]
-
-
 def fact_visibility(train, held, held_split: str = "validation", progress: ProgressFn = no_progress):
     """Score how well the training pictures teach each fact field of `train`'s `fields` to name the
     held-out rows' values (`held`: objects unseen in training). Returns a FactVisibility."""
-    from picovlm.retrieval import build_training_index, first_images
+    from picovlm.retrieval import READS_PICTURES, build_training_index
     from picovlm.train.facts import FactVocabulary, fit_fact_probes
 
     for name, dataset in (("training", train), (held_split, held)):
@@ -149,8 +154,8 @@ def fact_visibility(train, held, held_split: str = "validation", progress: Progr
             )
     vocabulary = FactVocabulary.from_rows(train["fields"])
     counts: dict[str, Counter[str]] = {}
-    for facts in _stated_facts(train["fields"]):
-        for path, value in facts.items():
+    for raw in train["fields"]:
+        for path, value in flatten_fields(row_facts({"fields": raw}) or {}).items():
             counts.setdefault(path, Counter())[value] += 1
     skipped = {
         path: (f"one value ({next(iter(c))})" if len(c) == 1 else
@@ -171,15 +176,33 @@ def fact_visibility(train, held, held_split: str = "validation", progress: Progr
     progress(0, None, "fitting one probe per fact on the training pictures")
     class_counts = [len(values) for values in vocabulary.values.values()]
     probes = fit_fact_probes(index.table, index.facts.classes, class_counts)
+    index.facts = index.facts.with_heads(probes, READS_PICTURES)
     progress(0, None, f"reading the {held_split} pictures")
+    result = read_held_out(index, vocabulary, held, held_split)
+    result.skipped = {**skipped, **result.skipped}
+    result.index = "; ".join(notes)
+    return result
+
+
+def read_held_out(index, vocabulary, held, held_split: str) -> FactVisibility:
+    """How well a retrieval index's fact probes (`FactReader` reading the pictures) and its nearest
+    picture name the facts of `held`'s rows, each against the most common training value: what
+    `fact_visibility` reports, and what a training run notes about its validation rows."""
+    from picovlm.retrieval import first_images
+
+    if not index.facts_read_pictures:
+        raise PicovlmError(
+            "this index's fact heads read the vision tower, not the pictures: refit its probes"
+        )
     rows, images = first_images(held)
     if not images:
         raise DataError(f"the {held_split} split has no pictures to score")
-    held_facts = [flatten_fields(row_facts({"fields": held[r]["fields"]}) or {}) for r in rows]
+    fields_column = held["fields"] if "fields" in held.column_names else [None] * len(held)
+    held_facts = [flatten_fields(row_facts({"fields": fields_column[r]}) or {}) for r in rows]
     vectors = index.vectors_of(images)
     nearest = np.array([neighbours[0] for neighbours in index.neighbours(vectors, k=1)])
-    trained_classes = index.facts.classes
-    results = []
+    reader = index.facts
+    results, skipped = [], {}
     for j, (path, values) in enumerate(vocabulary.values.items()):
         class_of = {value: c for c, value in enumerate(values)}
         stated = [i for i, facts in enumerate(held_facts) if path in facts]
@@ -187,10 +210,9 @@ def fact_visibility(train, held, held_split: str = "validation", progress: Progr
             skipped[path] = f"no {held_split} row states it"
             continue
         truth = np.array([class_of.get(held_facts[i][path], -1) for i in stated])
-        weight, bias = probes[j]
-        probe_says = (vectors[stated] @ weight.T + bias).argmax(axis=1)
-        nearest_says = trained_classes[nearest[stated], j]
-        known = trained_classes[:, j][trained_classes[:, j] >= 0]
+        probe_says = (vectors[stated] @ reader.weights[j].T + reader.biases[j]).argmax(axis=1)
+        nearest_says = reader.classes[nearest[stated], j]
+        known = reader.classes[:, j][reader.classes[:, j] >= 0]
         guess = int(np.bincount(known, minlength=len(values)).argmax())
         results.append(
             FieldVisibility(
@@ -199,4 +221,4 @@ def fact_visibility(train, held, held_split: str = "validation", progress: Progr
                 guess=float((truth == guess).mean()), guess_value=values[guess],
             )
         )  # fmt: skip
-    return FactVisibility(results, skipped, len(index), len(images), held_split, "; ".join(notes))
+    return FactVisibility(results, skipped, len(index), len(images), held_split, "")

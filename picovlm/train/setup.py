@@ -233,6 +233,11 @@ def build_model(
         counts = [len(values) for values in facts.values.values()]
         probes = fit_fact_probes(model.retrieval.table, model.retrieval.facts.classes, counts)
         model.retrieval.facts = model.retrieval.facts.with_heads(probes, READS_PICTURES)
+        if notes is not None and val_ds is not None and "fields" in val_ds.column_names:
+            from picovlm.eval.fact_visibility import read_held_out
+
+            # which facts the pictures show, on rows the probes never saw: `picovlm data facts` in a line
+            notes.append(read_held_out(model.retrieval, facts, val_ds, "validation").note())
     # a training row's neighbours come from other objects, as a test picture's do
     train_rows = with_neighbours(train_ds, model.retrieval, exclude_own_group=True)
     val_rows = with_neighbours(val_ds, model.retrieval, exclude_own_group=False) if val_ds else None

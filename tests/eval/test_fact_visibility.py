@@ -59,6 +59,8 @@ def test_the_drawn_fact_is_shown_the_chance_fact_is_not_and_one_offs_are_not_sco
     assert mood.verdict == UNSHOWN
     assert "serial" in result.skipped and "one-offs" in result.skipped["serial"]
     assert result.train_rows == 120 and result.held_rows == 60
+    note = r"colour (0\.9\d|1\.00) / (0\.9\d|1\.00) / 0\.\d\d shown; mood [.\d /]+ no$"
+    assert re.search(note, result.note())
     table = result.markdown()
     assert "| colour | 6 | 60 |" in table and "do not show mood" in table
 

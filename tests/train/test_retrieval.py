@@ -257,6 +257,9 @@ def test_the_fact_probes_are_saved_with_the_index_and_weigh_the_neighbours(demo_
     model_cfg.lm_max_length = 160
     result = train(model_cfg, train_cfg)
     assert (result.run_dir / "model" / FACTS_FILE).is_file()
+    # the run notes which facts its validation pictures show (`picovlm data facts` on its own index)
+    (shown,) = [note for note in result.notes if note.startswith("facts the validation pictures show")]
+    assert " shown" in shown
     model = VLM.from_pretrained(result.run_dir / "model")
     facts, index = model.retrieval.facts, model.retrieval
     assert facts.reads == READS_PICTURES and index.facts_read_pictures
