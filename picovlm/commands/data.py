@@ -172,10 +172,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_facts(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from picovlm.data.cauldron import load_cauldron, split_names
     from picovlm.eval.fact_visibility import fact_visibility
 
     held_split = args.split
+    if held_split is None and not Path(args.data).exists():
+        held_split = "validation"  # a Hub id (loading says what is wrong with any other source)
     if held_split is None:  # validation where there is one: the test split stays for the final figures
         names = split_names(args.data)
         held_split = next((name for name in ("validation", "val", "test") if name in names), None)

@@ -88,9 +88,6 @@ class FactVisibility:
     held_split: str
     index: str  # how the index compares pictures, as the training split chose
 
-    def verdicts(self) -> dict[str, str]:
-        return {f.field: f.verdict for f in self.fields}
-
     def note(self) -> str:
         """One line for a run's notes: each field's probe / nearest picture / guess and its verdict."""
         scored = "; ".join(
@@ -179,6 +176,8 @@ def fact_visibility(train, held, held_split: str = "validation", progress: Progr
     index.facts = index.facts.with_heads(probes, READS_PICTURES)
     progress(0, None, f"reading the {held_split} pictures")
     result = read_held_out(index, vocabulary, held, held_split)
+    if not result.held_rows:
+        raise DataError(f"the {held_split} split has no pictures to score")
     result.skipped = {**skipped, **result.skipped}
     result.index = "; ".join(notes)
     return result
@@ -195,8 +194,6 @@ def read_held_out(index, vocabulary, held, held_split: str) -> FactVisibility:
             "this index's fact heads read the vision tower, not the pictures: refit its probes"
         )
     rows, images = first_images(held)
-    if not images:
-        raise DataError(f"the {held_split} split has no pictures to score")
     fields_column = held["fields"] if "fields" in held.column_names else [None] * len(held)
     held_facts = [flatten_fields(row_facts({"fields": fields_column[r]}) or {}) for r in rows]
     vectors = index.vectors_of(images)

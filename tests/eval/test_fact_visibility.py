@@ -110,3 +110,7 @@ def test_data_without_facts_or_without_a_held_out_split_is_told_what_to_do(
         fact_visibility(
             train.add_column("fields", serials), load_cauldron(squares_with_facts, split="validation")
         )
+    held = load_cauldron(squares_with_facts, split="validation")
+    without_pictures = held.map(lambda row: {"images": []})
+    with pytest.raises(DataError, match="the validation split has no pictures to score"):
+        fact_visibility(load_cauldron(squares_with_facts, split="train"), without_pictures)
