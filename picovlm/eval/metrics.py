@@ -478,18 +478,18 @@ def _collapsed(m: dict[str, Any], t: dict[str, float]) -> str | None:
 
 
 def _ignores_image(m: dict[str, Any], t: dict[str, float]) -> str | None:
+    # with facts to score, the set may be one whose pictures do not show them (docs/recipes.md, 32)
+    hint = "; `picovlm data facts` tells which facts the pictures show" if "field_accuracy" in m else ""
     if "image_gap_shuffled" in m and m["image_gap_shuffled"] < t["image_gap_nats"]:
         gap = m["image_gap_shuffled"]
         how_much = (
             f"only {gap:.2f} nats/token higher" if gap >= 0.005 else f"no higher ({gap:+.2f} nats/token)"
         )
-        # with facts to score, the set may be one whose pictures do not show them (docs/recipes.md, 32)
-        hint = "; `picovlm data facts` tells which facts the pictures show" if "field_accuracy" in m else ""
         return f"ignores the image: loss with shuffled images is {how_much}{hint}"
     if "answers_changed_share" in m:  # else: answers that stay the same whatever the image
         changed, limit = m["answers_changed_share"], t["answers_changed_share"]
         if changed < limit * m.get("reference_answers_changed_share", 1.0):
-            return f"ignores the image: only {changed:.0%} of answers change when the image is swapped"
+            return f"ignores the image: only {changed:.0%} of answers change when the image is swapped{hint}"
     return None
 
 

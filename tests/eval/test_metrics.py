@@ -252,6 +252,10 @@ def test_verdict_ignores_image_and_overfitting_and_baseline():
     # where the set has facts, the sentence points to the check of which ones its pictures show
     sentence = M.collapse_verdict({"image_gap_shuffled": 0.01, "field_accuracy": 0.2})[1]
     assert sentence.endswith("higher; `picovlm data facts` tells which facts the pictures show")
+    changed = {"image_gap_shuffled": 0.9, "answers_changed_share": 0.05, "field_accuracy": 0.2}
+    assert M.collapse_verdict(changed)[1].endswith(
+        "swapped; `picovlm data facts` tells which facts the pictures show"
+    )
     # the loss depends on the image but greedy answers do not: generation still ignores it
     status, sentence = M.collapse_verdict({"image_gap_shuffled": 0.9, "answers_changed_share": 0.05})
     assert status == "ignores-image" and "only 5% of answers change" in sentence
