@@ -16,11 +16,12 @@ losses, which are nats per answer token.
 
 from __future__ import annotations
 
+import itertools
 import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 # --- Normalisation ---------------------------------------------------------------------------------
@@ -306,10 +307,18 @@ def field_accuracy(
     compared leaf by leaf. Returns {"all": overall share, "<field>": share per field}. A fact the
     prediction does not state counts as wrong.
     """
+    stated = (flatten_fields(extract_fields(prediction)) for prediction in predictions)
+    return _share_stated_right(stated, references, extract_fields)
+
+
+def _share_stated_right(
+    stated: Iterable[dict[str, str]], references: Sequence[str], extract_fields: ExtractFields
+) -> dict[str, float]:
+    """For each reference, the flat facts stated for its row: the share of the reference's facts stated
+    with its value, overall ("all") and per field."""
     right: Counter[str] = Counter()
     total: Counter[str] = Counter()
-    for prediction, reference in zip(predictions, references):
-        said = flatten_fields(extract_fields(prediction))
+    for said, reference in zip(stated, references):
         for path, value in flatten_fields(extract_fields(reference)).items():
             total[_field_name(path)] += 1
             right[_field_name(path)] += said.get(path) == value
@@ -325,13 +334,16 @@ def field_majority_accuracy(
 
     A model whose field accuracy is no better than this has learned the answer template, not the image.
     """
+    return field_majority_accuracies(references, train_answers, extract_fields)["all"]
+
+
+def field_majority_accuracies(
+    references: Sequence[str], train_answers: Sequence[str] | TrainingAnswers, extract_fields: ExtractFields
+) -> dict[str, float]:
+    """`field_majority_accuracy` per field as `field_accuracy` gives it ({"all": ..., "<field>": ...}): a
+    field where the model is below this is one it states worse than a constant guess would."""
     majority = TrainingAnswers.of(train_answers).majority(extract_fields)
-    right = total = 0
-    for reference in references:
-        for path, value in flatten_fields(extract_fields(reference)).items():
-            total += 1
-            right += majority.get(path) == value
-    return right / total if total else 0.0
+    return _share_stated_right(itertools.repeat(majority), references, extract_fields)
 
 
 # --- Everything at once ----------------------------------------------------------------------------
@@ -406,9 +418,9 @@ def generation_metrics(
         metrics["field_accuracy"] = fields.pop("all")
         metrics.update({f"field_accuracy/{name}": value for name, value in fields.items()})
         if train_answers is not None:
-            metrics["field_majority_accuracy"] = field_majority_accuracy(
-                references, train_answers, extract_fields
-            )
+            majority = field_majority_accuracies(references, train_answers, extract_fields)
+            metrics["field_majority_accuracy"] = majority.pop("all")
+            metrics.update({f"field_majority_accuracy/{name}": value for name, value in majority.items()})
     return metrics
 
 

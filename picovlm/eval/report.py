@@ -9,9 +9,10 @@ Input is a list of results as returned by `picovlm.eval.evaluate.evaluate` (one 
      "thumbnails": {image_key: "data:image/jpeg;base64,..."}}                    # optional
 
 The HTML page is self-contained (thumbnails are inline data URIs), so it can be mailed or archived. It
-shows the verdict in plain words, a summary table with one row per model and baseline, the most
-repeated answers, and one row per test item, worst first by token F1, with every model's answer side by
-side. All files are written atomically.
+shows the verdict in plain words, a summary table with one row per model and baseline, the facts
+field by field (beside always stating the most common training value), the most repeated answers,
+and one row per test item, worst first by token F1, with every model's answer side by side. All
+files are written atomically.
 """
 
 from __future__ import annotations
@@ -94,6 +95,33 @@ def summary_rows(results: list[dict]) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
+MAJORITY_ROW = "always the most common training value"
+
+
+def fact_rows(results: list[dict]) -> tuple[list[str], list[tuple[str, dict[str, float]]]]:
+    """(fields, rows) for the field-by-field table: each model's and baseline's accuracy per fact field
+    (`field_accuracy/<field>`), then what always stating each field's most common training value scores
+    (`field_majority_accuracy/<field>`, once per data/split). No fields: ([], [])."""
+    rows: list[tuple[str, dict[str, float]]] = []
+    seen_majority: set[tuple[str, str]] = set()
+    for name, metrics in summary_rows(results):
+        per_field = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("field_accuracy/")}
+        if per_field:
+            rows.append((name, per_field))
+    for result in results:
+        majority = {
+            k.split("/", 1)[1]: v
+            for k, v in result["metrics"].items()
+            if k.startswith("field_majority_accuracy/")
+        }
+        key = (str(result.get("data")), str(result.get("split")))
+        if majority and key not in seen_majority:
+            seen_majority.add(key)
+            rows.append((MAJORITY_ROW, majority))
+    fields = sorted({field for _, per_field in rows for field in per_field})
+    return fields, rows
+
+
 def _answer_columns(results: list[dict]) -> list[tuple[str, list[dict]]]:
     """(column title, items) for every model, then the first result's pixel baseline."""
     columns = [(result["name"], result["items"]) for result in results]
@@ -160,6 +188,20 @@ def render_html(results: list[dict], title: str = "picovlm evaluation", max_item
         parts.append(f"<tr><th>{esc(name)}</th>{cells}</tr>")
     parts.append("</table>")
 
+    fields, fact_table = fact_rows(results)
+    if fields:
+        parts.append(
+            "<h2>Facts, field by field</h2><p class='meta'>the share of each fact the answers state right; a "
+            "field where no model beats the most common value is one the pictures may not show "
+            "(<code>picovlm data facts</code>)</p><table><tr><th>model</th>"
+        )
+        parts += [f"<th>{esc(field)}</th>" for field in fields]
+        parts.append("</tr>")
+        for name, per_field in fact_table:
+            cells = "".join(f'<td class="num">{_format(per_field, f, "{:.3f}")}</td>' for f in fields)
+            parts.append(f"<tr><th>{esc(name)}</th>{cells}</tr>")
+        parts.append("</table>")
+
     parts.append("<h2>Most repeated answers</h2>")
     for result in results:
         top = result["metrics"].get("top_answers", [])
@@ -215,6 +257,12 @@ def render_markdown(results: list[dict], title: str = "picovlm evaluation") -> s
     lines.append("|---" * (len(shown) + 1) + "|")
     for name, metrics in rows:
         lines.append(f"| {name} | " + " | ".join(_format(metrics, k, f) for k, _, f in shown) + " |")
+    fields, fact_table = fact_rows(results)
+    if fields:
+        lines += ["", "Facts, field by field (share stated right):", ""]
+        lines += ["| model | " + " | ".join(fields) + " |", "|---" * (len(fields) + 1) + "|"]
+        for name, per_field in fact_table:
+            lines.append(f"| {name} | " + " | ".join(_format(per_field, f, "{:.3f}") for f in fields) + " |")
     return "\n".join(lines) + "\n"
 
 

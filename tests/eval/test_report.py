@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from picovlm.eval import metrics as M
-from picovlm.eval.report import render_html, thumbnail_data_uri, worst_first, write_report
+from picovlm.eval.report import (
+    MAJORITY_ROW,
+    fact_rows,
+    render_html,
+    thumbnail_data_uri,
+    worst_first,
+    write_report,
+)
 
 COLOURS = ["red", "blue", "green", "yellow"]
 
@@ -67,6 +74,49 @@ def test_write_report_files(tmp_path, two_results):
     assert "| good |" in markdown and "| collapsed |" in markdown
     assert len(paths["predictions.jsonl"].read_text().splitlines()) == 8
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_the_facts_field_by_field_sit_beside_the_most_common_value(tmp_path):
+    """Every model and baseline gets its accuracy per fact field, and one row says what always stating
+    each field's most common training value scores: a field where nobody beats it stands out."""
+
+    def extract(answer):  # "A large red circle ..." -> size and colour
+        words = answer.split()
+        return {"size": words[1], "colour": words[2]}
+
+    references = [f"A large {c} circle is at the center." for c in COLOURS]
+    train = ["A large red circle.", "A large red square.", "A small blue circle."]  # most common: large, red
+    keys = [f"img{i}" for i in range(len(COLOURS))]
+
+    def metrics(answers):
+        return M.generation_metrics(
+            answers, references, image_keys=keys, train_answers=train, extract_fields=extract
+        )
+
+    result = make_result("model", references)
+    result["metrics"] = metrics(["A small " + c + " circle." for c in COLOURS])  # colours right, size wrong
+    lookup = ["A large red circle."] * 4
+    result["baselines"] = {
+        "nearest-pixels": {"metrics": metrics(lookup), "items": make_result("b", lookup)["items"]}
+    }
+    assert result["metrics"]["field_majority_accuracy/size"] == 1.0
+    assert result["metrics"]["field_majority_accuracy/colour"] == 0.25
+
+    fields, rows = fact_rows([result])
+    assert fields == ["colour", "size"]
+    assert rows == [
+        ("model", {"colour": 1.0, "size": 0.0}),
+        ("baseline: nearest-pixels", {"colour": 0.25, "size": 1.0}),
+        (MAJORITY_ROW, {"colour": 0.25, "size": 1.0}),
+    ]
+    paths = write_report([result], tmp_path / "out")
+    markdown = paths["report.md"].read_text()
+    assert "| model | colour | size |" in markdown
+    assert f"| {MAJORITY_ROW} | 0.250 | 1.000 |" in markdown
+    page = paths["report.html"].read_text()
+    assert "Facts, field by field" in page and MAJORITY_ROW in page
+    # without facts there is no such table
+    assert fact_rows([make_result("plain", references)]) == ([], [])
 
 
 def test_items_worst_first(two_results):
