@@ -189,7 +189,10 @@ def points(records: list[dict], key: str) -> list[tuple[int, float]]:
 
 
 def plot_run(run_dir: str | os.PathLike) -> list[Path]:
-    """plots/loss.{png,svg} (train and val loss vs step) and plots/tokens_per_s.{png,svg}."""
+    """plots/loss.{png,svg} (train and val loss vs step) and plots/tokens_per_s.{png,svg}; with the answer
+    check (train.gen_eval_interval), plots/answers.{png,svg} (token F1, facts and distinct answers beside
+    the lookup's) and plots/image_gap.{png,svg} (the shuffled-image gap as the model answers and at its
+    calibrated temperature): where the answers stop improving, collapse or stop looking at the picture."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     if not records:
@@ -210,4 +213,21 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
         "throughput (text + image tokens)",
         "tokens / s",
     )
+    answers = {
+        "token F1": points(records, "gen_token_f1"),
+        "facts": points(records, "gen_field_accuracy"),
+        "distinct answers": points(records, "gen_distinct_answer_share"),
+        "lookup token F1": points(records, "gen_baseline_token_f1"),
+        "lookup facts": points(records, "gen_baseline_field_accuracy"),
+    }
+    if any(answers.values()):
+        answers = {name: series for name, series in answers.items() if series}
+        paths += plot_series(answers, out / "answers", "answer check on validation rows", "share")
+    gaps = {
+        "as it answers (T=1)": points(records, "gen_image_gap_shuffled"),
+        "at its calibrated temperature": points(records, "gen_image_gap_shuffled_calibrated"),
+    }
+    if any(gaps.values()):
+        gaps = {name: series for name, series in gaps.items() if series}
+        paths += plot_series(gaps, out / "image_gap", "loss with shuffled images minus true", "nats / token")
     return paths

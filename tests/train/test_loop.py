@@ -306,6 +306,23 @@ def test_generation_check_metrics_are_logged(demo_dir, tmp_path, tiny_configs):
     assert last["gen_baseline_name"] == "nearest-pixels" and 0 < last["gen_baseline_token_f1"] <= 1
     assert 0 <= last["gen_baseline_field_accuracy"] <= 1  # demo rows: facts parsed
     assert "below baseline" in last["gen_verdict"]  # a 2-step model answers worse than the lookup
+    # the checks are plotted beside the loss: the answers against the lookup's, and the image gap
+    for stem in ("answers", "image_gap"):
+        assert (tmp_path / "run" / "plots" / f"{stem}.png").stat().st_size > 1000
+
+
+def test_a_run_without_the_answer_check_plots_only_its_loss_and_throughput(tmp_path):
+    from picovlm.train.tracking import plot_run
+
+    records = [{"step": step, "loss": 5.0 - step, "tokens_per_s": 100.0, "tokens_per_s_wall": 90.0}
+               for step in (1, 2, 3)]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert sorted(path.name for path in plot_run(tmp_path)) == [
+        "loss.png", "loss.svg", "tokens_per_s.png", "tokens_per_s.svg"
+    ]  # fmt: skip
+    records[-1].update(gen_token_f1=0.4, gen_image_gap_shuffled=0.1)  # one check: both plots
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert {path.stem for path in plot_run(tmp_path)} == {"loss", "tokens_per_s", "answers", "image_gap"}
 
 
 def test_a_time_budget_fits_the_schedule_so_the_learning_rate_decays_in_time(
