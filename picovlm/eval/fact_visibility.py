@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -139,8 +138,8 @@ class FactVisibility:
 def fact_visibility(train, held, held_split: str = "validation", progress: ProgressFn = no_progress):
     """Score how well the training pictures teach each fact field of `train`'s `fields` to name the
     held-out rows' values (`held`: objects unseen in training). Returns a FactVisibility."""
-    from picovlm.retrieval import READS_PICTURES, build_training_index
-    from picovlm.train.facts import FactVocabulary, fit_fact_probes
+    from picovlm.retrieval import build_training_index
+    from picovlm.train.facts import FactVocabulary, attach_fact_probes
 
     for name, dataset in (("training", train), (held_split, held)):
         if "fields" not in dataset.column_names:
@@ -150,10 +149,7 @@ def fact_visibility(train, held, held_split: str = "validation", progress: Progr
                 "--fact-columns)"
             )
     vocabulary = FactVocabulary.from_rows(train["fields"])
-    counts: dict[str, Counter[str]] = {}
-    for raw in train["fields"]:
-        for path, value in flatten_fields(row_facts({"fields": raw}) or {}).items():
-            counts.setdefault(path, Counter())[value] += 1
+    counts = FactVocabulary.value_counts(train["fields"])
     skipped = {
         path: (f"one value ({next(iter(c))})" if len(c) == 1 else
                f"{len(c)} values over {c.total()} rows: mostly one-offs, not classes a picture can teach")
@@ -171,9 +167,7 @@ def fact_visibility(train, held, held_split: str = "validation", progress: Progr
     if len(index) < 2:
         raise DataError("the training split has fewer than two rows with a picture and an answer")
     progress(0, None, "fitting one probe per fact on the training pictures")
-    class_counts = [len(values) for values in vocabulary.values.values()]
-    probes = fit_fact_probes(index.table, index.facts.classes, class_counts)
-    index.facts = index.facts.with_heads(probes, READS_PICTURES)
+    attach_fact_probes(index, vocabulary)
     progress(0, None, f"reading the {held_split} pictures")
     result = read_held_out(index, vocabulary, held, held_split)
     if not result.held_rows:

@@ -102,18 +102,16 @@ def fact_rows(results: list[dict]) -> tuple[list[str], list[tuple[str, dict[str,
     """(fields, rows) for the field-by-field table: each model's and baseline's accuracy per fact field
     (`field_accuracy/<field>`), then what always stating each field's most common training value scores
     (`field_majority_accuracy/<field>`, once per data/split). No fields: ([], [])."""
-    rows: list[tuple[str, dict[str, float]]] = []
+
+    def per_field(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+        return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+
+    rows = [
+        (name, shares) for name, m in summary_rows(results) if (shares := per_field(m, "field_accuracy/"))
+    ]
     seen_majority: set[tuple[str, str]] = set()
-    for name, metrics in summary_rows(results):
-        per_field = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("field_accuracy/")}
-        if per_field:
-            rows.append((name, per_field))
     for result in results:
-        majority = {
-            k.split("/", 1)[1]: v
-            for k, v in result["metrics"].items()
-            if k.startswith("field_majority_accuracy/")
-        }
+        majority = per_field(result["metrics"], "field_majority_accuracy/")
         key = (str(result.get("data")), str(result.get("split")))
         if majority and key not in seen_majority:
             seen_majority.add(key)

@@ -49,16 +49,22 @@ class FactVocabulary:
 
     @classmethod
     def from_rows(cls, fields_column) -> FactVocabulary:
+        values = {
+            path: sorted(c)
+            for path, c in sorted(cls.value_counts(fields_column).items())
+            if len(c) >= 2 and c.total() / len(c) >= MIN_ROWS_PER_VALUE
+        }
+        return cls(values)
+
+    @staticmethod
+    def value_counts(fields_column) -> dict[str, Counter[str]]:
+        """How often each value of each field path occurs in the rows' `fields`: what `from_rows` keeps
+        fields by (and `picovlm data facts` says why it left one out)."""
         counts: dict[str, Counter[str]] = {}
         for raw in fields_column:
             for path, value in flatten_fields(row_facts({"fields": raw}) or {}).items():
                 counts.setdefault(path, Counter())[str(value)] += 1
-        values = {
-            path: sorted(c)
-            for path, c in sorted(counts.items())
-            if len(c) >= 2 and c.total() / len(c) >= MIN_ROWS_PER_VALUE
-        }
-        return cls(values)
+        return counts
 
     def __len__(self) -> int:
         return len(self.values)
@@ -141,6 +147,17 @@ def fit_fact_probes(vectors, classes, class_counts: list[int], steps: int = PROB
         (weight[a:b].astype(np.float32), bias[a:b].astype(np.float32))
         for a, b in zip(bounds[:-1], bounds[1:])
     ]
+
+
+def attach_fact_probes(index, vocabulary: FactVocabulary) -> None:
+    """Fit the fact probes on a retrieval index built with `vocabulary`'s classes (`index.facts`) and
+    make them its FactReader's heads, reading the pictures: what a retrieving run with facts saves
+    beside its index, and what `picovlm data facts` scores."""
+    from picovlm.retrieval import READS_PICTURES
+
+    counts = [len(values) for values in vocabulary.values.values()]
+    probes = fit_fact_probes(index.table, index.facts.classes, counts)
+    index.facts = index.facts.with_heads(probes, READS_PICTURES)
 
 
 class FactSupervised(nn.Module):

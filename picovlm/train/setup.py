@@ -226,13 +226,10 @@ def build_model(
     cfg.retrieval_colour_weight = model.retrieval.colour_weight
     cfg.retrieval_gradient_weight = model.retrieval.gradient_weight
     if model.retrieval.facts is not None:
-        from picovlm.retrieval import READS_PICTURES
-        from picovlm.train.facts import fit_fact_probes
+        from picovlm.train.facts import attach_fact_probes
 
         progress(0, None, "fitting the fact probes on the training pictures")
-        counts = [len(values) for values in facts.values.values()]
-        probes = fit_fact_probes(model.retrieval.table, model.retrieval.facts.classes, counts)
-        model.retrieval.facts = model.retrieval.facts.with_heads(probes, READS_PICTURES)
+        attach_fact_probes(model.retrieval, facts)
         if notes is not None and val_ds is not None and "fields" in val_ds.column_names:
             from picovlm.eval.fact_visibility import read_held_out
 

@@ -213,21 +213,16 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
         "throughput (text + image tokens)",
         "tokens / s",
     )
-    answers = {
-        "token F1": points(records, "gen_token_f1"),
-        "facts": points(records, "gen_field_accuracy"),
-        "distinct answers": points(records, "gen_distinct_answer_share"),
-        "lookup token F1": points(records, "gen_baseline_token_f1"),
-        "lookup facts": points(records, "gen_baseline_field_accuracy"),
-    }
-    if any(answers.values()):
-        answers = {name: series for name, series in answers.items() if series}
-        paths += plot_series(answers, out / "answers", "answer check on validation rows", "share")
-    gaps = {
-        "as it answers (T=1)": points(records, "gen_image_gap_shuffled"),
-        "at its calibrated temperature": points(records, "gen_image_gap_shuffled_calibrated"),
-    }
-    if any(gaps.values()):
-        gaps = {name: series for name, series in gaps.items() if series}
-        paths += plot_series(gaps, out / "image_gap", "loss with shuffled images minus true", "nats / token")
+    checks = [  # (file, title, unit, {line: metric}): drawn where the answer check logged any of them
+        ("answers", "answer check on validation rows", "share",
+         {"token F1": "gen_token_f1", "facts": "gen_field_accuracy", "distinct answers": "gen_distinct_answer_share",
+          "lookup token F1": "gen_baseline_token_f1", "lookup facts": "gen_baseline_field_accuracy"}),
+        ("image_gap", "loss with shuffled images minus true", "nats / token",
+         {"as it answers (T=1)": "gen_image_gap_shuffled",
+          "at its calibrated temperature": "gen_image_gap_shuffled_calibrated"}),
+    ]  # fmt: skip
+    for stem, title, unit, lines in checks:
+        series = {name: found for name, key in lines.items() if (found := points(records, key))}
+        if series:
+            paths += plot_series(series, out / stem, title, unit)
     return paths
