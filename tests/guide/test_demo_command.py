@@ -67,7 +67,7 @@ def test_demo_refuses_a_folder_in_use(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~6 minutes on an idle 2-core machine; steps, not minutes, decide the model
-def test_the_default_demo_beats_its_lookup(tmp_path):
+def test_the_default_demo_beats_its_lookup(tmp_path, torch_default_threads):
     """What `picovlm demo` promises: the default preset and recipe, held-out scenes answered better than
     by the nearest training image, in words and in facts. 1,000 steps are about what its 5 minutes give
     the default (picovlm-small-retrieval with the fact loss) on an idle 2-core machine (983 on an AMD
