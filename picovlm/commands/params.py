@@ -30,14 +30,16 @@ def add_parser(subparsers) -> None:
         "bf16 and int8. The vocabulary is the trainer's: a BPE of at most train.tokenizer_vocab_size tokens "
         "(1,024 by default; trained on train.data_dir when given, so the figure is exact), or the size of "
         "train.tokenizer. Setting the vocabulary yourself reports it as given: model.lm_vocab_size=49152 "
-        "gives the presets' published sizes (SmolLM2's vocabulary; the blog's Table 1).",
+        "gives the presets' published sizes (SmolLM2's vocabulary; the blog's Table 1). With train.data_dir, "
+        "pictures of at most half vit_img_size are counted as the trainer reads them: at their own size, "
+        "with patches halved to match (train.native_image_size).",
     )
     add_config_arguments(p)
     p.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object (keys vit, projector, lm, lm_embedding, lm_non_embedding, total, "
-        "lm_vocab_size, vocabulary)",
+        "lm_vocab_size, vocabulary, vit_img_size, vit_patch_size, pictures)",
     )
     p.set_defaults(func=run)
 
@@ -70,9 +72,19 @@ def run(args: argparse.Namespace) -> int:
             f"model.lm_vocab_size=49152 for the published sizes (the blog's Table 1)"
         )
         cfg = replace(cfg, lm_vocab_size=size)
+    pictures: list[str] = []  # what the trainer's fit_image_size would say about train.data_dir's pictures
+    if train_cfg.data_dir and train_cfg.native_image_size:
+        from picovlm.data.cauldron import load_cauldron
+        from picovlm.train.setup import fit_image_size
+
+        cfg = fit_image_size(cfg, load_cauldron(train_cfg.data_dir, split=train_cfg.train_split), pictures)
     report = param_report(cfg)
     if args.json:
-        print(json.dumps({**report.to_dict(), "lm_vocab_size": cfg.lm_vocab_size, "vocabulary": vocabulary}))
+        figures = {"lm_vocab_size": cfg.lm_vocab_size, "vocabulary": vocabulary}
+        figures |= {"vit_img_size": cfg.vit_img_size, "vit_patch_size": cfg.vit_patch_size}
+        print(json.dumps({**report.to_dict(), **figures, "pictures": pictures[0] if pictures else None}))
     else:
         print(format_report(args.preset or args.config or "config", report, vocabulary))
+        for line in pictures:
+            print(f"pictures: {line}")
     return 0

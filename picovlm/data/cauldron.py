@@ -446,6 +446,25 @@ def image_bytes(image: dict | None) -> bytes | None:
     return None
 
 
+def largest_image_side(dataset) -> int:
+    """The longest side, in pixels, of any image in a cauldron split (0 if none can be read). Reads
+    only each image's header, not its pixels."""
+    import io
+
+    from PIL import Image
+
+    largest = 0
+    for _, batch in iter_column_batches(dataset, ["images"]):
+        for images in batch["images"]:
+            for image in images or []:
+                data = image_bytes(image)
+                try:
+                    largest = max(largest, *Image.open(io.BytesIO(data)).size) if data else largest
+                except Exception:  # an unreadable image: `picovlm data check` names it, training skips it
+                    continue
+    return largest
+
+
 def image_hash(data: bytes | None) -> str:
     """Content hash of an encoded image (exact duplicates only; a re-encoded copy hashes differently)."""
     import hashlib

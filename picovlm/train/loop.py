@@ -43,6 +43,7 @@ from picovlm.train.setup import (
     autocast_dtype,
     build_model,
     check_memory,
+    fit_image_size,
     load_data,
     make_loaders,
     peak_memory_mb,
@@ -139,6 +140,8 @@ def _train(
     model_cfg, tokenizer = prepare_tokenizer(model_cfg, train_cfg, train_ds, run_dir, dist_, resume, notes)
     train_cfg, field_parser = settle_best_metric(train_cfg, train_ds, val_ds)
     train_cfg, fact_vocabulary = settle_fact_loss(train_cfg, train_ds, notes)  # None: no fact loss
+    if train_cfg.native_image_size and not resume:  # a resumed run keeps the shapes it started with
+        model_cfg = fit_image_size(model_cfg, train_ds, notes)
     model, train_rows, val_rows = build_model(
         model_cfg, tokenizer, train_ds, val_ds, progress, fact_vocabulary, notes
     )

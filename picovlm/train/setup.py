@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from picovlm.config import TrainConfig, VLMConfig, replace
+from picovlm.data.cauldron import largest_image_side
 from picovlm.errors import ConfigError, DataError
 from picovlm.train import checkpoint as ckpt
 from picovlm.utils import ProgressFn
@@ -191,6 +192,31 @@ def _train_tokenizer(model_cfg, train_cfg, train_ds, saved: Path, dist_: Dist, n
 
 
 # --- Model, memory, loaders ------------------------------------------------------------------------
+
+
+SMALLEST_PATCH = 8  # fit_image_size halves patches no further than this
+
+
+def fit_image_size(model_cfg: VLMConfig, train_ds, notes: list[str]) -> VLMConfig:
+    """Read small pictures at their own size. Where every training picture is at most half the model's
+    vit_img_size, halve the image size and the patch size together (again while that still holds):
+    the patch grid, and so the image tokens, stay the same, and the patch embedding, the model's
+    largest matmul (3 x P^2 inputs per patch), shrinks 4x per halving. Upscaling a picture adds no
+    detail for the model to read, only work. A halving goes to notes."""
+    size, patch = model_cfg.vit_img_size, model_cfg.vit_patch_size
+    largest = largest_image_side(train_ds)
+    while 0 < largest <= size // 2 and size % 2 == 0 and patch % 2 == 0 and patch // 2 >= SMALLEST_PATCH:
+        size, patch = size // 2, patch // 2
+    if size == model_cfg.vit_img_size:
+        return model_cfg
+    grid = size // patch
+    notes.append(
+        f"the training pictures are at most {largest} px: the model reads them at {size} px with "
+        f"{patch}-px patches (the same {grid}x{grid} patches) instead of upscaling them to "
+        f"{model_cfg.vit_img_size} px with {model_cfg.vit_patch_size}-px patches; "
+        f"train.native_image_size=false keeps {model_cfg.vit_img_size} px"
+    )
+    return replace(model_cfg, vit_img_size=size, vit_patch_size=patch)
 
 
 def build_model(

@@ -103,6 +103,18 @@ def test_params_with_data_counts_the_bpe_the_trainer_would_train(tmp_path, capsy
     figures = json.loads(capsys.readouterr().out)
     assert figures["lm_vocab_size"] == expected
     assert figures["lm_embedding"] == expected * preset("picovlm-small").lm_hidden_dim
+    # ... and the 32 px pictures as it reads them: 224 px / 32-px patches halved twice to 56 px / 8 px
+    assert (figures["vit_img_size"], figures["vit_patch_size"]) == (56, 8) and "at most 32 px" in figures[
+        "pictures"
+    ]
+    kept = ["params", "--preset", "picovlm-small", f"train.data_dir={tmp_path / 'demo'}"]
+    assert main([*kept, "train.native_image_size=false", "--json"]) == 0
+    as_configured = json.loads(capsys.readouterr().out)
+    assert as_configured["vit_img_size"] == 224 and as_configured["pictures"] is None
+    assert (
+        as_configured["vit"] - figures["vit"]
+        == 3 * (32 * 32 - 8 * 8) * preset("picovlm-small").vit_hidden_dim
+    )
     # a run's own config.yaml states its vocabulary: reported as given
     config = tmp_path / "run.yaml"
     config.write_text("model:\n  lm_vocab_size: 413\n")

@@ -394,3 +394,44 @@ def test_with_a_time_budget_the_clock_not_epochs_ends_the_run(demo_dir, tmp_path
     result = train(model_cfg, train_cfg)
     assert result.steps > 77 // 4 and result.stop_reason == "max_minutes"
     assert result.wall_time_s >= 0.8 * 3
+
+
+def test_small_pictures_are_read_at_their_own_size_not_upscaled(demo_dir, tmp_path, tiny_configs):
+    """32 px pictures and a model of 64 px with 16-px patches: the run halves both (the same 4x4 patch
+    grid), says so, and saves the model it trained; with train.native_image_size=false it keeps 64 px."""
+    model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "native", max_steps=2)
+    model_cfg = replace(model_cfg, vit_img_size=64, vit_patch_size=16)
+    native = train(model_cfg, train_cfg)
+    note = next(n for n in native.notes if "at most 32 px" in n)
+    assert "32 px with 8-px patches (the same 4x4 patches)" in note and "native_image_size=false" in note
+    saved = VLM.from_pretrained(tmp_path / "native" / "model")
+    assert (saved.cfg.vit_img_size, saved.cfg.vit_patch_size, saved.cfg.vit_n_patches) == (32, 8, 16)
+    assert saved.vision_encoder.patch_embedding.conv.weight.shape[1:] == (3, 8, 8)
+
+    _, kept_cfg = tiny_configs(demo_dir, tmp_path / "kept", max_steps=2, native_image_size=False)
+    kept = train(model_cfg, kept_cfg)
+    assert not any("at most 32 px" in n for n in kept.notes)
+    assert (VLM.from_pretrained(tmp_path / "kept" / "model").cfg.vit_img_size) == 64
+    # the patch embedding is 4x smaller: 3 x 8 x 8 inputs per patch instead of 3 x 16 x 16
+    assert kept.params["vit"] - native.params["vit"] == 3 * (16 * 16 - 8 * 8) * model_cfg.vit_hidden_dim
+
+
+def test_fit_image_size_halves_only_while_the_pictures_fit_and_patches_stay_8_px(tmp_path, tiny_configs):
+    from picovlm.data.cauldron import load_cauldron
+    from picovlm.data.scenes import write_demo
+    from picovlm.train.setup import fit_image_size
+
+    pictures_16 = load_cauldron(write_demo(tmp_path / "d16", n=40, seed=0, image_size=16), split="train")
+    pictures_40 = load_cauldron(write_demo(tmp_path / "d40", n=40, seed=0, image_size=40), split="train")
+    model_cfg, _ = tiny_configs(tmp_path, tmp_path / "unused")
+    notes = []
+    halved_twice = fit_image_size(replace(model_cfg, vit_img_size=128, vit_patch_size=32), pictures_16, notes)
+    assert (halved_twice.vit_img_size, halved_twice.vit_patch_size) == (
+        32,
+        8,
+    )  # 16 px fits, 4-px patches do not
+    assert notes and "at most 16 px" in notes[0]
+    for size, patch, pictures in ((32, 8, pictures_16), (64, 16, pictures_40)):
+        cfg = replace(model_cfg, vit_img_size=size, vit_patch_size=patch)
+        assert fit_image_size(cfg, pictures, notes) is cfg  # 8-px patches already; 40 px > 64 / 2
+    assert len(notes) == 1

@@ -490,12 +490,14 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
 
 
 @pytest.mark.parametrize(
-    "name, lm_blocks, patch", [("picovlm-small-retrieval", 2, 32), ("super-small-11-retrieval", 1, 16)]
+    "name, lm_blocks, size, patch",
+    [("picovlm-small-retrieval", 2, 56, 8), ("super-small-11-retrieval", 1, 112, 8)],
 )
-def test_the_retrieval_presets_train_from_the_command_line(demo_dir, tmp_path, name, lm_blocks, patch):
+def test_the_retrieval_presets_train_from_the_command_line(demo_dir, tmp_path, name, lm_blocks, size, patch):
     """`picovlm train --preset picovlm-small-retrieval` (the default, measured on real data in
     docs/recipes.md) and the blog's iteration 11 with it: a run of two steps whose model carries its
-    index and keeps its preset's shape."""
+    index and keeps its preset's shape, but for reading the 32 px pictures at their own size (224 px
+    with 32- or 16-px patches halved while the pictures fit: the same 7x7 or 14x14 patch grid)."""
     from picovlm.cli import main
 
     args = ["train", "--preset", name, f"train.data_dir={demo_dir}",
@@ -503,7 +505,8 @@ def test_the_retrieval_presets_train_from_the_command_line(demo_dir, tmp_path, n
             "train.gen_eval_interval=0", "train.tokenizer_vocab_size=400", "train.threads=1"]  # fmt: skip
     assert main(args) == 0
     model = VLM.from_pretrained(tmp_path / "run" / "model")
-    assert (model.cfg.retrieval_k, model.cfg.lm_n_blocks, model.cfg.vit_patch_size) == (2, lm_blocks, patch)
+    assert (model.cfg.retrieval_k, model.cfg.lm_n_blocks) == (2, lm_blocks)
+    assert (model.cfg.vit_img_size, model.cfg.vit_patch_size) == (size, patch)
     assert model.retrieval is not None and model.retrieval.k == 2
     # the preset's "auto" weights are the numbers chosen on the training split, saved with the model
     assert model.cfg.retrieval_colour_weight == model.retrieval.colour_weight in (0.0, 1.0, 2.0)
