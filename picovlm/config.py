@@ -228,7 +228,7 @@ class TrainConfig:
     # and the patch size are halved together (the same patch grid, so the same image tokens; a 4x
     # smaller patch embedding) instead of upscaling every picture (picovlm/train/setup.py,
     # fit_image_size), down to 8-px patches; a resumed run keeps its shapes. On the real sets' 112 px
-    # pictures: up to 16 % more steps in the same minutes, answers as good (docs/recipes.md, finding 33).
+    # pictures: 7-32 % more steps in the same minutes (docs/recipes.md, finding 33).
     native_image_size: bool = True
 
     def __post_init__(self) -> None:

@@ -201,8 +201,8 @@ def fit_image_size(model_cfg: VLMConfig, train_ds, notes: list[str]) -> VLMConfi
     """Read small pictures at their own size. Where every training picture is at most half the model's
     vit_img_size, halve the image size and the patch size together (again while that still holds):
     the patch grid, and so the image tokens, stay the same, and the patch embedding, the model's
-    largest matmul (3 x P^2 inputs per patch), shrinks 4x per halving. Upscaling a picture adds no
-    detail for the model to read, only work. A halving goes to notes."""
+    largest weight matrix (3 x P^2 inputs per patch), shrinks 4x per halving. Upscaling a picture
+    adds no detail for the model to read, only work. A halving goes to notes."""
     size, patch = model_cfg.vit_img_size, model_cfg.vit_patch_size
     largest = largest_image_side(train_ds)
     while 0 < largest <= size // 2 and size % 2 == 0 and patch % 2 == 0 and patch // 2 >= SMALLEST_PATCH:
