@@ -458,10 +458,13 @@ def largest_image_side(dataset) -> int:
         for images in batch["images"]:
             for image in images or []:
                 data = image_bytes(image)
+                if not data:
+                    continue
                 try:
-                    largest = max(largest, *Image.open(io.BytesIO(data)).size) if data else largest
+                    width, height = Image.open(io.BytesIO(data)).size
                 except Exception:  # an unreadable image: `picovlm data check` names it, training skips it
                     continue
+                largest = max(largest, width, height)
     return largest
 
 
