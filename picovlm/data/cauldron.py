@@ -461,7 +461,8 @@ def largest_image_side(dataset) -> int:
                 if not data:
                     continue
                 try:
-                    width, height = Image.open(io.BytesIO(data)).size
+                    with Image.open(io.BytesIO(data)) as picture:
+                        width, height = picture.size
                 except Exception:  # an unreadable image: `picovlm data check` names it, training skips it
                     continue
                 largest = max(largest, width, height)

@@ -426,10 +426,8 @@ def test_fit_image_size_halves_only_while_the_pictures_fit_and_patches_stay_8_px
     model_cfg, _ = tiny_configs(tmp_path, tmp_path / "unused")
     notes = []
     halved_twice = fit_image_size(replace(model_cfg, vit_img_size=128, vit_patch_size=32), pictures_16, notes)
-    assert (halved_twice.vit_img_size, halved_twice.vit_patch_size) == (
-        32,
-        8,
-    )  # 16 px fits, 4-px patches do not
+    # 16 px pictures fit 32 px; a third halving would give 4-px patches
+    assert (halved_twice.vit_img_size, halved_twice.vit_patch_size) == (32, 8)
     assert notes and "at most 16 px" in notes[0]
     for size, patch, pictures in ((32, 8, pictures_16), (64, 16, pictures_40)):
         cfg = replace(model_cfg, vit_img_size=size, vit_patch_size=patch)
