@@ -7,6 +7,8 @@ Builds the demo set in memory, trains a small BPE tokenizer on its answers, enco
 Processor at the config's image size, and times full passes of make_dataloader (decode PNG, resize,
 normalise, tokenise, collate). Prints one line per (packing, grouping, workers) setting, with the
 number of distinct batch shapes (each one is a recompile for torch.compile without dynamic shapes).
+The last line times the sample cache (train.sample_cache_mb): a first pass that fills it and a
+second that reads it, padding to the longest item, no workers.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument(
         "--pack-length", type=int, default=None, help="packed row length (default lm_max_length)"
     )
+    parser.add_argument("--cache-mb", type=int, default=1024, help="the sample cache's cap (default 1024)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -77,6 +80,12 @@ def main() -> None:
                 print(f"packing={packing!s:5} group_by_length={grouped!s:5} workers={workers}: "
                       f"{r['images_per_s']:7.1f} images/s, padding {r['padding_share']:.1%}, "
                       f"{r['rows']} rows in {r['seconds']:.1f} s, {r['shapes']} batch shapes")  # fmt: skip
+    cap = args.cache_mb * 2**20
+    cached = CauldronTorchDataset(hf_dataset, processor, cache_bytes=cap)
+    filling, reading = (run(cached, args.batch_size, 0, False, pack_length, False) for _ in range(2))
+    print(f"sample cache ({args.cache_mb} MB): {filling['images_per_s']:7.1f} images/s filling it, "
+          f"{reading['images_per_s']:7.1f} reading it ({reading['images_per_s'] / filling['images_per_s']:.1f}x), "
+          f"{(cap - cached.cache_room) / 2**20:.0f} MB held for {cached.cached_rows} rows")  # fmt: skip
 
 
 if __name__ == "__main__":

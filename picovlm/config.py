@@ -183,6 +183,10 @@ class TrainConfig:
     packing: bool = False
     group_by_length: bool = True  # batches of similar-length samples: less padding
     num_workers: int = 0
+    # Encoded samples kept in memory after their first read, up to this many MB for the training and
+    # again for the validation split, per process (split between workers): later epochs skip the image
+    # decode and the tokeniser. 0: off. With image_augment nothing is kept (new pictures every visit).
+    sample_cache_mb: int = 1024
     eval_interval: int = 100
     val_max_items: int | None = 256
     gen_eval_interval: int = 500  # answers + collapse + image-reliance check; ~1 s for 32 rows on a CPU
@@ -256,6 +260,10 @@ class TrainConfig:
             )
         if self.threads < 0:
             raise ConfigError(f"threads={self.threads} is negative: use 0 for torch's default, or a count.")
+        if self.sample_cache_mb < 0:
+            raise ConfigError(
+                f"sample_cache_mb={self.sample_cache_mb} is negative: use 0 (off) or e.g. 1024."
+            )
         if isinstance(self.fact_loss_weight, str) and self.fact_loss_weight != "auto":
             raise ConfigError(
                 f"fact_loss_weight={self.fact_loss_weight!r}: use auto, 0 (off) or a weight (e.g. 1)."

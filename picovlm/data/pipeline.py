@@ -8,6 +8,11 @@
     group_by_length        reorders a permutation so each batch holds samples of similar length.
     make_dataloader        wires both to pad_collate or pack_collate, with worker processes.
 
+Encoding a row (reading it from Arrow, decoding its PNG, tokenising the prompt) is the same every
+epoch when no augmentation draws a fresh picture, so the dataset keeps what it encoded, up to
+`cache_bytes` (its pictures as uint8), and later epochs read it back: 0.66 ms a sample of the
+112 px suite, ~6 % of a training step (docs/training.md, "The sample cache").
+
 The order depends only on (seed, epoch) and the position, never on num_workers: DataLoader returns
 batches in sampler order whatever worker built them.
 
@@ -27,6 +32,7 @@ import torch
 from PIL import Image
 
 from picovlm.data.collate import pack_collate, pad_collate
+from picovlm.data.processor import normalise_pixels
 from picovlm.errors import PicovlmError
 
 # What a bad row may raise while it is decoded and encoded: our DataError, Pillow's errors on broken
@@ -37,7 +43,7 @@ BAD_ROW_ERRORS = (PicovlmError, OSError, SyntaxError, ValueError, TypeError, Ima
 class CauldronTorchDataset(torch.utils.data.Dataset):
     """A cauldron-schema datasets.Dataset (one split) as encoded samples for training."""
 
-    def __init__(self, hf_dataset, processor, augment=None, seed: int = 0, facts=None):
+    def __init__(self, hf_dataset, processor, augment=None, seed: int = 0, facts=None, cache_bytes: int = 0):
         self.dataset = hf_dataset
         self.processor = processor
         # facts: a picovlm.train.facts.FactVocabulary; each sample then carries its row's fact classes
@@ -52,26 +58,45 @@ class CauldronTorchDataset(torch.utils.data.Dataset):
         self.bad_rows = 0  # counted in this process only; with workers, read batch["skipped_rows"]
         self.bad_row_examples: list[tuple[int, str]] = []  # the first few (row, reason), for a log line
         self._lengths: list[int] | None = None
+        # Encoded samples by row (pixels as uint8: a quarter of the floats), read back on later visits;
+        # an augmented picture differs every visit, so nothing is kept then.
+        self._cache: dict[int, dict] = {}
+        self.cache_room = cache_bytes if augment is None else 0
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def cached_rows(self) -> int:
+        return len(self._cache)
+
     def __getitem__(self, index: int) -> dict | None:
+        sample = self._cache.get(int(index))
+        if sample is None:
+            sample = self._encode(int(index))
+            if sample is None:
+                return None
+            if (size := sample_bytes(sample)) <= self.cache_room:
+                self._cache[int(index)] = sample
+                self.cache_room -= size
+        return {**sample, "pixel_values": normalise_pixels(sample["pixel_values"])}
+
+    def _encode(self, index: int) -> dict | None:
         try:
-            row = self.dataset[int(index)]
+            row = self.dataset[index]
             if self.augment is not None and row.get("images"):
-                visit = self._visits.get(int(index), 0)
-                self._visits[int(index)] = visit + 1
-                rng = np.random.default_rng([self.seed, int(index), visit])
+                visit = self._visits.get(index, 0)
+                self._visits[index] = visit + 1
+                rng = np.random.default_rng([self.seed, index, visit])
                 row = {**row, "images": [self.augment(image, rng) for image in row["images"]]}
-            sample = self.processor.encode_example(row)
+            sample = self.processor.encode_example(row, pixel_bytes=True)
             if self.facts is not None:
                 sample["fact_labels"] = self.facts.encode(row.get("fields"))
             return sample
         except BAD_ROW_ERRORS as err:
             self.bad_rows += 1
             if len(self.bad_row_examples) < 20:
-                self.bad_row_examples.append((int(index), f"{type(err).__name__}: {err}"))
+                self.bad_row_examples.append((index, f"{type(err).__name__}: {err}"))
             return None
 
     def lengths(self) -> list[int]:
@@ -80,6 +105,11 @@ class CauldronTorchDataset(torch.utils.data.Dataset):
         if self._lengths is None:
             self._lengths = encoded_lengths(self.dataset, self.processor)
         return self._lengths
+
+
+def sample_bytes(sample: dict) -> int:
+    """About what an encoded sample holds in memory: its pixel bytes and its token lists (8 bytes an id)."""
+    return int(sample["pixel_values"].nbytes) + 8 * (len(sample["input_ids"]) + len(sample["labels"]))
 
 
 def encoded_lengths(hf_dataset, processor, chunk: int = 1000) -> list[int]:

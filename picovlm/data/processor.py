@@ -64,12 +64,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
     """Pillow image -> (3, size, size) float32 in [-1, 1]: RGB, bicubic resize, SigLIP normalisation."""
+    return normalise_pixels(image_bytes(image, size)[None])[0]
+
+
+def image_bytes(image: Image.Image, size: int) -> np.ndarray:
+    """Pillow image -> (size, size, 3) uint8: RGB, bicubic resize. A quarter of the memory of the
+    model's floats (`normalise_pixels`), which the training dataset keeps between epochs."""
     image = to_rgb(image)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
-    pixels = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def normalise_pixels(images: np.ndarray) -> np.ndarray:
+    """(n, size, size, 3) uint8 -> (n, 3, size, size) float32 in [-1, 1]: SigLIP normalisation."""
+    pixels = images.astype(np.float32) / 255.0
     pixels = (pixels - IMAGE_MEAN) / IMAGE_STD
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
 
 
 class Processor:
@@ -111,9 +122,14 @@ class Processor:
         return cls.from_config(tokenizer, cfg)
 
     def image_pixels(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, 3, S, S) float32: what the vision tower reads."""
+        return normalise_pixels(self.image_bytes(images))
+
+    def image_bytes(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, S, S, 3) uint8: the same pictures before normalisation (`normalise_pixels`)."""
         if not images:
-            return np.zeros((0, 3, self.image_size, self.image_size), dtype=np.float32)
-        return np.stack([preprocess_image(im, self.image_size) for im in images])
+            return np.zeros((0, self.image_size, self.image_size, 3), dtype=np.uint8)
+        return np.stack([image_bytes(im, self.image_size) for im in images])
 
     def _user_turn(self, question: str, n_images: int) -> list[int]:
         images = self._image_tokens * n_images
@@ -179,8 +195,9 @@ class Processor:
             input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
         return input_ids, labels
 
-    def encode_example(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A cauldron row {"images": [...], "texts": [{"user", "assistant", ...}]} -> model inputs."""
+    def encode_example(self, row: dict[str, Any], pixel_bytes: bool = False) -> dict[str, Any]:
+        """A cauldron row {"images": [...], "texts": [{"user", "assistant", ...}]} -> model inputs.
+        pixel_bytes: "pixel_values" as `image_bytes` gives them (uint8), to normalise later."""
         images = row.get("images") or []
         texts = row.get("texts") or []
         turns = []
@@ -199,7 +216,8 @@ class Processor:
             if not isinstance(image, Image.Image):
                 raise DataError(f"images[{k}] is {type(image).__name__}, not a decoded image")
         input_ids, labels = self.encode_turns(turns, len(images))
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": self.image_pixels(images)}
+        pixels = self.image_bytes(images) if pixel_bytes else self.image_pixels(images)
+        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixels}
 
 
 class AnswerStream:

@@ -325,8 +325,15 @@ def make_loaders(model, train_rows, val_rows, train_cfg: TrainConfig, dist_: Dis
     from picovlm.data.pipeline import CauldronTorchDataset, make_dataloader
 
     augment = jitter_image if train_cfg.image_augment else None
+    # each worker process holds its own copy of the dataset, and so of its cache
+    cache_bytes = train_cfg.sample_cache_mb * 2**20 // max(1, train_cfg.num_workers)
     train_set = CauldronTorchDataset(
-        train_rows, model.processor, augment=augment, seed=train_cfg.seed, facts=facts
+        train_rows,
+        model.processor,
+        augment=augment,
+        seed=train_cfg.seed,
+        facts=facts,
+        cache_bytes=cache_bytes,
     )
     micro, accum = train_cfg.batch_size, train_cfg.gradient_accumulation_steps
     steps_per_epoch = (len(train_set) // dist_.world_size) // (micro * accum)
@@ -351,7 +358,7 @@ def make_loaders(model, train_rows, val_rows, train_cfg: TrainConfig, dist_: Dis
     )
     if val_rows is None:
         return loader, None, steps_per_epoch
-    val_set = CauldronTorchDataset(val_rows, model.processor)
+    val_set = CauldronTorchDataset(val_rows, model.processor, cache_bytes=cache_bytes)
     val_loader = make_dataloader(val_set, micro, shuffle=False, **shared)
     # a rank without a single validation row would have nothing to add to the others' sum
     return loader, val_loader if len(val_set) >= dist_.world_size else None, steps_per_epoch

@@ -133,6 +133,8 @@ def test_no_preset_means_the_recipe_default_and_threads_are_checked(tmp_path):
     assert load_config(path=tmp_path / "f.yaml")[0] == preset(DEFAULT_PRESET, lm_hidden_dim=144)
     with pytest.raises(ConfigError, match="threads=-1"):
         TrainConfig(threads=-1)
+    with pytest.raises(ConfigError, match=r"sample_cache_mb=-1 is negative: use 0 \(off\)"):
+        TrainConfig(sample_cache_mb=-1)
     with pytest.raises(ConfigError, match=r"label_smoothing=1.5 must be in \[0, 1\)"):
         TrainConfig(label_smoothing=1.5)
     # the fact loss takes "auto" (its default), 0 or a weight; from the command line too

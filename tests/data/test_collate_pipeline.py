@@ -9,7 +9,7 @@ from picovlm.data.collate import (
     pack_collate,
     pad_collate,
 )
-from picovlm.data.pipeline import CauldronTorchDataset, ResumableSampler, make_dataloader
+from picovlm.data.pipeline import CauldronTorchDataset, ResumableSampler, make_dataloader, sample_bytes
 
 PAD = 0
 
@@ -86,6 +86,35 @@ def test_bad_rows_are_skipped_and_counted(bad_dataset, processor):
     batch = next(iter(loader))
     assert batch["n_samples"] == 2 and batch["skipped_rows"] == 3  # unreadable, truncated, empty answer
     assert torch_dataset.bad_rows == 3 and len(torch_dataset.bad_row_examples) == 3
+
+
+def test_encoded_samples_are_kept_up_to_the_cache_room_and_read_back_unchanged(demo_dataset, processor):
+    rows = demo_dataset.select(range(6))
+    fresh = CauldronTorchDataset(rows, processor)
+    expected = [fresh[i] for i in range(6)]
+    # the cache holds the pictures as bytes; room for the first three samples exactly
+    kept = [processor.encode_example(rows[i], pixel_bytes=True) for i in range(3)]
+    assert kept[0]["pixel_values"].dtype == np.uint8
+    size, room = sample_bytes(kept[0]), sum(sample_bytes(s) for s in kept)
+    cached = CauldronTorchDataset(rows, processor, cache_bytes=room)
+    first = [cached[i] for i in range(6)]
+    assert size > 0 and cached.cache_room < size <= room
+    assert cached.cached_rows == 3
+    # cut the dataset off from its rows: the kept samples come back as they were, the others cannot be read
+    cached.dataset = None
+    again = [cached[i] for i in range(6)]
+    for want, got in zip(expected[:3] * 2, first[:3] + again[:3]):
+        assert got["input_ids"] == want["input_ids"] and got["labels"] == want["labels"]
+        assert np.array_equal(got["pixel_values"], want["pixel_values"])
+    assert again[3:] == [None] * 3 and cached.bad_rows == 3
+
+
+def test_an_augmented_dataset_keeps_nothing(demo_dataset, processor):
+    jittered = CauldronTorchDataset(
+        demo_dataset.select(range(2)), processor, augment=lambda image, rng: image, cache_bytes=2**30
+    )
+    jittered[0], jittered[0]
+    assert jittered.cache_room == 0 and jittered.cached_rows == 0
 
 
 def test_sampler_order_is_fixed_by_seed_and_epoch_and_resumes():
