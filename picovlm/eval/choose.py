@@ -10,7 +10,9 @@ the winner as the model's generation.json (finding 25):
     candidates   greedy (the base), the vote (copy_bias=8), the weighed vote (copy_bias=16,
                  copy_fact_weight=0.5): those this model can do
     score        token F1 + field accuracy (the facts, on rows that have them), on the same rows
-    winner       the highest score; a tie keeps the earlier, simpler candidate
+    winner       the earliest (simplest) candidate within one standard error of the best score: the
+                 error of the paired difference over the rows (`one_standard_error_choice`), so a
+                 more elaborate way must win by more than 256 rows can tell apart (finding 35)
 
 The candidates' settings were chosen on the suite's validation splits (findings 23, 24 and 28: the
 weighed vote's 0.5 since the fact probes read the pictures), never on a test split. Training calls
@@ -20,6 +22,7 @@ does the same for a folder trained before, or on other rows.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -44,7 +47,8 @@ DEFAULT_ITEMS = 256  # validation rows answered per candidate: ~7 s each on a 2-
 @dataclass
 class GenerationChoice:
     """The winner and every candidate's figures ({"name", "options", "token_f1", "field_accuracy",
-    "distinct_answer_share", "score", "seconds"}), in candidate order."""
+    "distinct_answer_share", "score", "standard_error", "seconds"}), in candidate order;
+    "standard_error" is that of the best score's lead over the candidate's (0 for the best)."""
 
     name: str
     generation: GenerationConfig
@@ -63,12 +67,15 @@ def choice_table(choice: dict[str, Any]) -> str:
     """A GenerationChoice's dict (summary.json's "generation") as one line per candidate, the winner
     marked: what `picovlm train` and `picovlm choose-generation` print."""
     lines = []
+    best = max((c["score"] for c in choice["candidates"]), default=0.0)
     for c in choice["candidates"]:
         facts = f" · facts {c['field_accuracy']:.3f}" if c["field_accuracy"] is not None else ""
         mark = "->" if c["name"] == choice["chosen"] else "  "
+        behind = best - c["score"]
+        error = f" ({behind:.3f} ± {c['standard_error']:.3f} behind)" if c.get("standard_error") else ""
         lines.append(
             f"{mark} {c['name']:<13} token F1 {c['token_f1']:.3f}{facts} · distinct "
-            f"{c['distinct_answer_share']:.0%} · score {c['score']:.3f}"
+            f"{c['distinct_answer_share']:.0%} · score {c['score']:.3f}{error}"
         )
     return "\n".join(lines)
 
@@ -106,13 +113,14 @@ def choose_generation(
         raise DataError(
             "choosing how to answer needs validation rows with an image and a question/answer turn"
         )
-    figures = []
+    figures, per_row = [], []
     for done, (name, config) in enumerate(candidates):
         progress(done, len(candidates), f"answering {len(items)} rows: {name}")
         started = time.perf_counter()
         answers = generate_answers(model, items, batch_size, generation=config)
         metrics, _ = score_answers(items, answers, None, extract_fields)
         facts = metrics.get("field_accuracy")
+        per_row.append(row_scores(items, answers, extract_fields))
         figures.append({
             "name": name,
             "options": {"copy_bias": config.copy_bias, "copy_fact_weight": config.copy_fact_weight},
@@ -123,8 +131,38 @@ def choose_generation(
             "seconds": round(time.perf_counter() - started, 2),
         })  # fmt: skip
     progress(len(candidates), len(candidates), "chosen")
-    best = max(range(len(figures)), key=lambda i: (figures[i]["score"], -i))  # a tie: the earlier
-    return GenerationChoice(candidates[best][0], candidates[best][1], figures, len(items))
+    chosen, errors = one_standard_error_choice(per_row)
+    for figure, error in zip(figures, errors):
+        figure["standard_error"] = error
+    return GenerationChoice(candidates[chosen][0], candidates[chosen][1], figures, len(items))
+
+
+def row_scores(items, answers: list[str], extract_fields: M.ExtractFields | None) -> list[float]:
+    """Each row's part of the score: its token F1 plus its facts stated right x rows / all facts, so
+    that the mean over the rows is the candidate's score (token F1 + field accuracy)."""
+    references = [item.reference for item in items]
+    scores = [M.token_f1(answer, reference) for answer, reference in zip(answers, references)]
+    if extract_fields is None:
+        return scores
+    hits = M.facts_right_per_row(answers, references, extract_fields)
+    total = sum(facts for _, facts in hits)
+    return [s + right * len(items) / total for s, (right, _) in zip(scores, hits)] if total else scores
+
+
+def one_standard_error_choice(scores_by_candidate: list[list[float]]) -> tuple[int, list[float]]:
+    """(the chosen candidate, each one's standard error behind the best): the earliest candidate
+    whose mean score is at most one standard error of its paired difference to the best below the
+    best's. Candidates are in order of preference, simplest first, all scored on the same rows."""
+    means = [sum(s) / len(s) for s in scores_by_candidate]
+    best = max(range(len(means)), key=lambda i: (means[i], -i))  # a tie: the earlier
+    errors = []
+    for scores in scores_by_candidate:
+        gaps = [b - s for b, s in zip(scores_by_candidate[best], scores)]
+        mean = sum(gaps) / len(gaps)
+        variance = sum((g - mean) ** 2 for g in gaps) / max(1, len(gaps) - 1)
+        errors.append(math.sqrt(variance / len(gaps)))
+    chosen = next(i for i in range(len(means)) if means[i] >= means[best] - errors[i])
+    return chosen, errors
 
 
 def choose_generation_for(

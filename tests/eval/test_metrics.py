@@ -156,6 +156,39 @@ def test_field_accuracy_with_demo_extractor():
     assert M.field_accuracy(["hello"], [ref], extract_fields)["all"] == 0.0
 
 
+def test_facts_right_per_row_add_up_to_the_field_accuracy():
+    def extract(text):
+        return dict(zip(("colour", "shape", "size"), text.split()))
+
+    refs = ["red circle big", "blue star", "green square small"]
+    preds = ["red square big", "blue star", "nothing"]
+    rows = M.facts_right_per_row(preds, refs, extract)
+    assert rows == [(2, 3), (2, 2), (0, 3)]
+    assert sum(r for r, _ in rows) / sum(n for _, n in rows) == M.field_accuracy(preds, refs, extract)["all"]
+
+
+def test_the_simplest_candidate_within_one_standard_error_of_the_best_is_chosen():
+    """How a run chooses the way it answers (picovlm/eval/choose.py): a later, more elaborate candidate
+    must beat the earlier ones by more than the noise of the rows, else the earlier one stays."""
+    from picovlm.eval.choose import one_standard_error_choice
+
+    rng = random.Random(0)
+    base = [rng.random() for _ in range(256)]
+    # a lead of 0.004 made of a few rows that differ by a lot: well inside one standard error
+    noisy = [s + (rng.choice([-0.5, 0.5]) if i % 8 == 0 else 0.0) for i, s in enumerate(base)]
+    noisy = [s + 0.004 - (sum(noisy) - sum(base)) / 256 for s in noisy]
+    chosen, errors = one_standard_error_choice([base, noisy])
+    assert sum(noisy) / 256 > sum(base) / 256 and chosen == 0
+    assert errors[1] == 0.0 and 0.004 < errors[0] < 0.05
+    # a lead of 0.05 on every row: far outside it, the later candidate wins
+    better = [s + 0.05 for s in base]
+    chosen, errors = one_standard_error_choice([base, better])
+    assert chosen == 1 and errors[1] == 0.0 and errors[0] < 1e-9
+    # equal scores: the earlier; and a best that comes first is chosen whatever the errors
+    assert one_standard_error_choice([base, list(base)])[0] == 0
+    assert one_standard_error_choice([better, base, noisy])[0] == 0
+
+
 def test_field_majority_accuracy():
     def extract(text):
         colour, shape = text.split()
