@@ -11,7 +11,7 @@
 Encoding a row (reading it from Arrow, decoding its PNG, tokenising the prompt) is the same every
 epoch when no augmentation draws a fresh picture, so the dataset keeps what it encoded, up to
 `cache_bytes` (its pictures as uint8), and later epochs read it back: 0.66 ms a sample of the
-112 px suite, ~6 % of a training step (docs/training.md, "The sample cache").
+112 px suite, ~5-6 % of a training step (docs/training.md, "The sample cache").
 
 The order depends only on (seed, epoch) and the position, never on num_workers: DataLoader returns
 batches in sampler order whatever worker built them.
