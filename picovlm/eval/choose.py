@@ -118,9 +118,9 @@ def choose_generation(
         progress(done, len(candidates), f"answering {len(items)} rows: {name}")
         started = time.perf_counter()
         answers = generate_answers(model, items, batch_size, generation=config)
-        metrics, _ = score_answers(items, answers, None, extract_fields)
+        metrics, scored = score_answers(items, answers, None, extract_fields)
         facts = metrics.get("field_accuracy")
-        per_row.append(row_scores(items, answers, extract_fields))
+        per_row.append(row_scores(scored, extract_fields))
         figures.append({
             "name": name,
             "options": {"copy_bias": config.copy_bias, "copy_fact_weight": config.copy_fact_weight},
@@ -137,16 +137,17 @@ def choose_generation(
     return GenerationChoice(candidates[chosen][0], candidates[chosen][1], figures, len(items))
 
 
-def row_scores(items, answers: list[str], extract_fields: M.ExtractFields | None) -> list[float]:
-    """Each row's part of the score: its token F1 plus its facts stated right x rows / all facts, so
-    that the mean over the rows is the candidate's score (token F1 + field accuracy)."""
-    references = [item.reference for item in items]
-    scores = [M.token_f1(answer, reference) for answer, reference in zip(answers, references)]
+def row_scores(scored: list[dict[str, Any]], extract_fields: M.ExtractFields | None) -> list[float]:
+    """Each row's part of the score, from `score_answers`' rows (their token F1 is reused): its token
+    F1 plus its facts stated right x rows / all facts, so that the mean over the rows is the
+    candidate's score (token F1 + field accuracy)."""
+    scores = [row["token_f1"] for row in scored]
     if extract_fields is None:
         return scores
+    answers, references = [row["answer"] for row in scored], [row["reference"] for row in scored]
     hits = M.facts_right_per_row(answers, references, extract_fields)
     total = sum(facts for _, facts in hits)
-    return [s + right * len(items) / total for s, (right, _) in zip(scores, hits)] if total else scores
+    return [s + right * len(scored) / total for s, (right, _) in zip(scores, hits)] if total else scores
 
 
 def one_standard_error_choice(scores_by_candidate: list[list[float]]) -> tuple[int, list[float]]:
