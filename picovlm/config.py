@@ -220,6 +220,10 @@ class TrainConfig:
     # Share of a uniform target mixed into each answer token's one-hot target: a model that memorises
     # its few thousand answers is kept from becoming certain of them. The logged train loss includes it.
     label_smoothing: float = 0.0
+    # Weight averaging: evaluate, keep best/ and save model/ with an exponential moving average of the
+    # weights over the last ~1 / (1 - ema_decay) steps (picovlm/train/average.py); 0 = off, the
+    # trained weights as they are. Measured on real data: docs/recipes.md.
+    ema_decay: float = 0.0
     # Weight of the auxiliary fact loss: linear heads on the vision tower's pooled features learn each
     # row's `fields` (picovlm/train/facts.py); 0 = off. "auto": 1 where the training rows carry facts the
     # heads can learn (a `fields` column, packing off), else off. Measured on real data: docs/recipes.md.
@@ -274,6 +278,8 @@ class TrainConfig:
             )
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1) (e.g. 0.1).")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay={self.ema_decay} must be in [0, 1): 0 (off) or e.g. 0.998.")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1).")
         if self.best_metric not in BEST_METRICS:

@@ -90,10 +90,17 @@ def load_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.device
 
 
 def save_training_state(
-    run_dir: str | os.PathLike, model, optimizer, schedule: dict[str, Any], state: TrainState, extra=None
+    run_dir: str | os.PathLike,
+    model,
+    optimizer,
+    schedule: dict[str, Any],
+    state: TrainState,
+    extra=None,
+    average=None,
 ) -> Path:
     """The run's checkpoint.pt at state.step: what `restore_training_state` continues from. `extra`:
-    a training-only module beside the model (the fact heads), kept so a resumed run continues exactly."""
+    a training-only module beside the model (the fact heads), and `average`: the weight average
+    (train/average.py), both kept so a resumed run continues exactly."""
     saved = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -103,22 +110,26 @@ def save_training_state(
     }
     if extra is not None:
         saved["extra"] = extra.state_dict()
+    if average is not None:
+        saved["weight_average"] = average.state_dict()
     return save_checkpoint(run_dir, saved)
 
 
 def restore_training_state(
-    run_dir: str | os.PathLike, model, optimizer, best_metric: str, extra=None
+    run_dir: str | os.PathLike, model, optimizer, best_metric: str, extra=None, average=None
 ) -> tuple[TrainState, dict[str, Any]]:
     """Load checkpoint.pt into the model, the optimizer and the random generators; return the run's
     TrainState (converted from an older checkpoint's dict if need be) and the saved schedule."""
     saved = load_checkpoint(run_dir)
-    if (extra is None) != ("extra" not in saved):
-        raise PicovlmError(
-            f"{Path(run_dir) / CHECKPOINT_FILE} was saved with train.fact_loss_weight "
-            f"{'on' if 'extra' in saved else 'off'}: resume with the run's own config.yaml, or start a new out_dir."
-        )
-    if extra is not None:
-        extra.load_state_dict(saved["extra"])
+    # the fact heads and the weight average are there exactly when the run's config turns them on
+    for key, part, option in (("extra", extra, "fact_loss_weight"), ("weight_average", average, "ema_decay")):
+        if (part is None) != (key not in saved):
+            raise PicovlmError(
+                f"{Path(run_dir) / CHECKPOINT_FILE} was saved with train.{option} "
+                f"{'on' if key in saved else 'off'}: resume with the run's own config.yaml, or start a new out_dir."
+            )
+        if part is not None:
+            part.load_state_dict(saved[key])
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     state = TrainState.from_checkpoint(saved, best_metric)

@@ -7,6 +7,7 @@
     then, if best_metric was measured: save best/ when it improved; early_stopping_patience
                                    judgements without a new best end the run
 
+With train.ema_decay both evaluate the weight average (train/average.py), which best/ then saves.
 Both run on the last step too, and when the time budget runs out; after it, a model set to vote
 (choose_answering) gets the answer check once more, answering that way. best_metric "auto" is settled
 before training (`settle_best_metric`), as is a metric that could never be measured.
@@ -14,6 +15,7 @@ before training (`settle_best_metric`), as is a metric that could never be measu
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from picovlm.eval.choose import GenerationChoice, choose_generation
 from picovlm.eval.evaluate import items_from_rows, pixel_baseline, quick_eval, training_answers
 from picovlm.eval.facts import fact_parser_for
 from picovlm.generation import save_generation
+from picovlm.train.average import WeightAverage
 from picovlm.train.checkpoint import save_model
 from picovlm.train.setup import Dist
 from picovlm.train.state import TrainState
@@ -115,8 +118,10 @@ class EvalHook:
         run_dir: Path,
         dist_: Dist,
         amp_dtype: torch.dtype | None,
+        average: WeightAverage | None = None,
     ):
         self.model, self.cfg, self.val_loader, self.field_parser = model, train_cfg, val_loader, field_parser
+        self.average = average  # with ema_decay: what is evaluated and saved to best/ (average.py)
         self.best_dir, self.dist, self.amp_dtype = run_dir / "best", dist_, amp_dtype
         self.gen_rows = None
         if val_ds is not None and train_cfg.gen_eval_interval and dist_.main:
@@ -138,18 +143,23 @@ class EvalHook:
     def __call__(self, state: TrainState, record: dict[str, Any], final: bool) -> bool:
         """Evaluate after step state.step if due (always when `final`); return whether to stop early."""
         cfg, step = self.cfg, state.step
-        judged = False  # whether this step measured best_metric
-        if self.val_loader is not None and (step % cfg.eval_interval == 0 or final):
-            self._val_loss(state, record)
-            judged = cfg.best_metric == "val_loss"
-        if cfg.gen_eval_interval and (step % cfg.gen_eval_interval == 0 or final):
-            if self.gen_rows:
-                record.update(self._answer_check())
-                self._keep_verdict(record)
-            # an answer metric is judged here even without rows on this rank (settle_best_metric
-            # made sure there is a validation split, so rank 0 has them)
-            judged = judged or cfg.best_metric != "val_loss"
-        return judged and self._keep_best(record.get(cfg.best_metric), state)
+        val_due = self.val_loader is not None and (step % cfg.eval_interval == 0 or final)
+        answers_due = bool(cfg.gen_eval_interval) and (step % cfg.gen_eval_interval == 0 or final)
+        if not (val_due or answers_due):
+            return False
+        with self.average.swapped_in() if self.average is not None else nullcontext():
+            judged = False  # whether this step measured best_metric
+            if val_due:
+                self._val_loss(state, record)
+                judged = cfg.best_metric == "val_loss"
+            if answers_due:
+                if self.gen_rows:
+                    record.update(self._answer_check())
+                    self._keep_verdict(record)
+                # an answer metric is judged here even without rows on this rank (settle_best_metric
+                # made sure there is a validation split, so rank 0 has them)
+                judged = judged or cfg.best_metric != "val_loss"
+            return judged and self._keep_best(record.get(cfg.best_metric), state)
 
     def check_chosen_answers(self, choice: GenerationChoice | None) -> None:
         """After the choice of how the model answers (choose_answering): when the model now votes, run

@@ -5,7 +5,7 @@
         count and learning-rate schedule, fitted to the clock under max_minutes)
         -> [resume: TrainState (state.py), weights, optimizer and RNG from checkpoint.py]
     steps: StepBatches -> train_step (step.py: accumulate micro-batches -> clip -> AdamW)
-        -> Budget.after_step -> log -> EvalHook (evaluation.py: val loss, answer check, best/ by
+        -> WeightAverage.update (average.py, with ema_decay) -> Budget.after_step -> log -> EvalHook (evaluation.py: val loss, answer check, best/ by
         train.best_metric, early stop) -> checkpoint
         (SIGINT / SIGTERM: the step finishes, checkpoint, TrainingInterrupted; interrupt.py)
     -> model/ (final), plots, summary.json
@@ -32,6 +32,7 @@ import torch.distributed as dist
 from picovlm.config import TrainConfig, VLMConfig, save_config
 from picovlm.data.pipeline import stop_workers
 from picovlm.train import checkpoint as ckpt
+from picovlm.train.average import WeightAverage
 from picovlm.train.budget import Budget
 from picovlm.train.evaluation import EvalHook, choose_answering, settle_best_metric
 from picovlm.train.facts import FactHeads, settle_fact_loss
@@ -152,6 +153,8 @@ def _train(
     model.to(device)
     if fact_heads is not None:
         fact_heads.to(device)
+    # after build_optimizer (a frozen tower is not averaged) and on the device the weights train on
+    average = WeightAverage(model, train_cfg.ema_decay) if train_cfg.ema_decay else None
     loader, val_loader, steps_per_epoch = make_loaders(
         model, train_rows, val_rows, train_cfg, dist_, facts=fact_heads.vocabulary if fact_heads else None
     )
@@ -159,7 +162,7 @@ def _train(
     state = TrainState()
     if resume:
         state, schedule = ckpt.restore_training_state(
-            run_dir, model, optimizer, train_cfg.best_metric, extra=fact_heads
+            run_dir, model, optimizer, train_cfg.best_metric, extra=fact_heads, average=average
         )
         if note := budget.load_state_dict(schedule):
             notes.append(note)
@@ -169,7 +172,7 @@ def _train(
     amp_dtype = autocast_dtype(train_cfg.precision, device)
     train_model = wrap_model(model, train_cfg, dist_, fact_heads)
     evaluate = EvalHook(
-        model, train_cfg, train_ds, val_ds, val_loader, field_parser, run_dir, dist_, amp_dtype
+        model, train_cfg, train_ds, val_ds, val_loader, field_parser, run_dir, dist_, amp_dtype, average
     )
     batches = StepBatches(loader, train_cfg, steps_per_epoch, state.step)
 
@@ -190,6 +193,8 @@ def _train(
                 train_model, optimizer, step_batches, lr_factor, train_cfg.max_grad_norm, dist_, amp_dtype,
                 label_smoothing=train_cfg.label_smoothing,
             )  # fmt: skip
+            if average is not None:
+                average.update()
             wall = time.perf_counter() - last_step_end  # data loading included
             state.step += 1
             out_of_time = budget.after_step(state.step, dist_)
@@ -217,7 +222,7 @@ def _train(
             if state.step % train_cfg.checkpoint_interval == 0 or ending:
                 if dist_.main:
                     ckpt.save_training_state(
-                        run_dir, model, optimizer, budget.state_dict(), state, fact_heads
+                        run_dir, model, optimizer, budget.state_dict(), state, fact_heads, average
                     )
                 dist_.barrier()
             if signalled:
@@ -240,6 +245,8 @@ def _train(
         raise TrainingInterrupted(stop.signum, state.step, run_dir)
     if budget.fitted():
         notes.append(budget.fitted_note())
+    if average is not None:  # from here on the model is what model/ saves: the averaged weights
+        average.copy_to_model()
 
     # --- How the model answers: the decoding its validation rows prefer (picovlm/eval/choose.py) ---
     choice = None

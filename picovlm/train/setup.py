@@ -268,7 +268,8 @@ def build_model(
 
 
 def estimate_memory_bytes(cfg: VLMConfig, train_cfg: TrainConfig, trainable: int, total: int) -> int:
-    """A rough upper estimate of training memory: weights, grads, AdamW moments, activations, head chunk.
+    """A rough upper estimate of training memory: weights, grads, AdamW moments, the weight average
+    (train.ema_decay), activations, head chunk.
 
     Activations: per LM token and block ~ 12 D + 4 inter + 2 heads x T floats are kept for backward;
     per image patch and ViT block ~ 12 D_vit + 2 inter_vit + heads x patches. Good to a factor ~2,
@@ -285,7 +286,8 @@ def estimate_memory_bytes(cfg: VLMConfig, train_cfg: TrainConfig, trainable: int
         * (12 * cfg.vit_hidden_dim + 2 * cfg.vit_inter_dim + cfg.vit_n_heads * patches)
     )
     head = 3 * 2048 * cfg.lm_vocab_size  # one chunk of logits, its softmax and its gradient
-    return 4 * (total + 3 * trainable + lm + vit + head)
+    copies = 4 if train_cfg.ema_decay else 3  # grads, two AdamW moments (+ the weight average)
+    return 4 * (total + copies * trainable + lm + vit + head)
 
 
 def available_memory_bytes(device: torch.device) -> int:

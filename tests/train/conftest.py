@@ -29,6 +29,29 @@ def tiny_args():
     return _tiny_args
 
 
+class Crash(Exception):
+    pass
+
+
+def crash_after_step(model_cfg, train_cfg, step: int) -> None:
+    """Run `train` and crash it from its progress callback once optimizer step `step` is done, as a
+    kill would: the run folder keeps whatever its last checkpoint saved."""
+    from picovlm.train.loop import train
+
+    def crash(done, total, message):
+        if done == step:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(model_cfg, train_cfg, progress=crash)
+
+
+@pytest.fixture
+def crash_run():
+    """crash_run(model_cfg, train_cfg, step): train until optimizer step `step`, then crash."""
+    return crash_after_step
+
+
 @pytest.fixture
 def tiny_configs():
     """tiny_configs(demo_dir, out_dir, **train_fields) -> (VLMConfig, TrainConfig) of the tiny preset."""

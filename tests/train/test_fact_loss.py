@@ -101,7 +101,9 @@ def test_fact_loss_is_the_heads_cross_entropy_weighted_by_answer_tokens():
     assert model.decoder.lm_head.weight.grad is None or model.decoder.lm_head.weight.grad.abs().sum() == 0
 
 
-def test_a_run_keeps_the_heads_in_its_checkpoint_only_and_resumes_exactly(demo_dir, tmp_path, tiny_configs):
+def test_a_run_keeps_the_heads_in_its_checkpoint_only_and_resumes_exactly(
+    demo_dir, tmp_path, tiny_configs, crash_run
+):
     model_cfg, full_cfg = tiny_configs(
         demo_dir, tmp_path / "full", max_steps=8, checkpoint_interval=4, fact_loss_weight=1.0
     )
@@ -115,16 +117,7 @@ def test_a_run_keeps_the_heads_in_its_checkpoint_only_and_resumes_exactly(demo_d
     _, cut_cfg = tiny_configs(
         demo_dir, tmp_path / "cut", max_steps=8, checkpoint_interval=4, fact_loss_weight=1.0
     )
-
-    class Crash(Exception):
-        pass
-
-    def crash_at_6(done, total, message):
-        if done == 6:
-            raise Crash()
-
-    with pytest.raises(Crash):
-        train(model_cfg, cut_cfg, progress=crash_at_6)
+    crash_run(model_cfg, cut_cfg, 6)
     train(model_cfg, cut_cfg, resume=True)
     full, cut = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
     assert [r["loss"] for r in cut] == pytest.approx([r["loss"] for r in full], rel=1e-6, abs=1e-7)

@@ -44,22 +44,13 @@ def test_run_folder_metrics_plots_and_falling_val_loss(demo_dir, tmp_path, tiny_
     assert summary["finished"] and summary["steps"] == 24
 
 
-class Crash(Exception):
-    pass
-
-
-def test_resume_continues_exactly(demo_dir, tmp_path, tiny_configs):
+def test_resume_continues_exactly(demo_dir, tmp_path, tiny_configs, crash_run):
     """A run interrupted after its step-4 checkpoint and resumed matches an uninterrupted run."""
     model_cfg, full_cfg = tiny_configs(demo_dir, tmp_path / "full", max_steps=10, checkpoint_interval=4)
     train(model_cfg, full_cfg)
     _, cut_cfg = tiny_configs(demo_dir, tmp_path / "cut", max_steps=10, checkpoint_interval=4)
 
-    def crash_at_6(done, total, message):
-        if done == 6:
-            raise Crash()
-
-    with pytest.raises(Crash):
-        train(model_cfg, cut_cfg, progress=crash_at_6)
+    crash_run(model_cfg, cut_cfg, 6)
     assert load_checkpoint(tmp_path / "cut")["step"] == 4
     with pytest.raises(ConfigError, match="--resume"):
         train(model_cfg, cut_cfg)  # refuses to overwrite a run silently
@@ -82,7 +73,7 @@ def _rewrite_as_before_train_state(run_dir) -> None:
     torch.save({**saved, "trainer": trainer}, run_dir / "checkpoint.pt")
 
 
-def test_a_checkpoint_from_before_train_state_resumes_exactly(demo_dir, tmp_path, tiny_configs):
+def test_a_checkpoint_from_before_train_state_resumes_exactly(demo_dir, tmp_path, tiny_configs, crash_run):
     """Old run folders keep resuming: the old dict is converted on load, and the run goes on as an
     uninterrupted one did."""
     fields = dict(max_steps=10, checkpoint_interval=4, best_metric="val_loss", gen_eval_interval=0)
@@ -90,12 +81,7 @@ def test_a_checkpoint_from_before_train_state_resumes_exactly(demo_dir, tmp_path
     full_result = train(model_cfg, full_cfg)
     _, old_cfg = tiny_configs(demo_dir, tmp_path / "old", **fields)
 
-    def crash_at_6(done, total, message):
-        if done == 6:
-            raise Crash()
-
-    with pytest.raises(Crash):
-        train(model_cfg, old_cfg, progress=crash_at_6)
+    crash_run(model_cfg, old_cfg, 6)
     _rewrite_as_before_train_state(tmp_path / "old")
     result = train(model_cfg, old_cfg, resume=True)
     assert "resumed from step 4" in result.notes
