@@ -79,7 +79,7 @@ def test_the_default_demo_beats_its_lookup(tmp_path, torch_default_threads):
     config = yaml.safe_load((tmp_path / "demo" / "run" / "config.yaml").read_text())
     assert config["model"]["retrieval_k"] == 2 and config["train"]["fact_loss_weight"] == 1.0
     choice = result.train["generation"]  # how the model answers, chosen on validation: what eval used
-    assert [c["name"] for c in choice["candidates"]] == ["greedy", "vote", "weighed vote"]
+    assert [c["name"] for c in choice["candidates"]] == ["greedy", "light vote", "vote", "weighed vote"]
     evaluated = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())["models"][0]
     assert evaluated["generation"] == choice["generation"]
     f = result.figures

@@ -338,7 +338,7 @@ def test_the_fact_probes_are_saved_with_the_index_and_weigh_the_neighbours(demo_
 
 def test_training_chooses_how_the_model_answers_on_its_validation_rows(demo_dir, tmp_path, tiny_configs):
     """After the last step a retrieving run answers its validation rows greedily, with the neighbours'
-    vote and with the vote weighed by its fact heads, and keeps the best-scoring way as the folder's
+    light vote and vote, and with the vote weighed by its fact heads, and keeps the best-scoring way as the folder's
     generation.json: what answer(), eval and export start from. `picovlm choose-generation` on the
     saved folder finds the same figures; rows whose references are one candidate's answers choose it."""
     from picovlm.cli import main
@@ -390,7 +390,7 @@ def test_training_chooses_how_the_model_answers_on_its_validation_rows(demo_dir,
     assert again.name == choice["chosen"]
     assert [c["score"] for c in again.candidates] == pytest.approx(scores)
 
-    # rows whose references are the vote's own answers choose the vote
+    # rows whose references are the vote's own answers choose the simplest way that gives them
     items = items_from_rows(load_cauldron(demo_dir, split="test"))
     vote = dict(CANDIDATES)["vote"]
     greedy_answers = model.answer([i.images for i in items], generation=GenerationConfig())
@@ -398,8 +398,11 @@ def test_training_chooses_how_the_model_answers_on_its_validation_rows(demo_dir,
     assert vote_answers != greedy_answers
     rigged = [EvalItem(i.images, i.question, a, i.image_key) for i, a in zip(items, vote_answers)]
     picked = choose_generation(model, rigged)
-    assert picked.name == "vote" and picked.generation == GenerationConfig(**vote)
-    assert [c["field_accuracy"] for c in picked.candidates] == [None] * 3  # no parser given: F1 alone
+    # the simplest way that gives them: the light vote where it answers as the vote does (it does here)
+    perfect = [c["name"] for c in picked.candidates if c["token_f1"] == pytest.approx(1.0)]
+    assert "vote" in perfect and picked.name == perfect[0]
+    assert picked.generation == GenerationConfig(**dict(CANDIDATES)[picked.name])
+    assert [c["field_accuracy"] for c in picked.candidates] == [None] * 4  # no parser given: F1 alone
     assert max(c["token_f1"] for c in picked.candidates) == pytest.approx(1.0)
 
     # the command: --dry-run leaves the file, a run writes the winner
