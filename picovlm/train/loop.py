@@ -5,9 +5,10 @@
         count and learning-rate schedule, fitted to the clock under max_minutes)
         -> [resume: TrainState (state.py), weights, optimizer and RNG from checkpoint.py]
     steps: StepBatches -> train_step (step.py: accumulate micro-batches -> clip -> AdamW)
-        -> WeightAverage.update (average.py, with ema_decay) -> Budget.after_step -> log -> EvalHook (evaluation.py: val loss, answer check, best/ by
-        train.best_metric, early stop) -> checkpoint
+        -> [ema_decay: WeightAverage.update, average.py] -> Budget.after_step -> log -> EvalHook
+        (evaluation.py: val loss, answer check, best/ by train.best_metric, early stop) -> checkpoint
         (SIGINT / SIGTERM: the step finishes, checkpoint, TrainingInterrupted; interrupt.py)
+    -> [ema_decay: the average becomes the weights] -> how it answers (eval/choose.py)
     -> model/ (final), plots, summary.json
 
 Devices: a CPU (fp32), one CUDA GPU (bf16 autocast over fp32 master weights), or several processes
