@@ -319,9 +319,9 @@ def _share_stated_right(
     right: Counter[str] = Counter()
     total: Counter[str] = Counter()
     for said, reference in zip(stated, references):
-        for path, value in flatten_fields(extract_fields(reference)).items():
-            total[_field_name(path)] += 1
-            right[_field_name(path)] += said.get(path) == value
+        for name, stated_right in _facts_checked(said, reference, extract_fields):
+            total[name] += 1
+            right[name] += stated_right
     result = {name: right[name] / total[name] for name in sorted(total)}
     result["all"] = sum(right.values()) / sum(total.values()) if total else 0.0
     return result
@@ -334,10 +334,17 @@ def facts_right_per_row(
     of the first over the sum of the second."""
     rows = []
     for prediction, reference in zip(predictions, references):
-        said = flatten_fields(extract_fields(prediction))
-        facts = flatten_fields(extract_fields(reference))
-        rows.append((sum(said.get(path) == value for path, value in facts.items()), len(facts)))
+        checked = _facts_checked(flatten_fields(extract_fields(prediction)), reference, extract_fields)
+        rows.append((sum(stated_right for _, stated_right in checked), len(checked)))
     return rows
+
+
+def _facts_checked(
+    said: dict[str, str], reference: str, extract_fields: ExtractFields
+) -> list[tuple[str, bool]]:
+    """(field name, whether `said` states it with the reference's value) for each of the reference's facts."""
+    facts = flatten_fields(extract_fields(reference))
+    return [(_field_name(path), said.get(path) == value) for path, value in facts.items()]
 
 
 def field_majority_accuracy(

@@ -10,8 +10,9 @@ until d reaches `decay`, at n = (10 decay - 1) / (1 - decay) updates (890 for 0.
 0.998), the average covers about the last n / 9 steps. So on a run of ~2,000 steps any decay above
 ~0.996 gives the same average, over its last ~11 % of steps.
 
-The averages are fp32 copies of the trained parameters only (a frozen tower does not move); the
-model keeps training its own weights, and `swapped_in()` lends it the averages for an evaluation.
+The averages are copies of the trained parameters only (a frozen tower does not move), in their fp32
+(picovlm keeps fp32 weights, also under bf16 autocast); the model keeps training its own weights, and
+`swapped_in()` lends it the averages for an evaluation.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.averages = [p.detach().float().clone() for p in self.params]
+        # detached views of the weights, taken once: they share the storage the optimizer updates
+        self.params = [p.detach() for p in model.parameters() if p.requires_grad]
+        self.averages = [p.clone() for p in self.params]
         self.updates = 0
 
     def current_decay(self) -> float:
@@ -39,7 +41,7 @@ class WeightAverage:
         """Move the averages towards the weights after an optimizer step."""
         weight = 1 - self.current_decay()
         self.updates += 1
-        torch._foreach_lerp_(self.averages, [p.detach().float() for p in self.params], weight)
+        torch._foreach_lerp_(self.averages, self.params, weight)
 
     @torch.no_grad()
     def copy_to_model(self) -> None:
@@ -51,7 +53,7 @@ class WeightAverage:
     def swapped_in(self) -> Iterator[None]:
         """The model with the averaged weights inside the block, its own weights again after it."""
         with torch.no_grad():
-            trained = [p.detach().clone() for p in self.params]
+            trained = [p.clone() for p in self.params]
             self.copy_to_model()
         try:
             yield
@@ -61,11 +63,7 @@ class WeightAverage:
                     param.copy_(weight)
 
     def state_dict(self) -> dict:
-        return {
-            "decay": self.decay,
-            "updates": self.updates,
-            "averages": dict(zip(self.names, self.averages)),
-        }
+        return {"updates": self.updates, "averages": dict(zip(self.names, self.averages))}
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = state["updates"]
