@@ -2,7 +2,7 @@
 
     GenerationConfig(max_new_tokens=96, temperature=0.0, top_k=None, top_p=None,
                      repetition_penalty=1.0, copy_bias=0.0, copy_neighbours=8, copy_fact_weight=0.0,
-                     seed=0, stop_at_eos=True)
+                     probed_facts=(), seed=0, stop_at_eos=True)
 
 The torch model (`VisionLanguageModel.generate` / `.answer`), evaluation (`picovlm eval`, quick_eval),
 the torch-free runtime, the HTTP server (a request's fields override the server's config) and the CLI
@@ -49,12 +49,23 @@ class GenerationConfig:
     # P^copy_fact_weight, P = how likely its fact probes find that neighbour's facts in this picture
     # (`neighbour_weights`), so the neighbours the picture agrees with count more. 0 = by rank alone.
     copy_fact_weight: float = 0.0
+    # A retrieving model with fact probes only: the fact fields whose value, where the answer states one,
+    # is replaced by the value the probes find likeliest in the picture (RetrievalIndex.restate_facts),
+    # after the answer is generated: for a field that `picovlm data facts` finds the probes read better
+    # than the model's words state it. Opt-in: on issue 14's suite it raised no test figure
+    # (docs/recipes.md, finding 37). () = off.
+    probed_facts: tuple[str, ...] = ()
     seed: int | None = 0  # the sampler's seed; None: a fresh draw each call
     stop_at_eos: bool = True  # False only for benchmarks that need exactly max_new_tokens tokens
 
     def __post_init__(self):
         if self.repetition_penalty is None:  # older callers said None for "off"
             object.__setattr__(self, "repetition_penalty", 1.0)
+        if isinstance(self.probed_facts, str):  # "region,era" from a command line or a form
+            object.__setattr__(
+                self, "probed_facts", tuple(f.strip() for f in self.probed_facts.split(",") if f.strip())
+            )
+        object.__setattr__(self, "probed_facts", tuple(self.probed_facts or ()))  # a list from JSON
         bad = []
         if self.max_new_tokens < 1:
             bad.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
@@ -99,7 +110,8 @@ class GenerationConfig:
         return cls(**{k: v for k, v in values.items() if k in FIELDS})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """As JSON writes it (probed_facts a list)."""
+        return {**dataclasses.asdict(self), "probed_facts": list(self.probed_facts)}
 
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(GenerationConfig))
@@ -141,6 +153,12 @@ COPY_BIAS_NEEDS_RETRIEVAL = (
     "copy_bias leans towards the neighbours' answers of a retrieving model, and this model does not retrieve "
     "(retrieval_k=0): leave copy_bias at 0, or train with model.retrieval_k=2."
 )
+PROBED_FACTS_NEED_VALUES = (
+    "probed_facts states what the model's fact probes read in the picture, and this model has no probes "
+    "over its pictures (it does not retrieve, was trained without the fact loss or on rows without "
+    "`fields`, or before finding 28): leave probed_facts empty, or train again with "
+    "train.fact_loss_weight=auto on rows with fields."
+)
 COPY_FACTS_NEED_HEADS = (
     "copy_fact_weight weighs the neighbours by the model's fact heads, and this model has none (it was "
     "trained without the fact loss, on rows without `fields`, or saved before the heads were kept): leave "
@@ -154,6 +172,14 @@ def copy_options_check(generation: GenerationConfig, retrieval) -> None:
         raise ConfigError(COPY_BIAS_NEEDS_RETRIEVAL)
     if generation.copy_bias and generation.copy_fact_weight and getattr(retrieval, "facts", None) is None:
         raise ConfigError(COPY_FACTS_NEED_HEADS)
+    if generation.probed_facts:
+        if retrieval is None or not retrieval.facts_read_pictures:
+            raise ConfigError(PROBED_FACTS_NEED_VALUES)
+        known = list(retrieval.facts.values or ())
+        unknown = [name for name in generation.probed_facts if known and name not in known]
+        if unknown:
+            raise ConfigError(f"probed_facts names {', '.join(unknown)}, and this model's fact probes read "
+                              f"{', '.join(known)}: name some of those, or leave probed_facts empty.")  # fmt: skip
 
 
 def neighbour_weights(count: int, support=None, fact_weight: float = 0.0) -> list[float]:
@@ -228,6 +254,10 @@ CLI_FLAGS = {  # option -> (type, help); each help ends with the default, from G
         float,
         "with copy_bias, models with fact probes: e.g. 0.5 to weigh neighbours by them",
     ),
+    "probed_facts": (
+        str,
+        'models with fact probes: e.g. "region,era" to state those facts as the probes read them ("" = off)',
+    ),
     "seed": (int, "random seed for sampling"),
 }
 
@@ -246,7 +276,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser, note: str = "") ->
             f"--{name.replace('_', '-')}",
             type=kind,
             default=None,
-            help=f"{text} (default {'none' if default is None else default})",
+            help=f"{text} (default {'none' if default in (None, ()) else default})",
         )
 
 

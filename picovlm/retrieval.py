@@ -23,6 +23,7 @@ way. numpy + Pillow only: the runtime shares this module.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -267,33 +268,71 @@ class FactReader:
       "vision"    the vision tower's mean-pooled features, heads trained with the fact loss
                   (picovlm/train/facts.py): what models saved before finding 28 hold.
     Pixels find the neighbours; the heads, fitted on every training picture's facts, say which of them
-    the picture agrees with (docs/recipes.md, findings 24 and 28)."""
+    the picture agrees with (docs/recipes.md, findings 24 and 28). With `values` (each field's name and
+    its values in class order, the training run's FactVocabulary) the heads also name a new picture's
+    facts (`read`), which GenerationConfig.probed_facts states in the answer (finding 37)."""
 
     classes: np.ndarray  # (n_index, n_fields) int32: each indexed row's class per field, -1 = unknown
     weights: list[np.ndarray] | None = None  # per field (n_classes, width read); None until the heads are set
     biases: list[np.ndarray] | None = None  # per field (n_classes,)
     reads: str = READS_VISION  # what the heads read: READS_PICTURES or READS_VISION
+    values: dict[str, list[str]] | None = None  # field -> its values by class; None in runs before finding 37
 
-    def with_heads(self, heads: Sequence[tuple[np.ndarray, np.ndarray]], reads: str) -> FactReader:
-        """This reader with the heads' (weight, bias) per field, reading `reads`."""
+    def with_heads(
+        self,
+        heads: Sequence[tuple[np.ndarray, np.ndarray]],
+        reads: str,
+        values: dict[str, list[str]] | None = None,
+    ) -> FactReader:
+        """This reader with the heads' (weight, bias) per field, reading `reads` (and naming `values`,
+        when given: field -> its values in class order)."""
         if len(heads) != self.classes.shape[1]:
             raise PicovlmError(f"{len(heads)} fact heads for {self.classes.shape[1]} fields")
         if reads not in (READS_PICTURES, READS_VISION):
             raise PicovlmError(f"fact heads read {READS_PICTURES!r} or {READS_VISION!r}, not {reads!r}")
         weights = [np.asarray(w, np.float32) for w, _ in heads]
-        return FactReader(self.classes, weights, [np.asarray(b, np.float32) for _, b in heads], reads)
+        reader = FactReader(self.classes, weights, [np.asarray(b, np.float32) for _, b in heads], reads)
+        return reader.with_values(values) if values is not None else reader
+
+    def with_values(self, values: dict[str, list[str]]) -> FactReader:
+        """This reader naming each field's classes: `values` maps each field, in the heads' order, to its
+        values in class order (FactVocabulary.values)."""
+        counts = [len(b) for b in self.biases or ()]
+        if counts and [len(v) for v in values.values()] != counts:
+            raise PicovlmError(f"fact values for {[len(v) for v in values.values()]} classes per field, and "
+                               f"the heads have {counts}: they come from another training split")  # fmt: skip
+        return dataclasses.replace(self, values={name: list(v) for name, v in values.items()})
+
+    def log_probabilities(self, features: np.ndarray) -> list[np.ndarray]:
+        """Each field's (n, n_classes) log-probabilities for n pictures' features, as the heads read them."""
+        if self.weights is None or self.biases is None:
+            raise PicovlmError("this fact reader has no heads: set them with with_heads before reading")
+        out = []
+        for weight, bias in zip(self.weights, self.biases):
+            logits = features.astype(np.float32) @ weight.T + bias  # (n, n_classes)
+            peak = logits.max(axis=1, keepdims=True)
+            out.append(logits - peak - np.log(np.exp(logits - peak).sum(axis=1, keepdims=True)))
+        return out
+
+    def read(self, features: np.ndarray) -> list[dict[str, str]]:
+        """Each picture's most likely value of every field, by the heads: what probed_facts states."""
+        if self.values is None:
+            raise PicovlmError(
+                "this model's fact probes do not know their fields' values (it was trained before finding "
+                "37): train it again to state the facts they read (probed_facts)"
+            )
+        best = [lp.argmax(axis=1) for lp in self.log_probabilities(features)]
+        names = list(self.values)
+        return [
+            {name: self.values[name][int(b[i])] for name, b in zip(names, best)} for i in range(len(features))
+        ]
 
     def support(self, features: np.ndarray, rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """(n, width) features of n pictures, as the heads read them (`reads`), and each picture's
         neighbour rows -> for each picture, the heads' log-probability of each neighbour's facts, summed
         over its known fields."""
-        if self.weights is None or self.biases is None:
-            raise PicovlmError("this fact reader has no heads: set them with with_heads before reading")
         total = [np.zeros(len(r)) for r in rows]
-        for field, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            logits = features.astype(np.float32) @ weight.T + bias  # (n, n_classes)
-            peak = logits.max(axis=1, keepdims=True)
-            log_probs = logits - peak - np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
+        for field, log_probs in enumerate(self.log_probabilities(features)):
             for i, neighbour_rows in enumerate(rows):
                 classes = self.classes[np.asarray(neighbour_rows, int), field]
                 total[i] += np.where(classes >= 0, log_probs[i, np.maximum(classes, 0)], 0.0)
@@ -307,6 +346,8 @@ class FactReader:
         buffer = io.BytesIO()
         arrays = {f"weight_{i}": w for i, w in enumerate(self.weights)}
         arrays.update({f"bias_{i}": b for i, b in enumerate(self.biases)})
+        if self.values is not None:
+            arrays["values"] = np.array(json.dumps(self.values, ensure_ascii=False))
         np.savez_compressed(buffer, classes=self.classes, reads=np.array(self.reads), **arrays)
         atomic_write_bytes(directory / FACTS_FILE, buffer.getvalue())
 
@@ -319,7 +360,8 @@ class FactReader:
             fields = range(classes.shape[1])
             reads = str(data["reads"]) if "reads" in data.files else READS_VISION  # saved before finding 28
             weights = [data[f"weight_{i}"] for i in fields]
-            return cls(classes, weights, [data[f"bias_{i}"] for i in fields], reads)
+            values = json.loads(str(data["values"])) if "values" in data.files else None  # since finding 37
+            return cls(classes, weights, [data[f"bias_{i}"] for i in fields], reads, values)
 
 
 @dataclass
@@ -335,6 +377,7 @@ class RetrievalIndex:
     colour_weight: float = 0.0  # VLMConfig.retrieval_colour_weight; 0 in indexes saved before it existed
     gradient_weight: float = 0.0  # VLMConfig.retrieval_gradient_weight; 0 in indexes saved before it existed
     _table: np.ndarray | None = dataclass_field(default=None, init=False, repr=False, compare=False)
+    _fact_matcher: tuple | None = dataclass_field(default=None, init=False, repr=False, compare=False)
 
     @property
     def table(self) -> np.ndarray:
@@ -390,13 +433,48 @@ class RetrievalIndex:
         """`FactReader.support` of each new picture's neighbour rows, from what the heads read: the
         pictures' vectors, or the vision tower's (n, D_vit) pooled features `vision_pooled` (heads saved
         before finding 28)."""
+        return self.facts.support(self._fact_features(images, vision_pooled), rows)
+
+    def _fact_features(self, images: Sequence[Image.Image], vision_pooled=None) -> np.ndarray:
         if self.facts is None:
             raise PicovlmError("this retrieval index keeps no facts to weigh its neighbours by")
         if self.facts_read_pictures:
-            return self.facts.support(self.vectors_of(images), rows)
+            return self.vectors_of(images)
         if vision_pooled is None:
             raise PicovlmError("these fact heads read the vision tower's pooled features: pass them")
-        return self.facts.support(np.asarray(vision_pooled, np.float32), rows)
+        return np.asarray(vision_pooled, np.float32)
+
+    def read_facts(self, images: Sequence[Image.Image], vision_pooled=None) -> list[dict[str, str]]:
+        """`FactReader.read` of each new picture: the value of every fact field its probes find likeliest."""
+        return self.facts.read(self._fact_features(images, vision_pooled)) if images else []
+
+    @property
+    def fact_matcher(self):
+        """A ValueMatcher (picovlm/eval/facts.py) that finds the facts in answers, learnt from the indexed
+        rows' answers and facts: where `restate_facts` looks for what to replace."""
+        if self._fact_matcher is None or self._fact_matcher[0] is not self.facts:  # facts may be replaced
+            from picovlm.eval.facts import ValueMatcher
+
+            if self.facts is None or self.facts.values is None:
+                raise PicovlmError("stating facts needs fact probes that know their fields' values")
+            values = list(self.facts.values.items())
+            rows = [
+                ({name: known[c] for (name, known), c in zip(values, classes) if c >= 0}, answer)
+                for classes, answer in zip(self.facts.classes.tolist(), self.answers)
+            ]
+            self._fact_matcher = (self.facts, ValueMatcher(rows))
+        return self._fact_matcher[1]
+
+    def restate_facts(
+        self, answers: Sequence[str], images: Sequence[Image.Image], fields: Sequence[str], vision_pooled=None
+    ) -> list[str]:
+        """Each answer with the value it states of each of `fields` replaced by what the fact probes read
+        in its picture (`GenerationConfig.probed_facts`; docs/recipes.md, finding 37)."""
+        read = self.read_facts(images, vision_pooled)
+        return [
+            self.fact_matcher.restate(answer, {name: facts[name] for name in fields if name in facts})
+            for answer, facts in zip(answers, read)
+        ]
 
     def neighbours(
         self,

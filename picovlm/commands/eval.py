@@ -101,7 +101,8 @@ def add_parser(subparsers) -> None:
         description="Answer the first --items rows of a split greedily, with the neighbours' light vote "
         "(copy_bias 4) and vote (copy_bias 8) and with the vote weighed by the model's fact probes (copy_bias 16, copy_fact_weight "
         "0.5), score each by token F1 + field accuracy, and save the simplest within one standard error of the "
-        "best as the model folder's generation.json: what generate, eval, export and serve then start from. `picovlm train` does this "
+        "best (counted over the rows' objects, their `group`) as the model folder's generation.json: what "
+        "generate, eval, export and serve then start from. `picovlm train` does this "
         "itself after training (train.choose_generation_items); this verb is for folders trained before, or "
         "other rows. Choose on a validation split, never on the test split you report.",
     )

@@ -12,8 +12,9 @@ the winner as the model's generation.json (finding 25):
                  the least to the most elaborate
     score        token F1 + field accuracy (the facts, on rows that have them), on the same rows
     winner       the earliest (simplest) candidate within one standard error of the best score: the
-                 error of the paired difference over the rows (`one_standard_error_choice`), so a
-                 more elaborate way must win by more than 256 rows can tell apart (finding 35)
+                 error of the paired difference, cluster-robust over the rows' objects (their
+                 `group`; `one_standard_error_choice`), so a more elaborate way must win by more than
+                 the objects behind 256 rows can tell apart (findings 35 and 37)
 
 The candidates' settings were chosen on the suite's validation splits (findings 23, 24 and 28: the
 weighed vote's 0.5 since the fact probes read the pictures; finding 36: the light vote, which keeps
@@ -27,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,8 @@ DEFAULT_ITEMS = 256  # validation rows answered per candidate: ~7 s each on a 2-
 class GenerationChoice:
     """The winner and every candidate's figures ({"name", "options", "token_f1", "field_accuracy",
     "distinct_answer_share", "score", "standard_error", "seconds"}), in candidate order;
-    "standard_error" is that of the best score's lead over the candidate's (0 for the best)."""
+    "standard_error" is that of the best score's lead over the candidate's (0 for the best), over the
+    rows' objects."""
 
     name: str
     generation: GenerationConfig
@@ -87,7 +90,7 @@ def generation_candidates(model, base: GenerationConfig | None = None) -> list[t
     """The candidates this model can answer with, over `base` (default: the model's own config with the
     copy options off, so its other settings, e.g. max_new_tokens, are kept)."""
     if base is None:
-        base = model.generation.replace(copy_bias=0.0, copy_fact_weight=0.0)
+        base = model.generation.replace(copy_bias=0.0, copy_fact_weight=0.0, probed_facts=())
     found = []
     for name, options in CANDIDATES:
         config = base.replace(**options)
@@ -134,7 +137,7 @@ def choose_generation(
             "seconds": round(time.perf_counter() - started, 2),
         })  # fmt: skip
     progress(len(candidates), len(candidates), "chosen")
-    chosen, errors = one_standard_error_choice(per_row)
+    chosen, errors = one_standard_error_choice(per_row, [item.group or item.image_key for item in items])
     for figure, error in zip(figures, errors):
         figure["standard_error"] = error
     return GenerationChoice(candidates[chosen][0], candidates[chosen][1], figures, len(items))
@@ -153,20 +156,37 @@ def row_scores(scored: list[dict[str, Any]], extract_fields: M.ExtractFields | N
     return [s + right * len(scored) / total for s, (right, _) in zip(scores, hits)] if total else scores
 
 
-def one_standard_error_choice(scores_by_candidate: list[list[float]]) -> tuple[int, list[float]]:
+def one_standard_error_choice(
+    scores_by_candidate: list[list[float]], clusters: Sequence[str] | None = None
+) -> tuple[int, list[float]]:
     """(the chosen candidate, each one's standard error behind the best): the earliest candidate
     whose mean score is at most one standard error of its paired difference to the best below the
-    best's. Candidates are in order of preference, simplest first, all scored on the same rows."""
+    best's. Candidates are in order of preference, simplest first, all scored on the same rows.
+    `clusters`: each row's object (its group); rows of one object are not independent evidence (a
+    Wesnoth unit has ~11 pictures, which a way of answering gets right or wrong together), so the
+    error is the cluster-robust one over the objects; None = every row its own."""
     means = [sum(s) / len(s) for s in scores_by_candidate]
     best = max(range(len(means)), key=lambda i: (means[i], -i))  # a tie: the earlier
-    errors = []
-    for scores in scores_by_candidate:
-        gaps = [b - s for b, s in zip(scores_by_candidate[best], scores)]
-        mean = sum(gaps) / len(gaps)
-        variance = sum((g - mean) ** 2 for g in gaps) / max(1, len(gaps) - 1)
-        errors.append(math.sqrt(variance / len(gaps)))
+    errors = [
+        paired_standard_error([b - s for b, s in zip(scores_by_candidate[best], scores)], clusters)
+        for scores in scores_by_candidate
+    ]
     chosen = next(i for i in range(len(means)) if means[i] >= means[best] - errors[i])
     return chosen, errors
+
+
+def paired_standard_error(differences: Sequence[float], clusters: Sequence[str] | None = None) -> float:
+    """The standard error of the mean of paired differences, summed within clusters first (the
+    cluster-robust estimate, with the small-sample factor k / (k - 1) for k clusters); with every row
+    its own cluster it is the usual sample standard deviation / sqrt(n)."""
+    n = len(differences)
+    mean = sum(differences) / n
+    sums: dict[Any, float] = {}
+    for row, difference in enumerate(differences):
+        key = clusters[row] if clusters is not None else row
+        sums[key] = sums.get(key, 0.0) + difference - mean
+    k = len(sums)
+    return math.sqrt(k / (k - 1) * sum(s * s for s in sums.values())) / n if k > 1 else 0.0
 
 
 def choose_generation_for(

@@ -50,6 +50,7 @@ class EvalItem:
     question: str
     reference: str
     image_key: str  # content hash of the row's images: rows sharing an image share a key
+    group: str = ""  # the row's `group` (its object: rows of one object move together), "" without one
 
 
 def image_key(images: Sequence[Image.Image]) -> str:
@@ -68,7 +69,8 @@ def items_from_rows(rows) -> list[EvalItem]:
         texts = row.get("texts") or []
         if not images or not texts or not texts[0].get("assistant"):
             continue
-        items.append(EvalItem(images, texts[0].get("user") or "", texts[0]["assistant"], image_key(images)))
+        question, answer = texts[0].get("user") or "", texts[0]["assistant"]
+        items.append(EvalItem(images, question, answer, image_key(images), row.get("group") or ""))
     return items
 
 

@@ -22,11 +22,13 @@ Pure Python: no torch, so the runtime and a notebook can use it.
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from picovlm.eval.metrics import normalize_answer
+from picovlm.eval.metrics import _ARTICLES, _PUNCTUATION, normalize_answer
 
 ExtractFields = Callable[[str], dict[str, Any]]
 
@@ -99,10 +101,42 @@ class ValueMatcher:
 
     def __call__(self, answer: str) -> dict[str, str | None]:
         words = normalize_answer(answer).split()
-        return {name: self._find(name, words) for name in self.names}
+        found = {name: self._locate(name, words) for name in self.names}
+        return {name: place[2] if place else None for name, place in found.items()}
 
-    def _find(self, name: str, words: list[str]) -> str | None:
-        found: list[tuple[bool, int, str]] = []  # (not in context, position, value)
+    def restate(self, answer: str, facts: dict[str, str]) -> str:
+        """`answer` with the value it states of each fact in `facts` replaced by the value given there
+        (found as `__call__` finds it; facts it does not state, or states rightly, are left alone). The
+        new value takes the case of the words it replaces, and an "a"/"an" before it is made to fit it:
+        "an Oceanian nation" -> "a European nation". What `GenerationConfig.probed_facts` does
+        to an answer with the values its fact probes read (picovlm/retrieval.py)."""
+        words = _words_with_places(answer)
+        normalized = [word for word, _, _ in words]
+        if normalized != normalize_answer(answer).split():  # a character whose folding spans words
+            return answer
+        edits = []
+        for name, value in facts.items():
+            place = self._locate(name, normalized) if name in self._by_first else None
+            if place is None or place[2] == " ".join(normalize_answer(str(value)).split()):
+                continue
+            start, end = words[place[0]][1], words[place[1] - 1][2]
+            edits.append((start, end, str(value)))
+        # two facts found in the same words (e.g. the colours of a picture's three objects): which one
+        # the words state is not known, so they stay as written
+        alone = [
+            (start, end, value)
+            for i, (start, end, value) in enumerate(edits)
+            if not any(j != i and start < e and s < end for j, (s, e, _) in enumerate(edits))
+        ]
+        for start, end, value in sorted(alone, reverse=True):  # from the end, so places stay true
+            answer = (
+                _with_article(answer[:start], value) + _cased_like(answer[start:end], value) + answer[end:]
+            )
+        return answer
+
+    def _locate(self, name: str, words: list[str]) -> tuple[int, int, str] | None:
+        """(first word, one past the last, value) of the fact's value in the normalised words, or None."""
+        found: list[tuple[bool, int, int, str]] = []  # (not in context, start, end, value)
         by_first = self._by_first[name]
         for start, word in enumerate(words):
             for value_words in by_first.get(word, ()):
@@ -112,9 +146,51 @@ class ValueMatcher:
                 in_context = (start > 0 and words[start - 1] in self._before.get(name, ())) or (
                     end < len(words) and words[end] in self._after.get(name, ())
                 )
-                found.append((not in_context, start, " ".join(value_words)))
+                found.append((not in_context, start, end, " ".join(value_words)))
                 break  # the longest value that starts here
-        return min(found)[2] if found else None
+        return min(found)[1:] if found else None
+
+
+def _words_with_places(text: str) -> list[tuple[str, int, int]]:
+    """normalize_answer's words of `text`, each with its first and one-past-last character in `text`:
+    the same folding (NFKC, lower case, punctuation splits, articles dropped), done per character so
+    each word keeps where it came from."""
+    words, current, start = [], [], 0
+    for position, character in enumerate(text + " "):
+        folded = unicodedata.normalize("NFKC", character).lower()
+        if folded.isspace() or folded in _PUNCTUATION or not folded:
+            if current:
+                words.append(("".join(current), start, position))
+                current = []
+            continue
+        if not current:
+            start = position
+        current.append(folded)
+    return [w for w in words if w[0] not in _ARTICLES]
+
+
+def _cased_like(written: str, value: str) -> str:
+    """`value` in the case of the words it replaces: capitalised where they were ("Classical style")."""
+    old, new = written.split(), value.split()
+    capitalised = [w[:1].isupper() for w in old] or [False]
+    return " ".join(
+        w[:1].upper() + w[1:] if capitalised[min(i, len(capitalised) - 1)] else w for i, w in enumerate(new)
+    )
+
+
+def _with_article(before: str, value: str) -> str:
+    """The text before a replaced value, its trailing "a"/"an" made to fit the value: "an" before a
+    vowel letter, but "a European", "a unit", "a one-horned" (English by spelling, so not always right)."""
+    match = re.search(r"\b(an?)(\s+)$", before, flags=re.IGNORECASE)
+    if match is None:
+        return before
+    sounds_vowel = value[:1].lower() in "aeiou" and not value.lower().startswith(
+        ("eu", "uni", "one", "use", "usu")
+    )
+    article = "an" if sounds_vowel else "a"
+    if match.group(1)[0].isupper():
+        article = article.capitalize()
+    return before[: match.start(1)] + article + match.group(2)
 
 
 def _occurrences(words: list[str], value_words: list[str]) -> list[int]:

@@ -41,6 +41,7 @@ from picovlm.generation import (
     COPY_FACTS_NEED_HEADS,
     CopyVotes,
     GenerationConfig,
+    copy_options_check,
     generation_config,
     neighbour_weights,
 )
@@ -435,12 +436,17 @@ class VisionLanguageModel(nn.Module):
         if isinstance(questions, str):
             questions = [questions] * len(images)
         gen = generation_config(generation or self.generation, **options)
+        if gen.probed_facts:
+            copy_options_check(gen, self.retrieval)
         batch = self.prepare_prompts(images, questions, gen.copy_source_count, gen.copy_fact_weight)
         was_training = self.training
         self.eval()
         tokens = self.generate(**batch, generation=gen)
         self.train(was_training)
         answers = [self.decode_answer(row) for row in tokens.tolist()]
+        if gen.probed_facts:
+            firsts = [im[0] if isinstance(im, (list, tuple)) else im for im in images]
+            answers = self.retrieval.restate_facts(answers, firsts, gen.probed_facts)
         return answers[0] if single else answers
 
     def decode_answer(self, token_ids: list[int]) -> str:

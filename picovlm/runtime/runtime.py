@@ -346,11 +346,14 @@ class Runtime:
     ) -> Iterator[str]:
         """Yield the answer's text as it grows (pieces never split a multi-byte character).
 
-        `generation` (default: the runtime's) with keyword `options` over it, e.g. max_new_tokens=64."""
+        `generation` (default: the runtime's) with keyword `options` over it, e.g. max_new_tokens=64.
+        With probed_facts the answer comes in one piece at the end: its facts are restated once it is whole."""
+        options = generation_config(generation or self.generation, **options)
+        if options.probed_facts:
+            yield self.answer(image, question, options)
+            return
         pieces = AnswerStream(self.tokenizer)
-        for token in self.generate_ids(
-            image, question, generation_config(generation or self.generation, **options)
-        ):
+        for token in self.generate_ids(image, question, options):
             piece = pieces.push(token)
             if piece:
                 yield piece
@@ -364,4 +367,10 @@ class Runtime:
     ) -> str:
         """The whole answer as text, as the torch model's `answer` gives it; arguments as for `stream`."""
         options = generation_config(generation or self.generation, **options)
-        return self.processor.decode_answer(list(self.generate_ids(image, question, options)))
+        if options.probed_facts:
+            copy_options_check(options, self.retrieval)
+        images = [open_image(im) for im in (image if isinstance(image, (list, tuple)) else [image])]
+        answer = self.processor.decode_answer(list(self.generate_ids(images, question, options)))
+        if options.probed_facts and images:
+            (answer,) = self.retrieval.restate_facts([answer], images[:1], options.probed_facts)
+        return answer

@@ -6,6 +6,7 @@ import argparse
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -104,6 +105,24 @@ def test_copy_options_a_model_cannot_honour_are_refused():
     copy_options_check(voting, Index(facts=object()))
     copy_options_check(GenerationConfig(copy_fact_weight=0.2), None)  # no vote, nothing to weigh
     copy_options_check(GenerationConfig(copy_bias=8.0), Index(facts=None))
+
+    # probed_facts: probes over the pictures, and only the fields they read
+    probing = GenerationConfig(probed_facts="region, era")  # a command line's or a form's list
+    assert (
+        probing.probed_facts
+        == ("region", "era")
+        == GenerationConfig.from_dict(probing.to_dict()).probed_facts
+    )
+    assert GenerationConfig.from_dict({"probed_facts": ["era"]}).probed_facts == ("era",)  # JSON's list
+    reading = SimpleNamespace(
+        facts_read_pictures=True, facts=SimpleNamespace(values={"region": [], "era": []})
+    )
+    copy_options_check(probing, reading)
+    for retrieval in (None, SimpleNamespace(facts_read_pictures=False, facts=None)):
+        with pytest.raises(ConfigError, match="probed_facts states.*fact_loss_weight"):
+            copy_options_check(probing, retrieval)
+    with pytest.raises(ConfigError, match="probed_facts names colour.*read region, era"):
+        copy_options_check(GenerationConfig(probed_facts=("colour", "era")), reading)
 
 
 def test_the_cli_flags_left_out_keep_the_base_config():

@@ -153,6 +153,16 @@ def test_nearest_answers_hand_made():
     assert nearest_answers(test, train, test_vectors, train_vectors) == ["blue", "big"]
 
 
+def test_items_keep_their_rows_group(square_rows):
+    """A row's `group` (its object) goes with its EvalItem: choosing how to answer counts evidence by
+    object (picovlm/eval/choose.py); a row without one has ""."""
+    rows = square_rows(3, 0)
+    texts = [{"user": "q", "assistant": "a"}]
+    items = items_from_rows([{"images": rows[0]["images"], "texts": texts, "group": "g7"},
+                             {"images": rows[1]["images"], "texts": texts}])  # fmt: skip
+    assert [item.group for item in items] == ["g7", ""]
+
+
 def test_pixel_features_are_unit_length_and_find_the_same_picture(square_rows):
     rows = square_rows(12, 0)
     items = [EvalItem(r["images"], "q", "a", str(i)) for i, r in enumerate(rows)]

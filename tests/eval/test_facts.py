@@ -60,3 +60,44 @@ def test_core_code_names_no_dataset():
     for folder in ("eval", "train", "export", "runtime", "serve", "model"):
         for path in (package / folder).glob("*.py"):
             assert not dataset_module.search(path.read_text()), f"{path} imports a dataset module by name"
+
+
+def test_restate_replaces_the_stated_value_in_the_words_case_and_article():
+    """ValueMatcher.restate (what probed_facts does to an answer): the value the answer states of a
+    fact gives way to the value asked for, in the case of the words it replaces, with "a"/"an" made to
+    fit; what the answer does not state, or states rightly, is left as written."""
+    flags = [
+        ({"region": "oceanian", "era": "modern", "city style": "european"},
+         "The flag of the Australians, an Oceanian nation of the modern era, whose cities are built in European style."),
+        ({"region": "african", "era": "ancient", "city style": "classical"},
+         "The flag of the Numidians, an African nation of the ancient era, whose cities are built in Classical style."),
+        ({"region": "european", "era": "medieval", "city style": "european"},
+         "The flag of the Franks, a European nation of the medieval era, whose cities are built in European style."),
+    ]  # fmt: skip
+    matcher = ValueMatcher(flags)
+    answer = flags[0][1]
+    asked = {"region": "european", "era": "ancient", "city style": "classical"}
+    restated = matcher.restate(answer, asked)
+    assert restated == (
+        "The flag of the Australians, a European nation of the ancient era, whose cities are built in "
+        "Classical style."
+    )
+    assert matcher(restated) == asked  # the facts read back are the ones asked for
+    assert matcher.restate(restated, {"region": "african"}).startswith(
+        "The flag of the Australians, an African"
+    )
+    assert matcher.restate(answer, flags[0][0]) == answer  # stated rightly: untouched
+    assert matcher.restate(answer, {"colour": "red"}) == answer  # a fact the matcher does not know
+    unstated = "The flag of a nation, whose cities are built in European style."
+    assert (
+        matcher.restate(unstated, asked) == "The flag of a nation, whose cities are built in Classical style."
+    )
+    # numbers found by the words around them, punctuation and the rest of the answer kept
+    units = [
+        ({"level": str(n), "race": r}, f"A level {n} {r} unit.")
+        for n, r in [(1, "wolf"), (2, "elf"), (3, "orc")]
+    ]
+    matcher = ValueMatcher(units)
+    assert matcher.restate("Grr! A level 1 wolf unit; fast.", {"level": "3", "race": "elf"}) == (
+        "Grr! A level 3 elf unit; fast."
+    )

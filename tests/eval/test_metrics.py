@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 
 import pytest
 
@@ -187,6 +189,29 @@ def test_the_simplest_candidate_within_one_standard_error_of_the_best_is_chosen(
     # equal scores: the earlier; and a best that comes first is chosen whatever the errors
     assert one_standard_error_choice([base, list(base)])[0] == 0
     assert one_standard_error_choice([better, base, noisy])[0] == 0
+
+
+def test_rows_of_one_object_count_as_one_piece_of_evidence():
+    """The error is cluster-robust over the rows' objects (their `group`): a lead that comes from a few
+    objects, each with many pictures that move together, is as uncertain as those few objects make it,
+    however many rows they fill. With every row its own object it is the usual error of the mean."""
+    from picovlm.eval.choose import one_standard_error_choice, paired_standard_error
+
+    rng = random.Random(1)
+    differences = [rng.gauss(0.0, 1.0) for _ in range(40)]
+    usual = statistics.stdev(differences) / math.sqrt(len(differences))
+    assert paired_standard_error(differences) == pytest.approx(usual)
+    assert paired_standard_error(differences, [str(i) for i in range(40)]) == pytest.approx(usual)
+    # 24 objects of 11 pictures each: the later way is right on 3 objects the earlier misses, and
+    # wrong on 1 that the earlier gets; a lead of 2 objects' worth
+    objects = [f"unit{i // 11}" for i in range(264)]
+    base = [0.5] * 264
+    lucky = [s + (0.6 if o in ("unit0", "unit1", "unit2") else -0.6 if o == "unit3" else 0.0)
+             for s, o in zip(base, objects)]  # fmt: skip
+    chosen_by_rows, by_rows = one_standard_error_choice([base, lucky])
+    chosen_by_objects, by_objects = one_standard_error_choice([base, lucky], objects)
+    assert chosen_by_rows == 1 and chosen_by_objects == 0  # 264 rows say "win", 24 objects say "noise"
+    assert by_objects[0] > 3 * by_rows[0]
 
 
 def test_field_majority_accuracy():

@@ -306,6 +306,39 @@ def test_the_fact_probes_are_saved_with_the_index_and_weigh_the_neighbours(demo_
     assert "vision_features" not in batch  # nothing of the vision tower is needed to weigh them
     assert isinstance(model.answer(images[0], copy_bias=8.0, copy_fact_weight=2.0), str)
 
+    # the probes also name each picture's facts, their likeliest values, which probed_facts states
+    assert facts.values == vocabulary.values
+    read = index.read_facts(images)
+    for field, name in enumerate(vocabulary.values):
+        assert [r[name] for r in read] == [
+            vocabulary.values[name][c] for c in probe_log_probs(field).argmax(1)
+        ]
+    fields = list(vocabulary.values)
+    plain = model.answer(images, copy_bias=8.0)
+    assert model.answer(images, copy_bias=8.0, probed_facts=fields) == [
+        index.fact_matcher.restate(answer, facts_read) for answer, facts_read in zip(plain, read)
+    ]
+    references = [
+        row["texts"][0]["assistant"] for row in load_cauldron(demo_dir, split="test").select(range(3))
+    ]
+    restated = [index.fact_matcher.restate(ref, r) for ref, r in zip(references, read)]
+    assert restated != references  # the tiny model's probes get some fact wrong, and it is replaced
+    # a fact stated once (the background) now reads as the probes read it; the three objects' colours
+    # and shapes are found in the same words, so which object's the words are is unknown: left alone
+    assert [index.fact_matcher(text)["background"] for text in restated] == [r["background"] for r in read]
+    with pytest.raises(ConfigError, match="probed_facts names nope"):
+        model.answer(images[0], probed_facts="nope")
+    # a run saved before finding 37 kept no values: it still answers, and says what probed_facts needs
+    old = tmp_path / "before-37"
+    model.save_pretrained(old)
+    with np.load(old / FACTS_FILE) as data:
+        np.savez(old / FACTS_FILE, **{k: data[k] for k in data.files if k != "values"})
+    before = VLM.from_pretrained(old)
+    assert before.retrieval.facts.values is None
+    assert before.answer(images, copy_bias=8.0) == plain
+    with pytest.raises(PicovlmError, match="trained before finding 37"):
+        before.answer(images[0], probed_facts=fields)
+
     # heads saved before finding 28 read the vision tower's pooled features: the training heads here
     heads = FactHeads(vocabulary, model.cfg.vit_hidden_dim)
     heads.load_state_dict(load_checkpoint(result.run_dir)["extra"])
@@ -329,6 +362,8 @@ def test_the_fact_probes_are_saved_with_the_index_and_weigh_the_neighbours(demo_
     with np.load(saved / FACTS_FILE) as data:
         np.savez(saved / FACTS_FILE, **{k: data[k] for k in data.files if k != "reads"})
     assert VLM.from_pretrained(saved).retrieval.facts.reads == READS_VISION
+    with pytest.raises(ConfigError, match="probed_facts states"):  # heads over the tower name no facts here
+        model.answer(images[0], probed_facts=fields)
 
     model.retrieval.facts = None  # e.g. a run saved before the heads were kept: a clear refusal
     with pytest.raises(ConfigError, match="copy_fact_weight"):
@@ -465,6 +500,23 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
     )
     assert [runtime.answer(image, **weighed) for image in images] == model.answer(images, **weighed)
     assert runtime.retrieval.facts_read_pictures
+    # and with each fact the probes read restated in the answer (probed_facts), which a stream then
+    # sends whole, once restated
+    from picovlm.runtime.runtime import DEFAULT_QUESTION
+
+    fields = list(runtime.retrieval.facts.values)
+    probing = dict(generation=greedy, probed_facts=fields)
+    probed = model.answer(images, **probing)
+    assert [runtime.answer(image, **probing) for image in images] == probed
+    assert [list(runtime.stream(image, DEFAULT_QUESTION, **probing)) for image in images] == [
+        [a] for a in probed
+    ]
+    # (12 steps state no facts yet: the export restates answers that do as the torch model does)
+    references = [
+        row["texts"][0]["assistant"] for row in load_cauldron(demo_dir, split="test").select(range(4))
+    ]
+    restated = model.retrieval.restate_facts(references, images, fields)
+    assert runtime.retrieval.restate_facts(references, images, fields) == restated != references
     # heads saved before finding 28 read the vision tower: the runtime reads its graph's pooled output
     from picovlm.retrieval import READS_VISION
 
