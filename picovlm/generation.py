@@ -61,11 +61,11 @@ class GenerationConfig:
     def __post_init__(self):
         if self.repetition_penalty is None:  # older callers said None for "off"
             object.__setattr__(self, "repetition_penalty", 1.0)
-        if isinstance(self.probed_facts, str):  # "region,era" from a command line or a form
-            object.__setattr__(
-                self, "probed_facts", tuple(f.strip() for f in self.probed_facts.split(",") if f.strip())
-            )
-        object.__setattr__(self, "probed_facts", tuple(self.probed_facts or ()))  # a list from JSON
+        fields = (
+            self.probed_facts.split(",") if isinstance(self.probed_facts, str) else self.probed_facts or ()
+        )
+        # "region, era" from a command line or a form, a list from JSON: a tuple of names either way
+        object.__setattr__(self, "probed_facts", tuple(f.strip() for f in fields if f.strip()))
         bad = []
         if self.max_new_tokens < 1:
             bad.append(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
@@ -159,6 +159,10 @@ PROBED_FACTS_NEED_VALUES = (
     "`fields`, or before finding 28): leave probed_facts empty, or train again with "
     "train.fact_loss_weight=auto on rows with fields."
 )
+PROBED_FACTS_NEED_VALUES_SAVED = (
+    "probed_facts states what the model's fact probes read in the picture, and this model's probes do not "
+    "know their fields' values (it was trained before finding 37): train it again, or leave probed_facts empty."
+)
 COPY_FACTS_NEED_HEADS = (
     "copy_fact_weight weighs the neighbours by the model's fact heads, and this model has none (it was "
     "trained without the fact loss, on rows without `fields`, or saved before the heads were kept): leave "
@@ -175,8 +179,10 @@ def copy_options_check(generation: GenerationConfig, retrieval) -> None:
     if generation.probed_facts:
         if retrieval is None or not retrieval.facts_read_pictures:
             raise ConfigError(PROBED_FACTS_NEED_VALUES)
-        known = list(retrieval.facts.values or ())
-        unknown = [name for name in generation.probed_facts if known and name not in known]
+        if retrieval.facts.values is None:
+            raise ConfigError(PROBED_FACTS_NEED_VALUES_SAVED)
+        known = list(retrieval.facts.values)
+        unknown = [name for name in generation.probed_facts if name not in known]
         if unknown:
             raise ConfigError(f"probed_facts names {', '.join(unknown)}, and this model's fact probes read "
                               f"{', '.join(known)}: name some of those, or leave probed_facts empty.")  # fmt: skip

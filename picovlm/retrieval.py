@@ -466,11 +466,11 @@ class RetrievalIndex:
         return self._fact_matcher[1]
 
     def restate_facts(
-        self, answers: Sequence[str], images: Sequence[Image.Image], fields: Sequence[str], vision_pooled=None
+        self, answers: Sequence[str], images: Sequence[Image.Image], fields: Sequence[str]
     ) -> list[str]:
         """Each answer with the value it states of each of `fields` replaced by what the fact probes read
         in its picture (`GenerationConfig.probed_facts`; docs/recipes.md, finding 37)."""
-        read = self.read_facts(images, vision_pooled)
+        read = self.read_facts(images)
         return [
             self.fact_matcher.restate(answer, {name: facts[name] for name in fields if name in facts})
             for answer, facts in zip(answers, read)

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from picovlm.eval.metrics import _ARTICLES, _PUNCTUATION, normalize_answer
+from picovlm.eval.metrics import normalize_answer, words_with_places
 
 ExtractFields = Callable[[str], dict[str, Any]]
 
@@ -110,7 +109,7 @@ class ValueMatcher:
         new value takes the case of the words it replaces, and an "a"/"an" before it is made to fit it:
         "an Oceanian nation" -> "a European nation". What `GenerationConfig.probed_facts` does
         to an answer with the values its fact probes read (picovlm/retrieval.py)."""
-        words = _words_with_places(answer)
+        words = words_with_places(answer)
         normalized = [word for word, _, _ in words]
         if normalized != normalize_answer(answer).split():  # a character whose folding spans words
             return answer
@@ -149,24 +148,6 @@ class ValueMatcher:
                 found.append((not in_context, start, end, " ".join(value_words)))
                 break  # the longest value that starts here
         return min(found)[1:] if found else None
-
-
-def _words_with_places(text: str) -> list[tuple[str, int, int]]:
-    """normalize_answer's words of `text`, each with its first and one-past-last character in `text`:
-    the same folding (NFKC, lower case, punctuation splits, articles dropped), done per character so
-    each word keeps where it came from."""
-    words, current, start = [], [], 0
-    for position, character in enumerate(text + " "):
-        folded = unicodedata.normalize("NFKC", character).lower()
-        if folded.isspace() or folded in _PUNCTUATION or not folded:
-            if current:
-                words.append(("".join(current), start, position))
-                current = []
-            continue
-        if not current:
-            start = position
-        current.append(folded)
-    return [w for w in words if w[0] not in _ARTICLES]
 
 
 def _cased_like(written: str, value: str) -> str:

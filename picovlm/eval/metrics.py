@@ -40,6 +40,24 @@ def normalize_answer(text: str) -> str:
     return " ".join(word for word in text.split() if word not in _ARTICLES)
 
 
+def words_with_places(text: str) -> list[tuple[str, int, int]]:
+    """normalize_answer's words of `text`, each with its first and one-past-last character in `text`:
+    the same folding, done per character so each word keeps where it came from (what
+    ValueMatcher.restate needs to replace a fact's words in the answer as written)."""
+    words, current, start = [], [], 0
+    for position, character in enumerate(text + " "):
+        folded = unicodedata.normalize("NFKC", character).lower()
+        if not folded or folded.isspace() or folded in _PUNCTUATION:
+            if current:
+                words.append(("".join(current), start, position))
+                current = []
+            continue
+        if not current:
+            start = position
+        current.append(folded)
+    return [word for word in words if word[0] not in _ARTICLES]
+
+
 def answer_tokens(text: str) -> list[str]:
     return normalize_answer(text).split()
 

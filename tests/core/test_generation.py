@@ -121,6 +121,9 @@ def test_copy_options_a_model_cannot_honour_are_refused():
     for retrieval in (None, SimpleNamespace(facts_read_pictures=False, facts=None)):
         with pytest.raises(ConfigError, match="probed_facts states.*fact_loss_weight"):
             copy_options_check(probing, retrieval)
+    before_37 = SimpleNamespace(facts_read_pictures=True, facts=SimpleNamespace(values=None))
+    with pytest.raises(ConfigError, match="trained before finding 37"):
+        copy_options_check(probing, before_37)
     with pytest.raises(ConfigError, match="probed_facts names colour.*read region, era"):
         copy_options_check(GenerationConfig(probed_facts=("colour", "era")), reading)
 

@@ -388,3 +388,21 @@ def test_verdict_names_test_rows_seen_in_training():
     for share, rows in ((0.01, 1), (0.0, 0)):
         quiet = {**leaked, "leakage_shared_image_rows": rows, "leakage_shared_image_share": share}
         assert "seen in training" not in M.collapse_verdict({**healthy, **quiet, "baseline_token_f1": 0.5})[1]
+
+
+def test_words_with_places_are_normalize_answers_words_and_where_they_stand():
+    """ValueMatcher.restate replaces a fact's words in the answer as written: each normalised word
+    must come with the characters it was folded from."""
+    text = "The “Flag” of L'Été — an ＡＢＣ nation, 3 strokes."
+    words = M.words_with_places(text)
+    assert [w for w, _, _ in words] == M.normalize_answer(text).split()
+    assert [text[start:end] for _, start, end in words] == [
+        "Flag",
+        "of",
+        "L",
+        "Été",
+        "ＡＢＣ",
+        "nation",
+        "3",
+        "strokes",
+    ]
