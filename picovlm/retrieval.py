@@ -278,21 +278,15 @@ class FactReader:
     reads: str = READS_VISION  # what the heads read: READS_PICTURES or READS_VISION
     values: dict[str, list[str]] | None = None  # field -> its values by class; None in runs before finding 37
 
-    def with_heads(
-        self,
-        heads: Sequence[tuple[np.ndarray, np.ndarray]],
-        reads: str,
-        values: dict[str, list[str]] | None = None,
-    ) -> FactReader:
-        """This reader with the heads' (weight, bias) per field, reading `reads` (and naming `values`,
-        when given: field -> its values in class order)."""
+    def with_heads(self, heads: Sequence[tuple[np.ndarray, np.ndarray]], reads: str) -> FactReader:
+        """This reader with the heads' (weight, bias) per field, reading `reads` (no values named yet:
+        `with_values`)."""
         if len(heads) != self.classes.shape[1]:
             raise PicovlmError(f"{len(heads)} fact heads for {self.classes.shape[1]} fields")
         if reads not in (READS_PICTURES, READS_VISION):
             raise PicovlmError(f"fact heads read {READS_PICTURES!r} or {READS_VISION!r}, not {reads!r}")
         weights = [np.asarray(w, np.float32) for w, _ in heads]
-        reader = FactReader(self.classes, weights, [np.asarray(b, np.float32) for _, b in heads], reads)
-        return reader.with_values(values) if values is not None else reader
+        return FactReader(self.classes, weights, [np.asarray(b, np.float32) for _, b in heads], reads)
 
     def with_values(self, values: dict[str, list[str]]) -> FactReader:
         """This reader naming each field's classes: `values` maps each field, in the heads' order, to its

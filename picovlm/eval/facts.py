@@ -116,7 +116,7 @@ class ValueMatcher:
         edits = []
         for name, value in facts.items():
             place = self._locate(name, normalized) if name in self._by_first else None
-            if place is None or place[2] == " ".join(normalize_answer(str(value)).split()):
+            if place is None or place[2] == normalize_answer(str(value)):
                 continue
             start, end = words[place[0]][1], words[place[1] - 1][2]
             edits.append((start, end, str(value)))

@@ -157,7 +157,7 @@ def attach_fact_probes(index, vocabulary: FactVocabulary) -> None:
 
     counts = [len(values) for values in vocabulary.values.values()]
     probes = fit_fact_probes(index.table, index.facts.classes, counts)
-    index.facts = index.facts.with_heads(probes, READS_PICTURES, vocabulary.values)
+    index.facts = index.facts.with_heads(probes, READS_PICTURES).with_values(vocabulary.values)
 
 
 class FactSupervised(nn.Module):
