@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import resource
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,18 +300,50 @@ def available_memory_bytes(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_memory(model, train_cfg: TrainConfig, total_params: int, device: torch.device) -> None:
+def sample_cache_bytes(cfg: VLMConfig, train_cfg: TrainConfig, rows: int) -> int:
+    """What one split's sample cache (train.sample_cache_mb) can come to in host memory: its cap, or
+    all `rows` cached if they hold less (a picture of vit_img_size as uint8 and the token ids, ~8
+    bytes each, per row, as `pipeline.sample_bytes` counts them). 0 when it is off or the run
+    augments its pictures (nothing is kept then)."""
+    if train_cfg.image_augment or not train_cfg.sample_cache_mb:
+        return 0
+    per_row = 3 * cfg.vit_img_size**2 + 8 * 2 * cfg.lm_max_length
+    return min(train_cfg.sample_cache_mb * 2**20, rows * per_row)
+
+
+def check_memory(
+    model, train_cfg: TrainConfig, total_params: int, device: torch.device, split_rows: Sequence[int] = ()
+) -> None:
     """Fail before training when the batch clearly cannot fit (call after build_optimizer, which
-    freezes towers whose learning rate is 0: frozen weights need no gradients or AdamW state)."""
+    freezes towers whose learning rate is 0: frozen weights need no gradients or AdamW state).
+    split_rows: the rows of each split the run caches (training, validation); their sample caches
+    live in host memory, beside the weights on a CPU run and apart from the GPU's on a CUDA run.
+    One process's share: under torchrun on one machine each process holds its own caches."""
     trainable = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
     needed = estimate_memory_bytes(model.cfg, train_cfg, trainable, total_params)
+    cache = sum(sample_cache_bytes(model.cfg, train_cfg, rows) for rows in split_rows)
     available = available_memory_bytes(device)
-    if needed > available:
+    on_host = device.type == "cpu"
+    if needed + (cache if on_host else 0) > available:
+        cached = f" and {cache / 2**30:.1f} GiB of sample cache" if on_host and cache else ""
         raise ConfigError(
             f"batch_size={train_cfg.batch_size} needs about {needed / 2**30:.1f} GiB on {device.type} "
-            f"(weights, AdamW state, activations) but only {available / 2**30:.1f} GiB is free: lower "
-            f"train.batch_size and raise train.gradient_accumulation_steps to keep the same global batch."
+            f"(weights, AdamW state, activations){cached} but only {available / 2**30:.1f} GiB is free: "
+            f"lower train.batch_size and raise train.gradient_accumulation_steps to keep the same global "
+            f"batch{_lower_the_cache(train_cfg) if cached and needed <= available else ''}."
         )
+    if not on_host and cache > (host := available_memory_bytes(torch.device("cpu"))):
+        raise ConfigError(
+            f"the sample cache needs about {cache / 2**30:.1f} GiB of host memory but only "
+            f"{host / 2**30:.1f} GiB is free{_lower_the_cache(train_cfg)}."
+        )
+
+
+def _lower_the_cache(train_cfg: TrainConfig) -> str:
+    return (
+        f"; or lower train.sample_cache_mb (now {train_cfg.sample_cache_mb}; 0 turns the cache off, and "
+        f"the batches stay the same)"
+    )
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, float | None]:

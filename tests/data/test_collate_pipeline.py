@@ -164,3 +164,20 @@ def test_packing_reduces_padding(demo_dataset, processor):
             packed_order.append(padded_rows.index(tuple(ids[segments == segment].tolist())))
     assert sorted(packed_order) == list(range(32))
     assert torch.equal(packed["pixel_values"], padded["pixel_values"][packed_order])
+
+
+def test_the_memory_check_counts_at_least_what_the_cache_keeps(demo_dataset, processor):
+    from picovlm.config import TrainConfig, VLMConfig
+    from picovlm.train.setup import sample_cache_bytes
+
+    rows = demo_dataset.select(range(20))
+    cached = CauldronTorchDataset(rows, processor, cache_bytes=2**30)
+    for i in range(len(rows)):
+        cached[i]
+    kept = 2**30 - cached.cache_room
+    model_cfg = VLMConfig(vit_img_size=32, lm_max_length=96)  # the processor's picture and length
+    estimate = sample_cache_bytes(model_cfg, TrainConfig(), len(rows))
+    assert cached.cached_rows == 20 and kept <= estimate < 2 * kept
+    assert sample_cache_bytes(model_cfg, TrainConfig(sample_cache_mb=0), len(rows)) == 0
+    assert sample_cache_bytes(model_cfg, TrainConfig(image_augment=True), len(rows)) == 0
+    assert sample_cache_bytes(model_cfg, TrainConfig(sample_cache_mb=1), 10**6) == 2**20  # the cap

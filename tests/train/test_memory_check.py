@@ -1,0 +1,28 @@
+"""The memory check before training: the sample cache counts beside the weights on a CPU run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from picovlm.config import load_config, replace
+from picovlm.errors import ConfigError
+from picovlm.model.vlm import VLM
+from picovlm.train.setup import available_memory_bytes, check_memory
+
+
+def test_a_sample_cache_larger_than_the_free_memory_is_refused_with_its_setting(tmp_path, tiny_args):
+    model_cfg, train_cfg = load_config("tiny", overrides=tiny_args(tmp_path, tmp_path / "run"))
+    model = VLM(model_cfg)
+    total = sum(p.numel() for p in model.parameters())
+    cpu = torch.device("cpu")
+    # more rows than this machine's free memory can cache, under a cap that does not stop them
+    rows = available_memory_bytes(cpu) // (3 * model_cfg.vit_img_size**2) + 1
+    huge_cap = replace(train_cfg, sample_cache_mb=10**9)
+    with pytest.raises(
+        ConfigError, match=r"GiB of sample cache.*lower train\.sample_cache_mb \(now 1000000000"
+    ):
+        check_memory(model, huge_cap, total, cpu, (rows, 0))
+    check_memory(model, huge_cap, total, cpu, (10, 10))  # a few rows hold little, whatever the cap
+    check_memory(model, replace(huge_cap, sample_cache_mb=0), total, cpu, (rows, rows))
+    check_memory(model, replace(huge_cap, image_augment=True), total, cpu, (rows, rows))
