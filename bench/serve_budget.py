@@ -11,8 +11,8 @@ first rows of `--data`'s test split (else plain coloured squares).
     answer      POST /v1/answer (multipart PNG, 50 new tokens at most), client-side wall time
     TTFT        the same request with stream=true: request sent -> first text event
     tokens/s    text events after the first / time from the first to the last
-    busy        8 requests at once: the server computes up to its max_concurrent (2) and answers 429
-                to the rest at once, rather than queueing (counts of 200 and 429)
+    busy        8 requests at once: the server computes up to its max_concurrent (2), queues the rest
+                and answers 429 only past its queue's size or wait limit (counts of 200 and 429)
     RSS         the server's resident memory when ready and its high-water mark at the end (VmHWM)
     torch       whether the server process has libtorch mapped (it must not: the runtime is torch-free)
 
