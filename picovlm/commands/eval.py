@@ -88,7 +88,9 @@ def add_parser(subparsers) -> None:
         "--swap-items", type=int, default=64, help="rows re-answered with a swapped image (default 64)"
     )
     p.add_argument(
-        "--out", required=True, help="folder for metrics.json, predictions.jsonl, report.md, report.html"
+        "--out",
+        help="folder for metrics.json, predictions.jsonl, report.md, report.html (default: RUN/eval-SPLIT "
+        "when every --model is a folder of one `picovlm train` run, e.g. RUN/model and RUN/best)",
     )
     p.add_argument("--title", default="picovlm evaluation", help="title of the report")
     add_answering_arguments(p)
@@ -184,8 +186,9 @@ def _exported_answering(args: argparse.Namespace):
 
 def run_eval(args: argparse.Namespace) -> int:
     from picovlm.eval.evaluate import evaluate_many
-    from picovlm.eval.report import write_report
+    from picovlm.eval.report import default_report_dir, write_report
 
+    out = args.out or default_report_dir(args.model, args.split)  # decided before minutes of answering
     _setup_torch(args)
     results = evaluate_many(
         args.model,
@@ -201,7 +204,7 @@ def run_eval(args: argparse.Namespace) -> int:
         threads=args.threads,
         **generation_flags(args),  # over an exported folder's own config, as `picovlm serve` applies them
     )
-    paths = write_report(results, args.out, title=args.title)
+    paths = write_report(results, out, title=args.title)
     for result in results:
         m = result["metrics"]
         print(f"{result['name']}: {m['verdict']}")

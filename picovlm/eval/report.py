@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from picovlm.errors import ConfigError
 from picovlm.utils import atomic_write_text
 
 # (metric key, column title, format) for the summary table, in reading order.
@@ -284,6 +285,25 @@ def metrics_document(results: list[dict]) -> dict[str, Any]:
             for r in results
         ]
     }
+
+
+def default_report_dir(models: list[str], split: str) -> Path:
+    """Where `picovlm eval` writes without --out: RUN/eval-SPLIT, when every model is a folder of one
+    `picovlm train` run (its model/ or best/, beside the run's summary.json or checkpoint.pt), so
+    the report sits with the run it judges. Anything else (exported folders, several runs) has no
+    one obvious home and needs --out."""
+    from picovlm.train.checkpoint import has_checkpoint
+    from picovlm.train.setup import SUMMARY_FILE
+
+    runs = {Path(model).resolve().parent for model in models}
+    run = Path(models[0]).parent
+    if len(runs) == 1 and ((run / SUMMARY_FILE).is_file() or has_checkpoint(run)):
+        return run / f"eval-{split}"
+    raise ConfigError(
+        f"name the report's folder with --out: {', '.join(models)} "
+        f"{'is not a folder' if len(models) == 1 else 'are not folders'} of one `picovlm train` run "
+        f"(its model/ or best/), the only case where eval writes to RUN/eval-{split} by itself."
+    )
 
 
 def write_report(

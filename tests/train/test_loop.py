@@ -44,6 +44,26 @@ def test_run_folder_metrics_plots_and_falling_val_loss(demo_dir, tmp_path, tiny_
     assert summary["finished"] and summary["steps"] == 24
 
 
+def test_eval_without_out_writes_beside_the_run_it_judges(demo_dir, tmp_path, tiny_configs, capsys):
+    from picovlm.cli import main
+
+    train(*tiny_configs(demo_dir, tmp_path / "run"))
+    run = tmp_path / "run"
+    flags = ["--data", str(demo_dir), "--max-items", "4", "--swap-items", "2", "--max-new-tokens", "8"]
+    assert main(["eval", "--model", str(run / "model"), str(run / "best"), *flags]) == 0
+    document = json.loads((run / "eval-test" / "metrics.json").read_text())
+    assert len(document["models"]) == 2 and str(run / "eval-test" / "report.html") in capsys.readouterr().out
+    # a folder outside a run, or models of two runs: no one obvious home, so --out is asked for
+    other = tmp_path / "copied-model"
+    other.mkdir()
+    for file in (run / "model").iterdir():
+        (other / file.name).write_bytes(file.read_bytes())
+    for models in ([str(other)], [str(run / "model"), str(other)]):
+        assert main(["eval", "--model", *models, *flags, "--split", "validation"]) != 0
+        assert "name the report's folder with --out" in capsys.readouterr().err
+    assert not (tmp_path / "eval-validation").exists() and not (run / "eval-validation").exists()
+
+
 def test_resume_continues_exactly(demo_dir, tmp_path, tiny_configs, crash_run):
     """A run interrupted after its step-4 checkpoint and resumed matches an uninterrupted run."""
     model_cfg, full_cfg = tiny_configs(demo_dir, tmp_path / "full", max_steps=10, checkpoint_interval=4)
