@@ -95,6 +95,25 @@ class GenerationConfig:
         """How many neighbours' answers generation needs as copy sources: 0 with copy_bias off."""
         return self.copy_neighbours if self.copy_bias else 0
 
+    def describe(self) -> str:
+        """How it picks tokens, in a few words for a report line: "greedy, copy_bias 8, copy_fact_weight
+        0.5" (the options that change answers, where they are on; the length limit left out)."""
+        picking = "greedy" if self.temperature == 0 else f"sampled at temperature {self.temperature:g}"
+        options = [
+            f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+            for name, value, on in (
+                ("top_k", self.top_k, self.temperature and self.top_k),
+                ("top_p", self.top_p, self.temperature and self.top_p is not None),
+                ("repetition_penalty", self.repetition_penalty, self.penalises_repetition),
+                ("copy_bias", self.copy_bias, self.copy_bias),
+                ("copy_fact_weight", self.copy_fact_weight, self.copy_bias and self.copy_fact_weight),
+            )
+            if on
+        ]
+        if self.probed_facts:
+            options.append(f"probed_facts {','.join(self.probed_facts)}")
+        return ", ".join([picking, *options])
+
     def replace(self, **options: Any) -> GenerationConfig:
         """This config with `options` changed; an unknown option name is an error that lists the known ones."""
         unknown = sorted(set(options) - FIELDS)

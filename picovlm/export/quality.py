@@ -76,7 +76,9 @@ def compare_on_data(
     max_new_tokens: int | None = None,
     train_split: str | None = "train",
 ) -> dict[str, Any]:
-    """Greedy answers of both exports on the first n_items rows of data_dir/split, scored alike.
+    """Both exports' answers on the first n_items rows of data_dir/split, scored alike: as the fp32
+    folder answers when served (its manifest's generation: a retrieving model's vote, say), greedy in
+    place of any sampling, since sampled answers would differ by chance, not by int8.
 
     max_new_tokens None: the longest reference's token count plus a margin, so no right answer is cut.
     train_split: read (text only) for the facts' known values when the rows have `fields`.
@@ -91,7 +93,6 @@ def compare_on_data(
     )
     from picovlm.eval.exported import ExportedModel
     from picovlm.eval.facts import fact_parser_for
-    from picovlm.generation import GenerationConfig
 
     dataset = load_cauldron(data_dir, split=split, max_rows=n_items)
     items = items_from_rows(dataset)
@@ -106,15 +107,15 @@ def compare_on_data(
     extract_fields = fact_parser_for(dataset, train)
     models = {"fp32": ExportedModel.load(fp32_dir), "int8": ExportedModel.load(int8_dir)}
     budget = max_new_tokens or answer_token_budget(models["fp32"], items)
-    # Greedy, whatever config the manifests carry: sampled answers would differ by chance, not by int8.
-    greedy = GenerationConfig(max_new_tokens=budget)
-    answers = {label: generate_answers(m, items, generation=greedy) for label, m in models.items()}
+    served = models["fp32"].generation.replace(temperature=0.0, max_new_tokens=budget)
+    answers = {label: generate_answers(m, items, generation=served) for label, m in models.items()}
 
     result: dict[str, Any] = {
         "data": str(data_dir),
         "split": split,
         "items": len(items),
         "max_new_tokens": budget,
+        "answering": served.describe(),
     }
     for label in models:
         metrics, _ = score_answers(items, answers[label], None, extract_fields)
@@ -134,8 +135,8 @@ def compare_on_data(
 
 def format_comparison(e: dict[str, Any]) -> str:
     """The comparison in one paragraph for the terminal."""
-    lines = [f"int8 vs fp32 on {e['items']} rows of {e['data']} split {e['split']!r} (greedy, "
-             f"up to {e['max_new_tokens']} new tokens):",
+    lines = [f"int8 vs fp32 on {e['items']} rows of {e['data']} split {e['split']!r} "
+             f"({e.get('answering', 'greedy')}, up to {e['max_new_tokens']} new tokens):",
              f"  identical answers {e['identical_answers']:.0%} · token F1 of int8 against fp32 "
              f"{e['int8_vs_fp32_token_f1']:.3f}"
              + (f" · facts of fp32 stated alike by int8 {e['int8_vs_fp32_fields']:.0%}"

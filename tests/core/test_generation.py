@@ -162,3 +162,13 @@ def test_every_answering_command_shares_the_flags_and_defaults():
 def test_the_generation_module_imports_no_torch():
     code = "import sys, picovlm.generation; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_config_describes_how_it_picks_tokens_in_a_few_words():
+    assert GenerationConfig().describe() == "greedy"
+    assert GenerationConfig(copy_fact_weight=0.5).describe() == "greedy"  # no vote for it to weigh
+    weighed = GenerationConfig(copy_bias=16.0, copy_fact_weight=0.5, probed_facts="race,level")
+    assert weighed.describe() == "greedy, copy_bias 16, copy_fact_weight 0.5, probed_facts race,level"
+    sampled = GenerationConfig(temperature=0.7, top_k=5, repetition_penalty=1.2, max_new_tokens=9)
+    assert sampled.describe() == "sampled at temperature 0.7, top_k 5, repetition_penalty 1.2"
+    assert GenerationConfig(top_k=5).describe() == "greedy"  # top-k only narrows a sample

@@ -492,6 +492,19 @@ def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_pa
     copying = model.answer(images, generation=greedy, copy_bias=50.0)
     assert [runtime.answer(image, generation=greedy, copy_bias=50.0) for image in images] == copying
     assert copying != torch_answers
+    # int8 is held against fp32 answering as the export will be served: here, with that vote
+    voting = export_model(
+        model_dir, tmp_path / "voting-int8", quantize="int8", eval_items=4, eval_data=demo_dir, eval_split="test",
+        copy_bias=50.0, copy_fact_weight=0.0,
+    )["quantization"]["eval"]  # fmt: skip
+    assert voting["answering"] == "greedy, copy_bias 50"
+    from picovlm.eval.evaluate import generate_answers, items_from_rows, score_answers
+    from picovlm.eval.exported import ExportedModel
+
+    rows = items_from_rows(load_cauldron(demo_dir, split="test").select(range(4)))
+    served = greedy.replace(max_new_tokens=voting["max_new_tokens"], copy_bias=50.0)  # no fact weight
+    voted = generate_answers(ExportedModel(runtime), rows, generation=served)
+    assert score_answers(rows, voted, None, None)[0]["token_f1"] == pytest.approx(voting["fp32"]["token_f1"])
     # and with the votes weighed by the fact heads, which the export carries beside the index
     weighed = dict(generation=greedy, copy_bias=50.0, copy_fact_weight=3.0)
     assert (
