@@ -317,33 +317,27 @@ def check_memory(
     """Fail before training when the batch clearly cannot fit (call after build_optimizer, which
     freezes towers whose learning rate is 0: frozen weights need no gradients or AdamW state).
     split_rows: the rows of each split the run caches (training, validation); their sample caches
-    live in host memory, beside the weights on a CPU run and apart from the GPU's on a CUDA run.
+    live in host memory: beside the weights on a CPU (or MPS) run, apart from them on a CUDA run.
     One process's share: under torchrun on one machine each process holds its own caches."""
     trainable = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
     needed = estimate_memory_bytes(model.cfg, train_cfg, trainable, total_params)
     cache = sum(sample_cache_bytes(model.cfg, train_cfg, rows) for rows in split_rows)
     available = available_memory_bytes(device)
-    on_host = device.type == "cpu"
-    if needed + (cache if on_host else 0) > available:
-        cached = f" and {cache / 2**30:.1f} GiB of sample cache" if on_host and cache else ""
+    shared = device.type != "cuda"  # the caches and the weights draw on the same memory (CPU, MPS)
+    if needed > available:
         raise ConfigError(
             f"batch_size={train_cfg.batch_size} needs about {needed / 2**30:.1f} GiB on {device.type} "
-            f"(weights, AdamW state, activations){cached} but only {available / 2**30:.1f} GiB is free: "
-            f"lower train.batch_size and raise train.gradient_accumulation_steps to keep the same global "
-            f"batch{_lower_the_cache(train_cfg) if cached and needed <= available else ''}."
+            f"(weights, AdamW state, activations) but only {available / 2**30:.1f} GiB is free: lower "
+            f"train.batch_size and raise train.gradient_accumulation_steps to keep the same global batch."
         )
-    if not on_host and cache > (host := available_memory_bytes(torch.device("cpu"))):
+    room = available - needed if shared else available_memory_bytes(torch.device("cpu"))
+    if cache > room:
+        beside = f", beside the {needed / 2**30:.1f} GiB the training needs," if shared else " of host memory"
         raise ConfigError(
-            f"the sample cache needs about {cache / 2**30:.1f} GiB of host memory but only "
-            f"{host / 2**30:.1f} GiB is free{_lower_the_cache(train_cfg)}."
+            f"the sample caches of the training and validation rows need about {cache / 2**30:.1f} GiB"
+            f"{beside} and only {room / 2**30:.1f} GiB is left: lower train.sample_cache_mb (now "
+            f"{train_cfg.sample_cache_mb} per split; 0 turns the cache off, and the batches stay the same)."
         )
-
-
-def _lower_the_cache(train_cfg: TrainConfig) -> str:
-    return (
-        f"; or lower train.sample_cache_mb (now {train_cfg.sample_cache_mb}; 0 turns the cache off, and "
-        f"the batches stay the same)"
-    )
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, float | None]:

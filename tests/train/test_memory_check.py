@@ -20,7 +20,8 @@ def test_a_sample_cache_larger_than_the_free_memory_is_refused_with_its_setting(
     rows = available_memory_bytes(cpu) // (3 * model_cfg.vit_img_size**2) + 1
     huge_cap = replace(train_cfg, sample_cache_mb=10**9)
     with pytest.raises(
-        ConfigError, match=r"GiB of sample cache.*lower train\.sample_cache_mb \(now 1000000000"
+        ConfigError,
+        match=r"sample caches .* GiB, beside the .* lower train\.sample_cache_mb \(now 1000000000",
     ):
         check_memory(model, huge_cap, total, cpu, (rows, 0))
     check_memory(model, huge_cap, total, cpu, (10, 10))  # a few rows hold little, whatever the cap
