@@ -31,9 +31,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model")
-    parser.add_argument("data")
-    parser.add_argument("--split", default="validation")
+    parser.add_argument("model", help="a retrieving model folder (RUN/model)")
+    parser.add_argument("data", help="its dataset folder")
+    parser.add_argument("--split", default="validation", help="the rows to answer (never the test split)")
     args = parser.parse_args()
 
     model = VLM.from_pretrained(args.model)
