@@ -18,12 +18,18 @@ KEYS = ("token_f1", "field_accuracy", "distinct_answer_share", "reference_distin
         "calibrated_temperature", "verdict_status")  # fmt: skip
 
 
-def row_of(run_dir: Path, overrides: str, seed: int, eval_dir: str = "eval") -> dict:
+PLAIN_EVALS = ("eval", "eval-test")  # --out RUN/eval, or what `picovlm eval` writes without --out
+
+
+def row_of(run_dir: Path, overrides: str, seed: int, eval_dir: str | None = None) -> dict:
+    """A run's row from its eval folder: `eval_dir`, else whichever of PLAIN_EVALS it has. A folder
+    of another name (the run evaluated again with other flags) names the row RUN+NAME."""
+    eval_dir = eval_dir or next((d for d in PLAIN_EVALS if (run_dir / d).is_dir()), PLAIN_EVALS[0])
     models = json.loads((run_dir / eval_dir / "metrics.json").read_text())["models"]
     summary = json.loads((run_dir / "summary.json").read_text())
     final, best = models[0], models[1] if len(models) > 1 else None
     return {
-        "run": run_dir.name + ("" if eval_dir == "eval" else "+" + eval_dir.removeprefix("eval-")),
+        "run": run_dir.name + ("" if eval_dir in PLAIN_EVALS else "+" + eval_dir.removeprefix("eval-")),
         "data": Path(final["data"]).name, "seed": seed, "overrides": overrides,
         "steps": summary.get("steps"), "best_step": summary.get("best_step"),
         "best_metric": summary.get("best_metric"),
@@ -61,7 +67,7 @@ def main() -> None:
     parser.add_argument("--append", type=Path, help="a run folder to add to real_results.jsonl")
     parser.add_argument("--overrides", default="")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval", default="eval", help="the run's eval folder to read (default eval)")
+    parser.add_argument("--eval", help="the run's eval folder to read (default: eval, else eval-test)")
     args = parser.parse_args()
     if args.append:
         with RESULTS.open("a") as out:
