@@ -98,7 +98,28 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"wall time      {result.wall_time_s:.1f} s, peak RSS {result.peak_rss_mb:,.0f} MB")
     if result.skipped_rows:
         print(f"skipped rows   {result.skipped_rows} (could not be decoded or encoded)")
+    if (command := eval_command(result.run_dir, train_cfg)) is not None:
+        print(f"next           {command}")
     return 0
+
+
+def eval_command(run_dir, train_cfg) -> str | None:
+    """The command that judges the finished model on rows it never chose anything on (the test split,
+    else the validation split) beside the nearest-image lookup; its report lands in RUN/eval-SPLIT.
+    None where the data's splits cannot be listed here (a Hub id, a folder gone since)."""
+    import shlex
+    from pathlib import Path
+
+    from picovlm.data.cauldron import split_names
+    from picovlm.errors import PicovlmError
+
+    try:
+        splits = split_names(train_cfg.data_dir)
+    except (PicovlmError, OSError):
+        return None
+    split = "test" if "test" in splits else train_cfg.val_split
+    model, data = shlex.quote(str(Path(run_dir) / "model")), shlex.quote(str(train_cfg.data_dir))
+    return f"picovlm eval --model {model} --data {data} --split {split} --baseline nearest"
 
 
 def resume_command(run_dir) -> str:

@@ -32,6 +32,10 @@ def test_a_hub_layout_folder_trains_on_its_train_split_only(
     assert main(["train", "--preset", "tiny", *args]) == 0
     out = capsys.readouterr().out
     assert f"{n_train} rows of split 'train', {n_val} of 'validation'" in out
+    assert (
+        f"next           picovlm eval --model {run / 'model'} --data {data} --split test --baseline nearest"
+        in out
+    )
     assert n_train < sum(len(split) for split in demo_splits.values())  # not every row of the folder
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["train_rows"], summary["val_rows"]) == (n_train, n_val)
