@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests and the guide use: Chromium (browser tests of the HTML report and the serving
-# page), Fashion-MNIST, the Wesnoth and Freeciv game data, the emoji and CJK fonts and Unicode data (the
-# real-image datasets) and curl (the guide's serve block). Tests that need one FAIL where it is missing, so
-# this script fails loudly (exit 1) when it cannot install them: a green CI has run every test.
+# page), Fashion-MNIST, the Wesnoth, Freeciv and FreeOrion game data, the emoji and CJK fonts and Unicode
+# data (the real-image datasets) and curl (the guide's serve block). Tests that need one FAIL where it is
+# missing, so this script fails loudly (exit 1) when it cannot install them: a green CI has run every test.
 # (wesnoth-1.16-data is Debian 12's name; other releases name it after their Wesnoth version.)
 set -euo pipefail
 # One line per package: the check that it is already there, then the Debian package that provides it.
@@ -11,6 +11,7 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 compgen -G "/usr/share/games/wesnoth/*/data/core/units" >/dev/null || need+=(wesnoth-1.16-data)
 [ -d /usr/share/games/freeciv/nation ] || need+=(freeciv-data)
+[ -f /usr/share/games/freeorion/default/stringtables/en.txt ] || need+=(freeorion-data)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # the emoji and CJK real sets (picovlm/data/emoji.py, cjk.py): fonts, Unicode's and CLDR's data, and the
 # library Pillow's bundled text shaping loads to join emoji sequences into one glyph

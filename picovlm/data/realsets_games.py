@@ -730,19 +730,31 @@ def _nation_from_entries(nation_id: str, e: dict, path: Path, root: Path) -> Fre
 
 
 def flag_picture(path: Path, rng: random.Random, width_share: tuple[float, float], size: int = DESIGN_SIZE):
-    """A flag picture on white: scaled (nearest neighbour: the game's pixels stay crisp) so its width is
-    a seeded share of the canvas, at a seeded position that keeps it whole."""
-    flag = Image.open(path).convert("RGBA")
+    """A flag picture on white: scaled with nearest neighbour, so the game's pixels stay crisp."""
+    return place_on_white(Image.open(path), rng, width_share, size, Image.Resampling.NEAREST)
+
+
+def place_on_white(
+    picture: Image.Image,
+    rng: random.Random,
+    width_share: tuple[float, float],
+    size: int = DESIGN_SIZE,
+    resample: Image.Resampling = Image.Resampling.NEAREST,
+) -> Image.Image:
+    """`picture` on a white square: scaled so its width is a seeded share of the canvas (its height
+    capped to fit), at a seeded position near the centre that keeps it whole."""
+    picture = picture.convert("RGBA")
     target = rng.uniform(*width_share) * size
-    scale = min(target / flag.width, (size - 4) / flag.height)
-    flag = flag.resize((max(1, round(flag.width * scale)), max(1, round(flag.height * scale))),
-                       Image.Resampling.NEAREST)  # fmt: skip
-    x = rng.randint(0, size - flag.width)
-    y = rng.randint(0, size - flag.height)
+    scale = min(target / picture.width, (size - 4) / picture.height)
+    picture = picture.resize(
+        (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), resample
+    )
+    x = rng.randint(0, size - picture.width)
+    y = rng.randint(0, size - picture.height)
     # keep it near the centre: a position drawn over the free space, pulled half-way to the middle
-    x, y = (x + (size - flag.width) // 2) // 2, (y + (size - flag.height) // 2) // 2
+    x, y = (x + (size - picture.width) // 2) // 2, (y + (size - picture.height) // 2) // 2
     canvas = Image.new("RGBA", (size, size), (255, 255, 255, 255))
-    canvas.alpha_composite(flag, (x, y))
+    canvas.alpha_composite(picture, (x, y))
     return canvas.convert("RGB")
 
 

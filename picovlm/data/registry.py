@@ -23,6 +23,7 @@ BUILTIN_DATASETS = (
     "picovlm.data.emoji",
     "picovlm.data.cjk",
     "picovlm.data.realsets_games",  # wesnoth, freeciv-flags
+    "picovlm.data.freeorion",
 )
 
 

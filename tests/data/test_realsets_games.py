@@ -1,7 +1,9 @@
-"""The game-data real sets: Wesnoth unit sprites (wesnoth-1.16-data) and Freeciv nation flags
-(freeciv-data). The readers (WML, rulesets), the text trimming and both builders are tested on small
-files written here, so those parts run where the packages are absent; the builds from the packages ask
-for the `wesnoth_data` / `freeciv_data` fixtures, which FAIL with the apt line where a package is missing.
+"""The game-data real sets: Wesnoth unit sprites (wesnoth-1.16-data), Freeciv nation flags
+(freeciv-data) and FreeOrion's item pictures (freeorion-data). The readers (WML, rulesets, content
+scripts and stringtables), the text trimming and the builders are tested on small files written here,
+so those parts run where the packages are absent; the builds from the packages ask for the
+`wesnoth_data` / `freeciv_data` / `freeorion_data` fixtures, which FAIL with the apt line where a
+package is missing.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 from collections import Counter, defaultdict
 
 import pytest
@@ -16,6 +19,17 @@ from PIL import Image
 
 from picovlm.cli import main
 from picovlm.data.cauldron import load_cauldron_splits, rows_to_dataset, validate_schema
+from picovlm.data.freeorion import (
+    FREEORION_INSTALL,
+    FREEORION_QUESTION,
+    FREEORION_SOURCE,
+    ICON_RENDERINGS,
+    load_freeorion_items,
+    make_freeorion_rows,
+    read_stringtable,
+    resolve_text,
+    write_freeorion,
+)
 from picovlm.data.realsets import REAL_SETS
 from picovlm.data.realsets_games import (
     FLAG_RENDERINGS,
@@ -118,6 +132,48 @@ style = "Classical"
     assert nation["groups"] == ["Ancient", "European", "Core"]
     assert nation["legend"] == 'Rome was founded in legend; "by" Romulus.'
     assert nation["flag"] == "rome" and nation["style"] == "Classical"
+
+
+STRINGTABLE = """\ufeffEnglish
+
+# a comment
+METER_SHIELD
+Shields
+
+BLD_RADAR
+Scanning Facility
+
+NEEDS_YARD
+Requires a shipyard.
+
+TECH_RADAR_DESC
+'''Unlocks the [[buildingtype BLD_RADAR]] building and raises [[metertype METER_SHIELD]] by %value%.
+
+History:
+Found in <i>ancient</i> ruins. [[NEEDS_YARD]] The [[tech UNKNOWN_KEY]] helps.'''
+
+ON_ITS_OWN_LINE
+'''
+On a new line.
+'''
+"""
+
+
+def test_read_stringtable_and_resolve_text():
+    table = read_stringtable(STRINGTABLE)
+    assert table["METER_SHIELD"] == "Shields" and table["BLD_RADAR"] == "Scanning Facility"
+    assert table["ON_ITS_OWN_LINE"].strip() == "On a new line."
+    assert "English" not in table and len(table) == 5
+    # links become names (or the key in words), a macro its text; the heading, the sentence with the
+    # game's %placeholder% and the markup go
+    assert resolve_text(table["TECH_RADAR_DESC"], table) == (
+        "Found in ancient ruins. Requires a shipyard. The unknown key helps."
+    )
+    assert resolve_text("Unlocks the [[buildingtype BLD_RADAR]] building.", table) == (
+        "Unlocks the Scanning Facility building."
+    )
+    with pytest.raises(ValueError, match="never closed"):
+        read_stringtable("KEY\n'''open\nand never closed\n")
 
 
 def test_clean_text_and_trim_text():
@@ -260,12 +316,89 @@ def test_freeciv_missing_folder_names_the_install_line(tmp_path):
         load_freeciv_nations(tmp_path)
 
 
+FREEORION_SCRIPTS = {  # file under scripting/ -> (block, name key, picture, extra lines)
+    "techs/growth/ECO.focs.txt": ("Tech", "GRO_ECO", 'graphic = "icons/tech/eco.png"',
+                                  'category = "GROWTH_CATEGORY"\n    tags = [ "PEDIA_GROWTH_CATEGORY" ]'),
+    "techs/growth/LOST.focs.txt": ("Tech", "GRO_LOST", 'graphic = "icons/tech/no-such-file.png"', ""),
+    "species/SP_BLOB.focs.txt": ("Species", "SP_BLOB", 'graphic = "icons/species/blob.png"',
+                                 'tags = [ "GOOD_INDUSTRY" "PEDIA_LITHIC_SPECIES_CLASS" ]'),
+    "buildings/COL_BLOB.focs.txt": ("BuildingType", "BLD_COL_BLOB", 'icon = "icons/species/blob.png"', ""),
+    "ship_hulls/organic/SH_ORG.focs.txt": ("Hull", "SH_ORG", 'icon = "icons/ship_hulls/org.png"\n'
+                                           '    graphic = "hulls_design/org.png"', "speed = 75"),
+    "ship_parts/Armour/AR_STD.focs.txt": ("Part", "AR_STD", 'icon = "icons/ship_parts/plate.png"', "class = Armour"),
+    "specials/DUST.focs.txt": ("Special", "DUST", 'graphic = "icons/specials_huge/dust.png"', ""),
+}  # fmt: skip
+LONG_TEXT = (
+    "It was found long ago by travellers. Its makers are unknown, and its purpose is still debated today."
+)
+
+
+@pytest.fixture()
+def small_freeorion(tmp_path):
+    """A FreeOrion `default` folder with one item of each kind: a tech whose picture is missing, a
+    colony building that names its species' portrait, and a special described too briefly to use."""
+    root = tmp_path / "default"
+    table = ["GROWTH_CATEGORY\nGrowth\n"]
+    for k, (file, (block, key, picture, extra)) in enumerate(FREEORION_SCRIPTS.items()):
+        path = root / "scripting" / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'{block}\n    name = "{key}"\n    description = "{key}_DESC"\n    {extra}\n    {picture}\n'
+                        '\n#include "/scripting/common/base_prod.macros"\n')  # fmt: skip
+        description = "Tiny." if key == "DUST" else f"The {key.lower()} item. {LONG_TEXT}"
+        table.append(f"{key}\n{key.title().replace('_', ' ')}\n\n{key}_DESC\n'''{description}'''\n")
+        icon = re.search(r'"(icons/[^"]+)"', picture).group(1)
+        if "no-such-file" not in icon and not (root / "data" / "art" / icon).exists():
+            (root / "data" / "art" / icon).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("LA" if "species" in icon else "RGBA", (64, 48), (40 * k, 255) if "species" in icon
+                      else (40 * k, 90, 200, 255)).save(root / "data" / "art" / icon)  # fmt: skip
+    (root / "stringtables").mkdir()
+    (root / "stringtables" / "en.txt").write_text("\n".join(table), encoding="utf-8")
+    return root
+
+
+def test_freeorion_builder_on_a_small_folder(small_freeorion):
+    items = {item.key: item for item in load_freeorion_items(small_freeorion)}
+    # the missing picture drops its tech; the portrait stays with the species, not its colony building
+    assert sorted(items) == ["AR_STD", "DUST", "GRO_ECO", "SH_ORG", "SP_BLOB"]
+    assert items["GRO_ECO"].facts() == {"kind": "technology", "category": "growth"}
+    assert items["SP_BLOB"].facts() == {"kind": "species", "category": "lithic"}
+    assert items["SH_ORG"].facts() == {"kind": "ship hull", "category": "organic"}
+    assert items["SH_ORG"].picture == "icons/ship_hulls/org.png"  # the icon, not the design drawing
+    assert items["AR_STD"].facts() == {"kind": "ship part", "category": "armour"}
+    assert items["DUST"].facts() == {"kind": "special"}
+    rows = make_freeorion_rows(n=100, source_dir=small_freeorion)
+    # four renderings of each item; the special's answer is under 10 words, so it gives none
+    assert len(rows) == 16 and set(Counter(row["group"] for row in rows).values()) == {len(ICON_RENDERINGS)}
+    assert "freeorion/DUST" not in {row["group"] for row in rows}
+    assert len({row["images"][0]["bytes"] for row in rows}) == 16
+    answers = {row["group"]: row["texts"][0]["assistant"] for row in rows}
+    assert answers["freeorion/GRO_ECO"].startswith(("Gro Eco is a growth technology. The gro_eco item.",
+                                                    "This is Gro Eco, a growth technology. The gro_eco item."))  # fmt: skip
+    assert "an armour ship part" in answers["freeorion/AR_STD"]
+    image = Image.open(io.BytesIO(rows[0]["images"][0]["bytes"]))
+    assert image.size == (112, 112) and image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)
+    assert len(make_freeorion_rows(n=6, source_dir=small_freeorion)) == 6
+    with pytest.raises(PicovlmError, match="--mirror"):
+        make_freeorion_rows(n=8, source_dir=small_freeorion, mirror=True)
+
+
+def test_freeorion_missing_folder_names_the_install_line(tmp_path, small_freeorion):
+    with pytest.raises(PicovlmError, match=FREEORION_INSTALL):
+        load_freeorion_items(tmp_path / "nothing")
+    (small_freeorion / "stringtables" / "en.txt").write_text("KEY\n'''never closed\n")
+    with pytest.raises(PicovlmError, match=r"en\.txt: not readable as a stringtable .*never closed"):
+        load_freeorion_items(small_freeorion)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Builds from the Debian packages
 
 
-def check_built_set(out, n_rows: int, question: str, source: str, fields: set[str]) -> dict:
-    """What every built set must satisfy; returns its splits."""
+def check_built_set(
+    out, n_rows: int, question: str, source: str, fields: set[str], optional: frozenset = frozenset({"era"})
+) -> dict:
+    """What every built set must satisfy (each row states every fact of `fields` but the `optional`
+    ones); returns its splits."""
     splits = load_cauldron_splits(out)
     assert sorted(splits) == ["test", "train", "validation"]
     assert sum(len(split) for split in splits.values()) == n_rows
@@ -280,7 +413,7 @@ def check_built_set(out, n_rows: int, question: str, source: str, fields: set[st
             assert turn["user"] == question and turn["source"] == source
             assert MIN_WORDS <= len(turn["assistant"].split()) <= MAX_WORDS
             facts = json.loads(row["fields"])
-            assert fields >= set(facts) >= fields - {"era"}
+            assert fields >= set(facts) >= fields - optional
             assert all(isinstance(v, str) and v for v in facts.values())
     image = splits["train"][0]["images"][0]  # decoded by the dataset's Image feature
     assert image.size == (112, 112) and image.mode == "RGB"
@@ -370,11 +503,48 @@ def test_freeciv_field_accuracy():
     check_field_accuracy(make_freeciv_rows(n=800, seed=0), exact_share=0.98)
 
 
-@pytest.mark.usefixtures("wesnoth_data", "freeciv_data")
-def test_realset_cli_builds_both(tmp_path, capsys):
-    assert {"wesnoth", "freeciv-flags"} <= set(REAL_SETS)
+@pytest.mark.usefixtures("freeorion_data")
+def test_freeorion_items_from_the_package():
+    items = {item.key: item for item in load_freeorion_items()}
+    assert len(items) >= 300
+    assert Counter(item.kind for item in items.values()).keys() == {
+        "technology", "building", "ship hull", "ship part", "species", "special"
+    }  # fmt: skip
+    ecology = items["GRO_PLANET_ECOL"]
+    assert ecology.name == "Planetary Ecology" and ecology.facts() == {
+        "kind": "technology",
+        "category": "growth",
+    }
+    assert items["SP_ABADDONI"].facts() == {"kind": "species", "category": "lithic"}
+    assert items["SP_ABADDONI"].description.startswith("Abaddoni are shaped like a chicken egg")
+    assert items["AR_STD_PLATE"].facts() == {"kind": "ship part", "category": "armour"}
+    assert len({item.picture for item in items.values()}) == len(items)  # one picture, one answer
+    texts = " ".join(item.description for item in items.values())
+    assert "[[" not in texts and "<i>" not in texts and "Description:" not in texts
+
+
+@pytest.mark.usefixtures("freeorion_data")
+def test_freeorion_small_build(tmp_path):
+    write_freeorion(tmp_path / "freeorion", n=120, seed=0)
+    splits = check_built_set(tmp_path / "freeorion", 120, FREEORION_QUESTION, FREEORION_SOURCE,
+                             {"kind", "category"}, optional=frozenset({"category"}))  # fmt: skip
+    rows_by_group = Counter(g for split in splits.values() for g in split["group"])
+    assert len(rows_by_group) == 30 and set(rows_by_group.values()) == {4}
+
+
+@pytest.mark.usefixtures("freeorion_data")
+def test_freeorion_field_accuracy():
+    # an item's name can hold another category's word ("Organic Structures, a construction technology")
+    check_field_accuracy(make_freeorion_rows(n=800, seed=0), exact_share=0.98)
+
+
+@pytest.mark.usefixtures("wesnoth_data", "freeciv_data", "freeorion_data")
+def test_realset_cli_builds_the_game_sets(tmp_path, capsys):
+    assert {"wesnoth", "freeciv-flags", "freeorion"} <= set(REAL_SETS)
     assert main(["realset", "wesnoth", "--out", str(tmp_path / "w"), "--n", "40"]) == 0
     assert main(["realset", "freeciv-flags", "--out", str(tmp_path / "f"), "--n", "40"]) == 0
+    assert main(["realset", "freeorion", "--out", str(tmp_path / "o"), "--n", "40"]) == 0
     out = capsys.readouterr().out
     assert "rows of wesnoth (" in out and " to " in out
     assert "wrote 40 rows of freeciv-flags (10 groups)" in out
+    assert "wrote 40 rows of freeorion (10 groups)" in out
