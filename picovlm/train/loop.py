@@ -151,7 +151,7 @@ def _train(
     fact_heads = FactHeads(fact_vocabulary, model.cfg.vit_hidden_dim) if fact_vocabulary is not None else None
     optimizer = build_optimizer(model, train_cfg, extra=fact_heads)  # also freezes towers whose lr is 0
     cached_rows = (len(train_rows), len(val_rows) if val_rows is not None else 0)
-    check_memory(model, train_cfg, report.total, device, cached_rows)
+    check_memory(model, train_cfg, report.total, device, cached_rows, dist_.local_world_size)
     model.to(device)
     if fact_heads is not None:
         fact_heads.to(device)

@@ -32,6 +32,7 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    local_world_size: int = 1  # the run's processes on this machine (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def main(self) -> bool:
@@ -64,7 +65,8 @@ def setup_distributed(device_name: str) -> Dist:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world_size, local_rank, device)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    return Dist(rank, world_size, local_rank, device, local_world_size)
 
 
 def seed_everything(seed: int) -> None:
@@ -312,31 +314,43 @@ def sample_cache_bytes(cfg: VLMConfig, train_cfg: TrainConfig, rows: int) -> int
 
 
 def check_memory(
-    model, train_cfg: TrainConfig, total_params: int, device: torch.device, split_rows: Sequence[int] = ()
+    model,
+    train_cfg: TrainConfig,
+    total_params: int,
+    device: torch.device,
+    split_rows: Sequence[int] = (),
+    processes_here: int = 1,
 ) -> None:
     """Fail before training when the batch clearly cannot fit (call after build_optimizer, which
     freezes towers whose learning rate is 0: frozen weights need no gradients or AdamW state).
     split_rows: the rows of each split the run caches (training, validation); their sample caches
     live in host memory: beside the weights on a CPU (or MPS) run, apart from them on a CUDA run.
-    One process's share: under torchrun on one machine each process holds its own caches."""
+    processes_here: the run's processes on this machine (torchrun's LOCAL_WORLD_SIZE). Each holds its
+    own caches (its sampler visits every row over the epochs) and, on a CPU, its own weights, AdamW
+    state and activations, all in this machine's memory; on CUDA each has its own GPU."""
     trainable = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
     needed = estimate_memory_bytes(model.cfg, train_cfg, trainable, total_params)
-    cache = sum(sample_cache_bytes(model.cfg, train_cfg, rows) for rows in split_rows)
+    cache = sum(sample_cache_bytes(model.cfg, train_cfg, rows) for rows in split_rows) * processes_here
     available = available_memory_bytes(device)
     shared = device.type != "cuda"  # the caches and the weights draw on the same memory (CPU, MPS)
+    if shared:
+        needed *= processes_here
+    each = f" for its {processes_here} processes on this machine" if processes_here > 1 else ""
     if needed > available:
         raise ConfigError(
-            f"batch_size={train_cfg.batch_size} needs about {needed / 2**30:.1f} GiB on {device.type} "
-            f"(weights, AdamW state, activations) but only {available / 2**30:.1f} GiB is free: lower "
-            f"train.batch_size and raise train.gradient_accumulation_steps to keep the same global batch."
+            f"batch_size={train_cfg.batch_size} needs about {needed / 2**30:.1f} GiB on {device.type}"
+            f"{each if shared else ''} (weights, AdamW state, activations) but only "
+            f"{available / 2**30:.1f} GiB is free: lower train.batch_size and raise "
+            f"train.gradient_accumulation_steps to keep the same global batch."
         )
     room = available - needed if shared else available_memory_bytes(torch.device("cpu"))
     if cache > room:
         beside = f", beside the {needed / 2**30:.1f} GiB the training needs," if shared else " of host memory"
         raise ConfigError(
             f"the sample caches of the training and validation rows need about {cache / 2**30:.1f} GiB"
-            f"{beside} and only {room / 2**30:.1f} GiB is left: lower train.sample_cache_mb (now "
-            f"{train_cfg.sample_cache_mb} per split; 0 turns the cache off, and the batches stay the same)."
+            f"{each}{beside} and only {room / 2**30:.1f} GiB is left: lower train.sample_cache_mb (now "
+            f"{train_cfg.sample_cache_mb} per split and process; 0 turns the cache off, and the batches "
+            f"stay the same)."
         )
 
 
