@@ -288,6 +288,7 @@ def check_dataset(
     first_row_with_content: dict[tuple, int] = {}
     answers: list[str] = []  # one per row, "" when the row has no usable answer
     pool = ProcessPoolExecutor(num_proc) if num_proc > 1 else None
+    progress(0, len(dataset), "checking rows")  # the clock starts before the first batch, not after it
     try:
         for start, batch in iter_column_batches(dataset, ["images", "texts"], batch_size=256):
             jobs = [(images, max_pixels) for images in batch["images"]]

@@ -21,6 +21,15 @@ def test_check_finds_every_kind_of_bad_input(bad_dataset):
     assert "| decompression_bomb | 1 |" in markdown and "| truncated_image | 1 |" in markdown
 
 
+def test_progress_starts_at_zero_before_the_first_batch(bad_dataset):
+    """A bar whose first call already counts a batch shows an absurd first rate (rows / microseconds)."""
+    dataset, _ = bad_dataset
+    calls = []
+    check_dataset(dataset, progress=lambda done, total, message="": calls.append((done, total)))
+    assert calls[0] == (0, len(dataset)) and calls[-1] == (len(dataset), len(dataset))
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
 def test_non_string_texts_are_reported_per_row():
     features = Features({"images": Sequence(Image()),
                          "texts": [{"user": Value("string"), "assistant": Value("int64"), "source": Value("string")}]})  # fmt: skip
