@@ -9,8 +9,9 @@
 # adds overrides to every run and TAG=aug names them (emoji-retrieval-aug-s0); two runs at a time.
 # THREADS=0 JOBS=1 runs issue 14's own protocol instead: one run at a time with torch's threads (one per
 # core) on the otherwise idle machine; the default (THREADS=1 JOBS=2) halves the wall time of a suite.
-# DATA_ROOT holds the sets built by `picovlm realset NAME --out DATA_ROOT/NAME`. freeciv-flags is the
-# held-out set: run it only for a final recipe, and report it apart.
+# DATA_ROOT holds the sets built by `picovlm realset NAME --out DATA_ROOT/NAME`. freeorion is the
+# held-out set (since finding 39; freeciv-flags was until then): run it only for a final recipe, and
+# report it apart.
 set -euo pipefail
 ROOT=${1:?DATA_ROOT}; SEED=${2:-0}; shift $(( $# >= 2 ? 2 : $# ))
 SETS=${*:-emoji cjk wesnoth}
