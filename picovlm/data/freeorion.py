@@ -17,7 +17,7 @@ files it under one, its category; then as much of the game's description as fits
 `fields` holds {"kind", "category"} (no category for buildings and specials, which the game does not
 file), as plain strings the answer states word for word: evaluation reads them back with the generic
 reader (picovlm.eval.facts.ValueMatcher). `group` is the item, so the test split holds items the model
-has never seen. A picture that several items name stays with the first (one picture, one answer).
+has never seen. A picture that several items name stays with one of them (one picture, one answer).
 """
 
 from __future__ import annotations
@@ -77,7 +77,6 @@ class FreeOrionItem:
     name: str
     description: str
     picture: str  # path under data/art
-    file: str
 
     def facts(self) -> dict[str, str]:
         facts = {"kind": self.kind}
@@ -186,7 +185,7 @@ def load_freeorion_items(source_dir: str | Path | None = None) -> list[FreeOrion
                 continue
             items.append(FreeOrionItem(
                 key=key.group(1), kind=KINDS[kind], category=_category(kind, body, script, root, table),
-                name=clean_text(table[key.group(1)]), description=text, picture=path, file=str(script),
+                name=clean_text(table[key.group(1)]), description=text, picture=path,
             ))  # fmt: skip
     kept, owner = [], {}
     # the item whose kind the picture's folder names comes first: a species' portrait is the species',
@@ -219,8 +218,9 @@ def make_freeorion_rows(
     source_dir: str | Path | None = None,
 ) -> list[dict]:
     """About n rows: items in a seeded order, four renderings of each item's picture, until n rows;
-    fewer when the items run out (~1,800 in freeorion-data 0.4.10). Items whose answer would be under
-    10 words are left out. mirror is refused: the game never shows its pictures mirrored."""
+    fewer when the items run out (1,341 rows of 336 items in freeorion-data 0.4.10). An item gives no
+    more rows from its first answer under 10 words on (its opening is drawn per row: one item gives a
+    single row). mirror is refused: the game never shows its pictures mirrored."""
     if mirror:
         raise PicovlmError("freeorion: --mirror would show pictures the game never shows; drop it")
     root = freeorion_dir(source_dir)
@@ -237,7 +237,7 @@ def make_freeorion_rows(
             if len(rows) >= n:
                 break
             answer = freeorion_answer(item, answer_rng.randrange(len(FREEORION_OPENINGS)))
-            if words(answer) < MIN_WORDS:
+            if words(answer) < MIN_WORDS:  # the shorter opening can leave a brief description under 10
                 break
             placed = place_on_white(picture, rng, share, DESIGN_SIZE, Image.Resampling.LANCZOS)
             png, name = _png(placed, image_size), f"{item.key.lower()}-{len(rows)}.png"

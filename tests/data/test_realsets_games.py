@@ -20,6 +20,7 @@ from PIL import Image
 from picovlm.cli import main
 from picovlm.data.cauldron import load_cauldron_splits, rows_to_dataset, validate_schema
 from picovlm.data.freeorion import (
+    FREEORION_FIELDS,
     FREEORION_INSTALL,
     FREEORION_QUESTION,
     FREEORION_SOURCE,
@@ -527,7 +528,7 @@ def test_freeorion_items_from_the_package():
 def test_freeorion_small_build(tmp_path):
     write_freeorion(tmp_path / "freeorion", n=120, seed=0)
     splits = check_built_set(tmp_path / "freeorion", 120, FREEORION_QUESTION, FREEORION_SOURCE,
-                             {"kind", "category"}, optional=frozenset({"category"}))  # fmt: skip
+                             set(FREEORION_FIELDS), optional=frozenset({"category"}))  # fmt: skip
     rows_by_group = Counter(g for split in splits.values() for g in split["group"])
     assert len(rows_by_group) == 30 and set(rows_by_group.values()) == {4}
 
