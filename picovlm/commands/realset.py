@@ -28,6 +28,8 @@ def cmd_realset(args: argparse.Namespace) -> int:
 
     write, _ = REAL_SETS[args.name]
     options = {"seed": args.seed, "split": not args.no_split, "overwrite": args.overwrite}
+    if args.n is not None and args.n < 1:
+        raise PicovlmError(f"--n must be at least 1, got {args.n}")
     if args.n is not None:
         options["n"] = args.n
     if args.image_size is not None:

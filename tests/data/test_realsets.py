@@ -192,6 +192,14 @@ def test_realset_cli_writes_a_split_dataset(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["fashion-mnist", "emoji", "freeorion"])
+def test_realset_cli_refuses_n_below_one_before_reading_anything(name, tmp_path, capsys):
+    out = tmp_path / name
+    assert main(["realset", name, "--out", str(out), "--n", "0", "--source-dir", str(tmp_path / "none")]) == 1
+    assert "--n must be at least 1, got 0" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # --- Pairs: two photos side by side ----------------------------------------------------------------
 
 BOOT = {"item": "ankle boot", "tone": "medium gray", "texture": "patterned", "fill": "most"}
