@@ -118,14 +118,13 @@ def freeciv_data() -> Path:
 @pytest.fixture(scope="session")
 def freeorion_data() -> Path:
     """Debian's FreeOrion data folder (content scripts, the English stringtable and the art)."""
-    from picovlm.data.freeorion import FREEORION_DIR, FREEORION_INSTALL
+    from picovlm.data.freeorion import FREEORION_DIR, FREEORION_INSTALL, freeorion_dir
+    from picovlm.errors import PicovlmError
 
-    if (
-        not (FREEORION_DIR / "scripting").is_dir()
-        or not (FREEORION_DIR / "stringtables" / "en.txt").is_file()
-    ):
+    try:
+        return freeorion_dir()  # the builder's own check of the folder
+    except PicovlmError:
         _missing(f"FreeOrion data ({FREEORION_DIR})", f"`{FREEORION_INSTALL}` (Debian/Ubuntu)")
-    return FREEORION_DIR
 
 
 @pytest.fixture(scope="session")

@@ -115,7 +115,7 @@ def read_stringtable(text: str) -> dict[str, str]:
             continue
         end = k + 1
         body = value[3:]
-        while not (body.rstrip().endswith("'''") and (end > k + 1 or len(value.rstrip()) > 3)):
+        while not body.rstrip().endswith("'''"):  # the first line holds at least the opening '''
             end += 1
             if end >= len(lines):
                 raise ValueError(f"line {k + 2}: a ''' value of {key} is never closed")
