@@ -11,9 +11,10 @@ every "±" is the paired standard error over the rows' objects, as the choice co
     python bench/recipes/answer_ways.py compare RUN_A RUN_B DATA [--split validation]
 
 consensus   each way's score beside three consensus answers (minimum Bayes risk under token F1):
-            per row, the way's answer that shares the most words with the others ("ways"), with the
-            others and the nearest training answers at half weight ("ways + neighbours"), and the
-            same with the four nearest training answers as candidates too ("+ as candidates")
+            per row, the way's answer that shares the most words with the others ("consensus of the
+            ways"), with the others and the nearest training answers at half weight ("ways +
+            neighbours"), and the same with the four nearest training answers as candidates too
+            ("+ as candidates"); and the nearest training answer itself
 compare     two runs of one set (e.g. a training lever and the default, same seed, same day): each
             way's score in both and the difference, and the same for the way each run chose
 """
@@ -30,6 +31,7 @@ from picovlm.eval import metrics as M
 from picovlm.eval.choose import generation_candidates, paired_standard_error, row_scores
 from picovlm.eval.evaluate import generate_answers, load_items, load_train_split
 from picovlm.eval.facts import fact_parser_for
+from picovlm.utils import atomic_write_text
 
 NEIGHBOURS = 8
 
@@ -47,7 +49,7 @@ def answer_ways(run: Path, items, split: str) -> dict[str, list]:
         for name, config in generation_candidates(model)
     }
     ways["neighbours"] = model.retrieval.neighbour_answers([item.images[0] for item in items], NEIGHBOURS)
-    cache.write_text(json.dumps(ways))
+    atomic_write_text(cache, json.dumps(ways))
     return ways
 
 
