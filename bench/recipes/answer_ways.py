@@ -29,7 +29,7 @@ import numpy as np
 
 from picovlm.eval import metrics as M
 from picovlm.eval.choose import generation_candidates, paired_standard_error, row_scores
-from picovlm.eval.evaluate import generate_answers, load_items, load_train_split
+from picovlm.eval.evaluate import generate_answers, load_items, load_train_split, score_answers
 from picovlm.eval.facts import fact_parser_for
 from picovlm.utils import atomic_write_text
 
@@ -67,8 +67,7 @@ class Scores:
         self.objects = [item.group or item.image_key for item in items]
 
     def of(self, answers: list[str]) -> np.ndarray:
-        scored = [{"token_f1": M.token_f1(a, item.reference), "answer": a, "reference": item.reference}
-                  for a, item in zip(answers, self.items)]  # fmt: skip
+        _, scored = score_answers(self.items, answers, None, self.extract_fields)
         return np.array(row_scores(scored, self.extract_fields))
 
     def error(self, a: np.ndarray, b: np.ndarray) -> float:
@@ -100,16 +99,16 @@ def consensus_report(ways: dict[str, list], scores: Scores) -> None:
 
 
 def compare_report(runs: list[Path], ways: list[dict[str, list]], scores: Scores) -> None:
+    names = [name for name in ways[0] if name != "neighbours" and name in ways[1]]
+    a, b = ({name: scores.of(w[name]) for name in names} for w in ways)  # each way scored once per run
     print(f"{runs[0].name} - {runs[1].name}:")
-    for name in [name for name in ways[0] if name != "neighbours" and name in ways[1]]:
-        a, b = scores.of(ways[0][name]), scores.of(ways[1][name])
-        print(
-            f"  {name:<13} {a.mean():.3f} - {b.mean():.3f} = {a.mean() - b.mean():+.3f} ± {scores.error(a, b):.3f}"
-        )
+    for name in names:
+        print(f"  {name:<13} {a[name].mean():.3f} - {b[name].mean():.3f} = "
+              f"{a[name].mean() - b[name].mean():+.3f} ± {scores.error(a[name], b[name]):.3f}")  # fmt: skip
     chosen = [json.loads((run / "summary.json").read_text())["generation"]["chosen"] for run in runs]
-    a, b = scores.of(ways[0][chosen[0]]), scores.of(ways[1][chosen[1]])
-    print(f"  as chosen ({chosen[0]} / {chosen[1]}): {a.mean():.3f} - {b.mean():.3f} = "
-          f"{a.mean() - b.mean():+.3f} ± {scores.error(a, b):.3f}")  # fmt: skip
+    x, y = a[chosen[0]], b[chosen[1]]
+    print(f"  as chosen ({chosen[0]} / {chosen[1]}): {x.mean():.3f} - {y.mean():.3f} = "
+          f"{x.mean() - y.mean():+.3f} ± {scores.error(x, y):.3f}")  # fmt: skip
 
 
 def main() -> None:

@@ -28,9 +28,9 @@ def cmd_realset(args: argparse.Namespace) -> int:
 
     write, _ = REAL_SETS[args.name]
     options = {"seed": args.seed, "split": not args.no_split, "overwrite": args.overwrite}
-    if args.n is not None and args.n < 1:
-        raise PicovlmError(f"--n must be at least 1, got {args.n}")
     if args.n is not None:
+        if args.n < 1:
+            raise PicovlmError(f"--n must be at least 1, got {args.n}")
         options["n"] = args.n
     if args.image_size is not None:
         options["image_size"] = args.image_size
