@@ -77,9 +77,9 @@ class Scores:
 def consensus_report(ways: dict[str, list], scores: Scores) -> None:
     names = [name for name in ways if name != "neighbours"]
     rows = range(len(scores.items))
-    own = [[(ways[name][i], 1.0) for name in names] for i in rows]
-    near = [[(a, 0.5) for a in ways["neighbours"][i]] for i in rows]
     mine = [[ways[name][i] for name in names] for i in rows]
+    own = [[(answer, 1.0) for answer in answers] for answers in mine]  # the ways as evidence, full weight
+    near = [[(answer, 0.5) for answer in ways["neighbours"][i]] for i in rows]
     variants = {name: ways[name] for name in names}
     variants["consensus of the ways"] = [consensus(mine[i], own[i]) for i in rows]
     variants["ways + neighbours"] = [consensus(mine[i], own[i] + near[i]) for i in rows]
