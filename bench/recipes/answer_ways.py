@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from picovlm.eval import metrics as M
-from picovlm.eval.choose import generation_candidates, paired_standard_error, row_scores
+from picovlm.eval.choose import generation_candidates, row_scores
 from picovlm.eval.evaluate import generate_answers, load_items, load_train_split, score_answers
 from picovlm.eval.facts import fact_parser_for
 from picovlm.utils import atomic_write_text
@@ -71,7 +71,7 @@ class Scores:
         return np.array(row_scores(scored, self.extract_fields))
 
     def error(self, a: np.ndarray, b: np.ndarray) -> float:
-        return paired_standard_error(list(a - b), self.objects)
+        return M.paired_standard_error(list(a - b), self.objects)
 
 
 def consensus_report(ways: dict[str, list], scores: Scores) -> None:

@@ -209,9 +209,11 @@ def run_eval(args: argparse.Namespace) -> int:
         m = result["metrics"]
         print(f"{result['name']}: {m['verdict']}")
         print(
-            f"  loss {m['loss']:.3f} (image gap shuffled {m['image_gap_shuffled']:+.3f}, "
-            f"{m['image_gap_shuffled_calibrated']:+.3f} at temperature {m['calibrated_temperature']:g}) · token F1 "
-            f"{m['token_f1']:.3f} · ROUGE-L {m['rouge_l']:.3f} · BLEU {m['bleu']:.1f} · chrF {m['chrf']:.1f}"
+            f"  loss {m['loss']:.3f} (image gap shuffled {m['image_gap_shuffled']:+.3f} ± "
+            f"{m['image_gap_shuffled_error']:.3f}, {m['image_gap_shuffled_calibrated']:+.3f} ± "
+            f"{m['image_gap_shuffled_calibrated_error']:.3f} at temperature {m['calibrated_temperature']:g}; "
+            f"± over {m['objects']} objects) · token F1 {m['token_f1']:.3f} · ROUGE-L {m['rouge_l']:.3f} · "
+            f"BLEU {m['bleu']:.1f} · chrF {m['chrf']:.1f}"
             + (f" · field acc. {m['field_accuracy']:.3f}" if "field_accuracy" in m else "")
         )
         if m.get("leakage_shared_image_rows") or m.get("leakage_shared_answer_rows"):
@@ -223,9 +225,25 @@ def run_eval(args: argparse.Namespace) -> int:
         for name, baseline in result["baselines"].items():
             fields = baseline["metrics"].get("field_accuracy")
             facts = f" · field acc. {fields:.3f}" if fields is not None else ""
-            print(f"  baseline {name}: token F1 {baseline['metrics']['token_f1']:.3f}{facts}")
+            print(
+                f"  baseline {name}: token F1 {baseline['metrics']['token_f1']:.3f}{facts}{_lead(baseline, m)}"
+            )
     print(f"report: {paths['report.html']}  metrics: {paths['metrics.json']}")
     return 0
+
+
+def _lead(baseline: dict, metrics: dict) -> str:
+    """ " · the model ahead by ...": the model's lead over one lookup, ± its error over the test objects."""
+    margin = baseline.get("margin")
+    if not margin:
+        return ""
+    lead = (
+        f"token F1 {margin['baseline_margin_token_f1']:+.3f} ± {margin['baseline_margin_token_f1_error']:.3f}"
+    )
+    if "baseline_margin_field_accuracy" in margin:
+        lead += (f", facts {margin['baseline_margin_field_accuracy']:+.3f} ± "
+                 f"{margin['baseline_margin_field_accuracy_error']:.3f}")  # fmt: skip
+    return f" · the model ahead by {lead} (over {metrics['objects']} objects)"
 
 
 def run_choose_generation(args: argparse.Namespace) -> int:

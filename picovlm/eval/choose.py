@@ -25,7 +25,6 @@ does the same for a folder trained before, or on other rows.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -145,15 +144,13 @@ def choose_generation(
 
 def row_scores(scored: list[dict[str, Any]], extract_fields: M.ExtractFields | None) -> list[float]:
     """Each row's part of the score, from `score_answers`' rows (their token F1 is reused): its token
-    F1 plus its facts stated right x rows / all facts, so that the mean over the rows is the
+    F1 plus its share of the facts (`fact_shares_per_row`), so that the mean over the rows is the
     candidate's score (token F1 + field accuracy)."""
     scores = [row["token_f1"] for row in scored]
     if extract_fields is None:
         return scores
     answers, references = [row["answer"] for row in scored], [row["reference"] for row in scored]
-    hits = M.facts_right_per_row(answers, references, extract_fields)
-    total = sum(facts for _, facts in hits)
-    return [s + right * len(scored) / total for s, (right, _) in zip(scores, hits)] if total else scores
+    return [s + share for s, share in zip(scores, M.fact_shares_per_row(answers, references, extract_fields))]
 
 
 def one_standard_error_choice(
@@ -168,25 +165,11 @@ def one_standard_error_choice(
     means = [sum(s) / len(s) for s in scores_by_candidate]
     best = max(range(len(means)), key=lambda i: (means[i], -i))  # a tie: the earlier
     errors = [
-        paired_standard_error([b - s for b, s in zip(scores_by_candidate[best], scores)], clusters)
+        M.paired_standard_error([b - s for b, s in zip(scores_by_candidate[best], scores)], clusters)
         for scores in scores_by_candidate
     ]
     chosen = next(i for i in range(len(means)) if means[i] >= means[best] - errors[i])
     return chosen, errors
-
-
-def paired_standard_error(differences: Sequence[float], clusters: Sequence[str] | None = None) -> float:
-    """The standard error of the mean of paired differences, summed within clusters first (the
-    cluster-robust estimate, with the small-sample factor k / (k - 1) for k clusters); with every row
-    its own cluster it is the usual sample standard deviation / sqrt(n)."""
-    n = len(differences)
-    mean = sum(differences) / n
-    sums: dict[Any, float] = {}
-    for row, difference in enumerate(differences):
-        key = clusters[row] if clusters is not None else row
-        sums[key] = sums.get(key, 0.0) + difference - mean
-    k = len(sums)
-    return math.sqrt(k / (k - 1) * sum(s * s for s in sums.values())) / n if k > 1 else 0.0
 
 
 def choose_generation_for(

@@ -149,6 +149,44 @@ CALIBRATION_TEMPERATURES = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 @torch.no_grad()
+def answer_nll_per_row(
+    model,
+    items: Sequence[EvalItem],
+    temperatures: Sequence[float] = (1.0,),
+    batch_size: int = 16,
+    image_source: Sequence[int] | None = None,
+    blank: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(summed cross-entropy (nats) of each row's answer tokens with the logits divided by each
+    temperature, (rows, temperatures); each row's answer token count), row i shown the images of row
+    image_source[i]: one pass over the rows for all the temperatures. Per row, so that a loss gap can
+    carry its standard error over the rows' objects."""
+    from picovlm.eval.exported import ExportedModel
+    from picovlm.model.vlm import chunked_cross_entropy
+
+    if isinstance(model, ExportedModel):  # the deployed graphs, through the runtime
+        return model.answer_nll_per_row(items, temperatures, image_source, blank)
+
+    nll, tokens = np.zeros((len(items), len(temperatures))), np.zeros(len(items))
+    model.eval()
+    head = model.decoder.lm_head.weight
+    first = 0
+    for batch in loss_batches(model, items, batch_size, image_source, blank):
+        inputs = _on_model_device(model, batch)
+        targets = inputs.pop("labels")[:, 1:]
+        answers = targets != -100
+        hidden = model.hidden_states(**inputs)[:, :-1]
+        for b, answer in enumerate(answers):
+            # only the answer positions' hidden states: all positions' logits would not fit a large vocabulary
+            row_hidden, row_targets = hidden[b][answer], targets[b][answer]
+            for k, temperature in enumerate(temperatures):
+                # (h / T) W^T = logits / T; scaling the answer tokens' states, not the head, copies N x D, not V x D
+                nll[first + b, k] = float(chunked_cross_entropy(row_hidden / temperature, head, row_targets))
+            tokens[first + b] = int(answer.sum())
+        first += len(answers)
+    return nll, tokens
+
+
 def answer_losses(
     model,
     items: Sequence[EvalItem],
@@ -157,28 +195,10 @@ def answer_losses(
     image_source: Sequence[int] | None = None,
     blank: bool = False,
 ) -> np.ndarray:
-    """Mean cross-entropy per answer token (nats) with the logits divided by each temperature, row i
-    shown the images of row image_source[i]: one pass over the rows for all the temperatures."""
-    from picovlm.eval.exported import ExportedModel
-    from picovlm.model.vlm import chunked_cross_entropy
-
-    if isinstance(model, ExportedModel):  # the deployed graphs, through the runtime
-        return model.answer_losses(items, temperatures, image_source, blank)
-
-    totals, n_tokens = np.zeros(len(temperatures)), 0
-    model.eval()
-    head = model.decoder.lm_head.weight
-    for batch in loss_batches(model, items, batch_size, image_source, blank):
-        inputs = _on_model_device(model, batch)
-        targets = inputs.pop("labels")[:, 1:]
-        answer = targets != -100
-        # only the answer positions' hidden states: all positions' logits would not fit a large vocabulary
-        hidden = model.hidden_states(**inputs)[:, :-1][answer]
-        for k, temperature in enumerate(temperatures):
-            # (h / T) W^T = logits / T; scaling the answer tokens' states, not the head, copies N x D, not V x D
-            totals[k] += float(chunked_cross_entropy(hidden / temperature, head, targets[answer]))
-        n_tokens += int(answer.sum())
-    return totals / max(n_tokens, 1)
+    """Mean cross-entropy per answer token (nats) over all the rows' answer tokens, at each temperature
+    (`answer_nll_per_row`)."""
+    nll, tokens = answer_nll_per_row(model, items, temperatures, batch_size, image_source, blank)
+    return nll.sum(axis=0) / max(tokens.sum(), 1)
 
 
 def shuffled_gaps(losses: np.ndarray, losses_shuffled: np.ndarray) -> tuple[float, float, float]:
@@ -400,28 +420,42 @@ def image_reliance(
 
     The shuffled gap comes twice: as the model answers (T=1) and with the logits divided by the
     temperature of CALIBRATION_TEMPERATURES that gives these rows' true images the lowest loss
-    (`calibrated_temperature`, fitted on the rows it scores).
+    (`calibrated_temperature`, fitted on the rows it scores), each with its standard error over the
+    rows' objects (`objects`: their `group`, else their picture; M.clustered_standard_error), so a
+    small test split says how far its gap can be trusted.
 
     `answers` are the answers already generated with the true images (regenerated if None); the swap
     check regenerates the first `swap_items` rows with another row's image.
     """
     source = shuffled_sources(items, seed)
     grid = CALIBRATION_TEMPERATURES
-    losses = answer_losses(model, items, grid, batch_size)
-    losses_shuffled = answer_losses(model, items, grid, batch_size, image_source=source)
+    nll, tokens = answer_nll_per_row(model, items, grid, batch_size)
+    nll_shuffled, _ = answer_nll_per_row(model, items, grid, batch_size, image_source=source)
+    losses, losses_shuffled = (
+        nll.sum(axis=0) / max(tokens.sum(), 1),
+        nll_shuffled.sum(axis=0) / max(tokens.sum(), 1),
+    )
     one = grid.index(1.0)  # the model as it answers
     loss, loss_shuffled = float(losses[one]), float(losses_shuffled[one])
     loss_blank = answer_loss(model, items, batch_size, blank=True)
     gap, gap_calibrated, temperature = shuffled_gaps(losses, losses_shuffled)
+    objects = [item.group or item.image_key for item in items]
+
+    def gap_error(k: int) -> float:  # over the rows' objects, each row weighed by its answer tokens
+        return M.clustered_standard_error(list(nll_shuffled[:, k] - nll[:, k]), objects, list(tokens))
+
     result = {
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
         "loss_shuffled_images": loss_shuffled,
         "loss_blank_images": loss_blank,
         "image_gap_shuffled": gap,
+        "image_gap_shuffled_error": gap_error(one),
         "image_gap_blank": loss_blank - loss,
         "calibrated_temperature": temperature,
         "image_gap_shuffled_calibrated": gap_calibrated,
+        "image_gap_shuffled_calibrated_error": gap_error(grid.index(temperature)),
+        "objects": len(set(objects)),
     }
     n_swap = len(items) if swap_items is None else min(swap_items, len(items))
     if n_swap >= 2:
@@ -562,7 +596,8 @@ def evaluate(
     (`picovlm.eval.exported`; `threads`: its onnxruntime threads, default 1); all else is shared.
 
     Returns {"name", "model", "data", "split", "metrics", "items", "baselines", "thumbnails"}, the input
-    of `picovlm.eval.report.write_report`. baseline="nearest" adds the nearest-neighbour lookup.
+    of `picovlm.eval.report.write_report`. baseline="nearest" adds the nearest-neighbour lookups, each
+    {"metrics", "items", "margin" (the model's lead over it: margin_over_lookup)}.
     `train_split=None` skips the train loss, copy rate and baseline. `swap_items` caps the rows
     regenerated with swapped images (None: all). Answers are generated with `generation` (default: an
     exported folder's own config, else GenerationConfig()) and keyword options over it (max_new_tokens=16).
@@ -613,7 +648,10 @@ def evaluate(
     if baseline == "nearest" and train is not None:
         progress(len(items), len(items), "nearest-neighbour baseline")
         baselines = nearest_baselines(model, items, train, train_answers, extract_fields)
+        for lookup in baselines.values():  # how far ahead of each lookup the model is, and how surely
+            lookup["margin"] = margin_over_lookup(items, rows, lookup["items"], extract_fields)
         metrics.update(best_baseline(baselines))
+        metrics.update(baselines[metrics["baseline_name"]]["margin"])
     elif baseline == "nearest":
         raise DataError(f"--baseline nearest needs a training split: {data_dir} has no split {train_split!r}")
 
@@ -683,6 +721,33 @@ def best_baseline(baselines: dict[str, Any]) -> dict[str, Any]:
     if "field_accuracy" in baselines[best]["metrics"]:
         scores["baseline_field_accuracy"] = baselines[best]["metrics"]["field_accuracy"]
     return scores
+
+
+def margin_over_lookup(
+    items: Sequence[EvalItem],
+    model_rows: Sequence[dict[str, Any]],
+    lookup_rows: Sequence[dict[str, Any]],
+    extract_fields: M.ExtractFields | None,
+) -> dict[str, float]:
+    """The model's lead over a lookup answering the same rows (`score_answers`' rows of each), with
+    the standard error of that paired difference over the rows' objects: {"baseline_margin_token_f1",
+    "baseline_margin_token_f1_error"} and, where the rows have facts, {"baseline_margin_field_accuracy",
+    "baseline_margin_field_accuracy_error"}. On a test split of a few dozen objects a lead below its
+    error is one the split cannot tell from a run's luck (docs/eval.md)."""
+    objects = [item.group or item.image_key for item in items]
+    f1 = [ours["token_f1"] - theirs["token_f1"] for ours, theirs in zip(model_rows, lookup_rows)]
+    margins = {
+        "baseline_margin_token_f1": sum(f1) / len(f1),
+        "baseline_margin_token_f1_error": M.paired_standard_error(f1, objects),
+    }
+    if extract_fields is not None:
+        references = [row["reference"] for row in model_rows]
+        ours = M.fact_shares_per_row([row["answer"] for row in model_rows], references, extract_fields)
+        theirs = M.fact_shares_per_row([row["answer"] for row in lookup_rows], references, extract_fields)
+        facts = [a - b for a, b in zip(ours, theirs)]
+        margins["baseline_margin_field_accuracy"] = sum(facts) / len(facts)
+        margins["baseline_margin_field_accuracy_error"] = M.paired_standard_error(facts, objects)
+    return margins
 
 
 def evaluate_many(

@@ -39,7 +39,7 @@ def is_exported_dir(path: str | os.PathLike) -> bool:
 
 class ExportedModel:
     """The runtime behind the interface `picovlm.eval.evaluate` uses: `processor`, `answer`,
-    `answer_losses`, `vision_features`, `retrieval`."""
+    `answer_nll_per_row`, `vision_features`, `retrieval`."""
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -83,23 +83,23 @@ class ExportedModel:
         answers = [self.runtime.answer(im, q, generation, **options) for im, q in zip(images, questions)]
         return answers[0] if single else answers
 
-    def answer_losses(
+    def answer_nll_per_row(
         self,
         items,
         temperatures: Sequence[float] = (1.0,),
         image_source: Sequence[int] | None = None,
         blank: bool = False,
-    ) -> np.ndarray:
-        """Mean cross-entropy per answer token (nats) at each temperature, row i shown the images of row
-        image_source[i]: `picovlm.eval.evaluate.answer_losses` for a torch model."""
-        total, n_tokens = np.zeros(len(temperatures)), 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(summed cross-entropy of each row's answer tokens at each temperature (rows, temperatures),
+        each row's answer token count), row i shown the images of row image_source[i]:
+        `picovlm.eval.evaluate.answer_nll_per_row` for a torch model."""
+        nll, tokens = np.zeros((len(items), len(temperatures))), np.zeros(len(items))
         for i, item in enumerate(items):
             shown = items[image_source[i] if image_source is not None else i].images
-            nll, n = self.runtime.answer_nll_at(
+            nll[i], tokens[i] = self.runtime.answer_nll_at(
                 list(shown), item.question, item.reference, temperatures, blank_images=blank
             )
-            total, n_tokens = total + nll, n_tokens + n
-        return total / max(n_tokens, 1)
+        return nll, tokens
 
     def vision_features(self, items) -> np.ndarray:
         """Each row's first image through the vision graph, mean-pooled over its image tokens (raw)."""

@@ -17,6 +17,7 @@ losses, which are nats per answer token.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import string
 import unicodedata
@@ -357,6 +358,17 @@ def facts_right_per_row(
     return rows
 
 
+def fact_shares_per_row(
+    predictions: Sequence[str], references: Sequence[str], extract_fields: ExtractFields
+) -> list[float]:
+    """Each row's part of the field accuracy: its facts stated right x rows / all facts, so that the
+    mean over the rows is `field_accuracy`'s "all" (and a difference of two such lists, row by row, is
+    a paired difference in field accuracy). All 0 when no reference has a fact."""
+    hits = facts_right_per_row(predictions, references, extract_fields)
+    total = sum(facts for _, facts in hits)
+    return [right * len(hits) / total if total else 0.0 for right, _ in hits]
+
+
 def _facts_checked(
     said: dict[str, str], reference: str, extract_fields: ExtractFields
 ) -> list[tuple[str, bool]]:
@@ -382,6 +394,36 @@ def field_majority_accuracies(
     field where the model is below this is one it states worse than a constant guess would."""
     majority = TrainingAnswers.of(train_answers).majority(extract_fields)
     return _share_stated_right(itertools.repeat(majority), references, extract_fields)
+
+
+# --- How sure a figure is -------------------------------------------------------------------------
+
+
+def clustered_standard_error(
+    values: Sequence[float], clusters: Sequence[Any] | None = None, weights: Sequence[float] | None = None
+) -> float:
+    """The standard error of sum(values) / sum(weights) (the mean when `weights` is None), with the rows
+    of one cluster summed before the spread is taken: rows of one object (its `group`) move together
+    (a Wesnoth unit has ~11 pictures, which a model reads right or wrong together), so they are one
+    piece of evidence, not eleven. The cluster-robust (linearised ratio) estimate with the small-sample
+    factor k / (k - 1) for k clusters; every row its own cluster and no weights give the usual sample
+    standard deviation / sqrt(n). 0 with fewer than two clusters."""
+    n = len(values)
+    weights = [1.0] * n if weights is None else weights
+    total_weight = sum(weights)
+    ratio = sum(values) / total_weight
+    sums: dict[Any, float] = {}
+    for row, (value, weight) in enumerate(zip(values, weights)):
+        key = clusters[row] if clusters is not None else row
+        sums[key] = sums.get(key, 0.0) + value - ratio * weight
+    k = len(sums)
+    return math.sqrt(k / (k - 1) * sum(s * s for s in sums.values())) / total_weight if k > 1 else 0.0
+
+
+def paired_standard_error(differences: Sequence[float], clusters: Sequence[Any] | None = None) -> float:
+    """The standard error of the mean of paired differences (two ways of answering the same rows),
+    cluster-robust over `clusters` (`clustered_standard_error`)."""
+    return clustered_standard_error(differences, clusters)
 
 
 # --- Everything at once ----------------------------------------------------------------------------
@@ -581,15 +623,26 @@ def _below_baseline(m: dict[str, Any], t: dict[str, float]) -> str | None:
         if m["field_accuracy"] < baseline_fields:
             return (
                 f"below baseline: a nearest-image lookup states {baseline_fields:.0%} of the facts "
-                f"right, the model {m['field_accuracy']:.0%}"
+                f"right, the model {m['field_accuracy']:.0%}{_margin_note(m, 'field_accuracy')}"
             )
         return None
     if baseline_f1 is not None and "token_f1" in m and m["token_f1"] < baseline_f1:
         return (
             f"below baseline: a nearest-image lookup scores token-F1 {baseline_f1:.2f}, the model "
-            f"{m['token_f1']:.2f}"
+            f"{m['token_f1']:.2f}{_margin_note(m, 'token_f1')}"
         )
     return None
+
+
+def _margin_note(m: dict[str, Any], metric: str) -> str:
+    """How sure the split is of the model's margin over the lookup, where eval measured its error:
+    a few dozen test objects cannot tell a lead of 0.01 from a run's luck."""
+    margin, error = m.get(f"baseline_margin_{metric}"), m.get(f"baseline_margin_{metric}_error")
+    if margin is None or not error:
+        return ""
+    objects = f" over {m['objects']} objects" if m.get("objects") else ""
+    sure = "within" if abs(margin) <= error else "beyond"
+    return f" ({margin:+.3f} ± {error:.3f}{objects}: {sure} one standard error)"
 
 
 def _overfitting(m: dict[str, Any], t: dict[str, float]) -> str | None:

@@ -5,7 +5,7 @@ Input is a list of results as returned by `picovlm.eval.evaluate.evaluate` (one 
     {"name": str, "model": str, "backend": "torch" | "onnx fp32" | "onnx int8", "data": str, "split": str,
      "metrics": {flat metrics, incl. "verdict_status" and "verdict"},
      "items": [{"image_key", "question", "reference", "answer", "token_f1", ...}],
-     "baselines": {"nearest-pixels": {"metrics": {...}, "items": [...]}, ...},   # optional
+     "baselines": {"nearest-pixels": {"metrics": {...}, "items": [...], "margin": {...}}, ...},  # optional
      "thumbnails": {image_key: "data:image/jpeg;base64,..."}}                    # optional
 
 The HTML page is self-contained (thumbnails are inline data URIs), so it can be mailed or archived. It
@@ -38,11 +38,13 @@ SUMMARY_COLUMNS = [
     ("image_gap_blank", "image gap (blank)", "{:+.3f}"),
     ("answers_changed_share", "answers change with image", "{:.0%}"),
     ("token_f1", "token F1", "{:.3f}"),
+    ("baseline_margin_token_f1", "token F1 over the best lookup", "{:+.3f}"),
     ("exact_match", "exact match", "{:.3f}"),
     ("rouge_l", "ROUGE-L", "{:.3f}"),
     ("bleu", "BLEU", "{:.1f}"),
     ("chrf", "chrF", "{:.1f}"),
     ("field_accuracy", "field acc.", "{:.3f}"),
+    ("baseline_margin_field_accuracy", "field acc. over the best lookup", "{:+.3f}"),
     ("field_majority_accuracy", "field acc. of majority", "{:.3f}"),
     ("mc_accuracy", "MC acc.", "{:.3f}"),
     ("distinct_answer_share", "distinct answers / images", "{:.0%}"),
@@ -73,8 +75,11 @@ def thumbnail_data_uri(image, size: int = 96, quality: int = 80) -> str:
 
 
 def _format(metrics: dict[str, Any], key: str, fmt: str) -> str:
-    value = metrics.get(key)
-    return "" if value is None else fmt.format(value)
+    """The value as `fmt` writes it, with "± error" where eval measured its standard error (KEY_error)."""
+    value, error = metrics.get(key), metrics.get(f"{key}_error")
+    if value is None:
+        return ""
+    return fmt.format(value) + (f" ± {error:.3f}" if error is not None else "")
 
 
 def summary_rows(results: list[dict]) -> list[tuple[str, dict[str, Any]]]:
@@ -241,8 +246,21 @@ def render_html(results: list[dict], title: str = "picovlm evaluation", max_item
 
 # --- Markdown ----------------------------------------------------------------------------------------
 
-MARKDOWN_COLUMNS = ["loss", "image_gap_shuffled", "token_f1", "rouge_l", "bleu", "chrf", "field_accuracy"]
-MARKDOWN_COLUMNS += ["distinct_answer_share", "top_answer_share"]
+MARKDOWN_COLUMNS = [
+    "loss",
+    "image_gap_shuffled",
+    "token_f1",
+    "baseline_margin_token_f1",
+    "rouge_l",
+    "bleu",
+    "chrf",
+]
+MARKDOWN_COLUMNS += [
+    "field_accuracy",
+    "baseline_margin_field_accuracy",
+    "distinct_answer_share",
+    "top_answer_share",
+]
 
 
 def render_markdown(results: list[dict], title: str = "picovlm evaluation") -> str:
@@ -280,7 +298,10 @@ def metrics_document(results: list[dict]) -> dict[str, Any]:
                 "split": r.get("split"),
                 "generation": r.get("generation"),
                 "metrics": r["metrics"],
-                "baselines": {name: {"metrics": b["metrics"]} for name, b in r.get("baselines", {}).items()},
+                "baselines": {
+                    name: {key: b[key] for key in ("metrics", "margin") if key in b}
+                    for name, b in r.get("baselines", {}).items()
+                },
             }
             for r in results
         ]

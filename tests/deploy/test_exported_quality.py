@@ -47,6 +47,7 @@ def test_eval_scores_exported_folders_beside_the_torch_model(run_exports, traine
         "loss_blank_images",
         "train_loss",
         "image_gap_shuffled_calibrated",
+        "image_gap_shuffled_error",
     ):
         assert fp32["metrics"][key] == pytest.approx(torch_m["metrics"][key], abs=1e-3), key
     assert fp32["metrics"]["calibrated_temperature"] == torch_m["metrics"]["calibrated_temperature"]

@@ -13,9 +13,11 @@ from picovlm.eval.evaluate import (
     EvalItem,
     answer_loss,
     answer_losses,
+    answer_nll_per_row,
     evaluate,
     evaluate_many,
     items_from_rows,
+    margin_over_lookup,
     nearest_answers,
     pixel_baseline,
     pixel_features,
@@ -65,6 +67,64 @@ def test_nearest_baseline_and_loss_fields(results):
     assert len(results["grounded"]["thumbnails"]) == m["n_images"] == 24
 
 
+def test_the_margin_over_the_lookup_and_the_gap_carry_their_error_over_the_objects(results):
+    """eval reports by how much the model leads the stronger lookup, row by row, and how sure the split
+    is of that lead and of the image gap; the collapsed model's verdict says its deficit is no noise."""
+    for name in ("grounded", "collapsed"):
+        m = results[name]["metrics"]
+        assert m["baseline_margin_token_f1"] == pytest.approx(
+            m["token_f1"] - m["baseline_token_f1"], abs=1e-9
+        )
+        assert m["baseline_margin_token_f1_error"] >= 0.0
+        assert m["objects"] == 24  # the squares have no `group`: each picture is its own object
+        assert m["image_gap_shuffled_error"] > 0.0 and m["image_gap_shuffled_calibrated_error"] > 0.0
+        for lookup in results[name]["baselines"].values():  # the lead over every lookup, not only the best
+            assert lookup["margin"]["baseline_margin_token_f1"] == pytest.approx(
+                m["token_f1"] - lookup["metrics"]["token_f1"], abs=1e-9
+            )
+        assert (
+            results[name]["baselines"][m["baseline_name"]]["margin"]["baseline_margin_token_f1_error"]
+            == (m["baseline_margin_token_f1_error"])
+        )
+    collapsed = results["collapsed"]["metrics"]
+    assert collapsed["baseline_margin_token_f1"] < -collapsed["baseline_margin_token_f1_error"]
+    assert "over 24 objects: beyond one standard error)" in collapsed["verdict"]
+
+
+def test_margin_over_lookup_counts_objects_and_facts():
+    """The margin is the paired difference of the two answers' scores, for token F1 and for the facts
+    (their means are the metrics' differences); its error counts the rows of one object as one."""
+    from picovlm.eval.evaluate import score_answers
+
+    def extract(text):
+        return {"colour": text.split()[0]}
+
+    def rows_of(groups):
+        return [EvalItem([], "q", f"{colour} thing number {i}", f"k{i}", group)
+                for i, (colour, group) in enumerate(groups)]  # fmt: skip
+
+    groups = [("red", "a")] * 4 + [("blue", "b")] * 4 + [("green", "c")] * 4 + [("grey", "d")] * 4
+    items = rows_of(groups)
+    ours = [
+        f"{c} thing number {i}" if g in "ab" else f"pink thing number {i}" for i, (c, g) in enumerate(groups)
+    ]
+    theirs = [f"{c} thing" if g in "ac" else f"pink thing number {i}" for i, (c, g) in enumerate(groups)]
+    model_m, model_rows = score_answers(items, ours, None, extract)
+    lookup_m, lookup_rows = score_answers(items, theirs, None, extract)
+    margins = margin_over_lookup(items, model_rows, lookup_rows, extract)
+    assert margins["baseline_margin_token_f1"] == pytest.approx(model_m["token_f1"] - lookup_m["token_f1"])
+    assert margins["baseline_margin_field_accuracy"] == pytest.approx(
+        model_m["field_accuracy"] - lookup_m["field_accuracy"]
+    )
+    one_per_row = [EvalItem([], "q", item.reference, item.image_key) for item in items]
+    by_rows = margin_over_lookup(one_per_row, model_rows, lookup_rows, extract)
+    assert (
+        margins["baseline_margin_field_accuracy_error"]
+        > 1.5 * by_rows["baseline_margin_field_accuracy_error"]
+    )
+    assert "baseline_margin_field_accuracy" not in margin_over_lookup(items, model_rows, lookup_rows, None)
+
+
 def test_report_for_several_models(results, tmp_path):
     paths = write_report(list(results.values()), tmp_path)
     document = json.loads(paths["metrics.json"].read_text())
@@ -73,6 +133,12 @@ def test_report_for_several_models(results, tmp_path):
     page = paths["report.html"].read_text()
     assert page.count("<th>shuffled</th>") == 2  # its summary row and its answer column
     assert "baseline: nearest-pixels" in page
+    # metrics.json keeps each lookup's margin; the page shows the gap and the lead with their errors
+    grounded = next(m for m in document["models"] if m["name"] == "grounded")
+    assert set(grounded["baselines"]["nearest-vision"]["margin"]) >= {"baseline_margin_token_f1"}
+    assert "token F1 over the best lookup" in page
+    gap = grounded["metrics"]
+    assert f"{gap['image_gap_shuffled']:+.3f} ± {gap['image_gap_shuffled_error']:.3f}" in page
 
 
 def test_evaluate_max_items_and_no_train_split(tiny_models, squares_dir):
@@ -254,6 +320,11 @@ def test_the_gap_by_parts_and_temperature_reproduces_evals_gap(results, tiny_mod
         assert answer_losses(model, items, (2.0,), image_source=source)[0] == pytest.approx(
             losses[1].mean(), abs=1e-4
         )
+        # row by row (the gap's error over objects): each row's summed loss and its answer tokens
+        nll, tokens = answer_nll_per_row(model, items, (1.0, 2.0), batch_size=5, image_source=source)
+        assert list(tokens) == [len(ids) for ids, _ in rows]
+        expected = np.array([row_losses.sum(axis=1) for _, row_losses in rows])
+        np.testing.assert_allclose(nll, expected, rtol=1e-4, atol=1e-4)
     assert m["image_gap_shuffled"] > 0.3  # the grounded model's gap, which the parts split up
 
 

@@ -158,15 +158,61 @@ def test_field_accuracy_with_demo_extractor():
     assert M.field_accuracy(["hello"], [ref], extract_fields)["all"] == 0.0
 
 
-def test_facts_right_per_row_add_up_to_the_field_accuracy():
-    def extract(text):
-        return dict(zip(("colour", "shape", "size"), text.split()))
+def _three_facts(text):
+    """A toy fact parser: up to three facts, the answer's words in order."""
+    return dict(zip(("colour", "shape", "size"), text.split()))
 
-    refs = ["red circle big", "blue star", "green square small"]
-    preds = ["red square big", "blue star", "nothing"]
+
+THREE_FACT_REFERENCES = ["red circle big", "blue star", "green square small"]
+THREE_FACT_ANSWERS = ["red square big", "blue star", "nothing"]
+
+
+def test_facts_right_per_row_add_up_to_the_field_accuracy():
+    refs, preds, extract = THREE_FACT_REFERENCES, THREE_FACT_ANSWERS, _three_facts
     rows = M.facts_right_per_row(preds, refs, extract)
     assert rows == [(2, 3), (2, 2), (0, 3)]
     assert sum(r for r, _ in rows) / sum(n for _, n in rows) == M.field_accuracy(preds, refs, extract)["all"]
+
+
+def test_fact_shares_per_row_average_to_the_field_accuracy():
+    refs, preds, extract = THREE_FACT_REFERENCES, THREE_FACT_ANSWERS, _three_facts
+    shares = M.fact_shares_per_row(preds, refs, extract)
+    assert shares == pytest.approx([2 * 3 / 8, 2 * 3 / 8, 0.0])
+    assert sum(shares) / len(shares) == pytest.approx(M.field_accuracy(preds, refs, extract)["all"])
+    assert M.fact_shares_per_row(["a"], ["b"], lambda text: {}) == [0.0]  # no facts: nothing to share
+
+
+def test_the_clustered_error_of_a_ratio_is_the_spread_of_that_ratio_over_repeated_samples():
+    """A loss gap is a ratio (summed nats over summed answer tokens) over rows that come in objects. Its
+    clustered error has to predict how much the ratio moves when a fresh set of objects is drawn: 600
+    simulated test splits of 30 objects, each object with its own true gap and 2-12 rows of 5-40 tokens."""
+    rng = random.Random(7)
+
+    def one_split():
+        values, weights, clusters = [], [], []
+        for obj in range(30):
+            object_gap = rng.gauss(0.2, 0.3)  # some objects show their facts, others nothing
+            for _ in range(rng.randint(2, 12)):
+                tokens = rng.randint(5, 40)
+                values.append(tokens * (object_gap + rng.gauss(0.0, 0.1)))
+                weights.append(tokens)
+                clusters.append(obj)
+        return (
+            sum(values) / sum(weights),
+            M.clustered_standard_error(values, clusters, weights),
+            (values, weights, clusters),
+        )
+
+    splits = [one_split() for _ in range(600)]
+    spread = statistics.stdev(ratio for ratio, _, _ in splits)
+    predicted = statistics.mean(error for _, error, _ in splits)
+    assert predicted == pytest.approx(spread, rel=0.15)
+    # counting every row as its own evidence would claim several times the certainty
+    values, weights, _ = splits[0][2]
+    assert M.clustered_standard_error(values, None, weights) < splits[0][1] / 2
+    # every object with the same gap: nothing to be unsure of
+    assert M.clustered_standard_error([2.0, 4.0, 6.0], ["a", "b", "c"], [1.0, 2.0, 3.0]) == pytest.approx(0.0)
+    assert M.clustered_standard_error([1.0, 3.0], ["a", "a"]) == 0.0  # one object: no spread to measure
 
 
 def test_the_simplest_candidate_within_one_standard_error_of_the_best_is_chosen():
@@ -195,7 +241,8 @@ def test_rows_of_one_object_count_as_one_piece_of_evidence():
     """The error is cluster-robust over the rows' objects (their `group`): a lead that comes from a few
     objects, each with many pictures that move together, is as uncertain as those few objects make it,
     however many rows they fill. With every row its own object it is the usual error of the mean."""
-    from picovlm.eval.choose import one_standard_error_choice, paired_standard_error
+    from picovlm.eval.choose import one_standard_error_choice
+    from picovlm.eval.metrics import paired_standard_error
 
     rng = random.Random(1)
     differences = [rng.gauss(0.0, 1.0) for _ in range(40)]
@@ -336,6 +383,15 @@ def test_against_the_lookup_facts_decide_when_both_have_them():
     status, sentence = M.collapse_verdict(dict(pairs, field_accuracy=0.50, token_f1=0.9))
     assert status == "below-baseline"
     assert sentence == "below baseline: a nearest-image lookup states 73% of the facts right, the model 50%"
+    # where eval measured the margin's error over the test objects, the sentence says whether it is noise
+    close = dict(pairs, field_accuracy=0.72, baseline_margin_field_accuracy=-0.01,
+                 baseline_margin_field_accuracy_error=0.03, objects=55)  # fmt: skip
+    assert M.collapse_verdict(close)[1] == (
+        "below baseline: a nearest-image lookup states 73% of the facts right, the model 72% "
+        "(-0.010 ± 0.030 over 55 objects: within one standard error)"
+    )
+    far = dict(close, field_accuracy=0.50, baseline_margin_field_accuracy=-0.23)
+    assert M.collapse_verdict(far)[1].endswith("(-0.230 ± 0.030 over 55 objects: beyond one standard error)")
     # without facts on both sides, token F1 decides as before
     assert M.collapse_verdict(dict(pairs, baseline_field_accuracy=None))[0] == "below-baseline"
 
