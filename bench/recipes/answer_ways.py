@@ -122,6 +122,10 @@ def main() -> None:
     expected = "RUN DATA" if args.command == "consensus" else "RUN_A RUN_B DATA"
     if len(args.paths) != len(expected.split()):
         parser.error(f"{args.command} takes {expected}")
+    if args.split == "test":  # levers are compared on validation; the test split scores the one kept
+        parser.error(
+            "--split test: compare ways and runs on validation rows; score the test split with picovlm eval"
+        )
     *runs, data = [Path(p) for p in args.paths]
 
     rows, items = load_items(data, args.split, None)
