@@ -15,7 +15,11 @@ from pathlib import Path
 RESULTS = Path(__file__).with_name("real_results.jsonl")
 KEYS = ("token_f1", "field_accuracy", "distinct_answer_share", "reference_distinct_answer_share",
         "copied_from_train_share", "image_gap_shuffled", "image_gap_shuffled_calibrated",
-        "calibrated_temperature", "verdict_status")  # fmt: skip
+        "calibrated_temperature", "verdict_status",
+        # evaluated since finding 42: the gaps' standard errors over the test objects, and how many
+        "image_gap_shuffled_error", "image_gap_shuffled_calibrated_error", "objects")  # fmt: skip
+MARGIN_KEYS = ("baseline_margin_token_f1", "baseline_margin_token_f1_error",
+               "baseline_margin_field_accuracy", "baseline_margin_field_accuracy_error")  # fmt: skip
 
 
 PLAIN_EVALS = ("eval", "eval-test")  # --out RUN/eval, or what `picovlm eval` writes without --out
@@ -35,7 +39,8 @@ def row_of(run_dir: Path, overrides: str, seed: int, eval_dir: str | None = None
         "best_metric": summary.get("best_metric"),
         "final": {k: final["metrics"].get(k) for k in KEYS},
         "best": {k: best["metrics"].get(k) for k in KEYS} if best else None,
-        "lookups": {name: {k: b["metrics"].get(k) for k in ("token_f1", "field_accuracy")}
+        "lookups": {name: {**{k: b["metrics"].get(k) for k in ("token_f1", "field_accuracy")},
+                           **{k: b["margin"].get(k) for k in MARGIN_KEYS if k in b.get("margin", {})}}
                     for name, b in final["baselines"].items()},
     }  # fmt: skip
 
@@ -49,9 +54,12 @@ def table(rows: list[dict]) -> str:
         look_f1 = max(v["token_f1"] for v in r["lookups"].values())
         look_facts = max((v["field_accuracy"] or 0) for v in r["lookups"].values())
         best_cell = f"{b['token_f1']:.3f} / {b['field_accuracy']:.3f}" if b else "—"  # best/ not evaluated
-        gap = f"{f['image_gap_shuffled']:+.2f}"
+        gap = f"{f['image_gap_shuffled']:+.2f}" + _error(f, "image_gap_shuffled")
         if f.get("image_gap_shuffled_calibrated") is not None:  # evaluated since finding 30
-            gap += f" ({f['image_gap_shuffled_calibrated']:+.2f} at T={f['calibrated_temperature']:g})"
+            calibrated = f"{f['image_gap_shuffled_calibrated']:+.2f}" + _error(
+                f, "image_gap_shuffled_calibrated"
+            )
+            gap += f" ({calibrated} at T={f['calibrated_temperature']:g})"
         lines.append(
             f"| {r['data']} | {r['run']} | {r['steps']:,} | {f['token_f1']:.3f} | {f['field_accuracy']:.3f} | "
             f"{look_f1:.3f} / {look_facts:.3f} | {f['distinct_answer_share']:.0%} "
@@ -60,6 +68,12 @@ def table(rows: list[dict]) -> str:
             f"{f['verdict_status']} |"
         )
     return "\n".join(lines)
+
+
+def _error(figures: dict, key: str) -> str:
+    """ " ± 0.03" where the row's eval measured the figure's standard error (finding 42), else ""."""
+    error = figures.get(f"{key}_error")
+    return "" if error is None else f" ± {error:.2f}"
 
 
 def main() -> None:
