@@ -450,6 +450,38 @@ def test_training_chooses_how_the_model_answers_on_its_validation_rows(demo_dir,
     assert load_generation(model_dir) == expected
 
 
+def test_answer_ways_scores_every_way_as_the_choice_does(demo_dir, tmp_path, tiny_configs):
+    """bench/recipes/answer_ways.py (findings 40-41) answers every validation row each way and scores
+    the rows as the training-time choice does: its score of each way is the choice's, a run compared
+    with itself differs by 0 ± 0 in every way, the answers are kept for the next call, and it refuses
+    the test split."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model_cfg, train_cfg = tiny_configs(demo_dir, tmp_path / "run", max_steps=12)
+    model_cfg.retrieval_k = 2
+    model_cfg.lm_max_length = 160
+    run = train(model_cfg, train_cfg).run_dir
+    script = Path(__file__).parents[2] / "bench" / "recipes" / "answer_ways.py"
+
+    def answer_ways(*args):
+        return subprocess.run(
+            [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
+        )
+
+    done = answer_ways("compare", str(run), str(run), str(demo_dir))
+    assert done.returncode == 0, done.stderr
+    for way in json.loads((run / "summary.json").read_text())["generation"]["candidates"]:
+        assert f"{way['score']:.3f} - {way['score']:.3f} = +0.000 ± 0.000" in done.stdout, (way, done.stdout)
+    kept = json.loads((run / "answer-ways-validation.json").read_text())
+    assert len(kept["neighbours"]) == len(load_cauldron(demo_dir, split="validation"))
+    consensus = answer_ways("consensus", str(run), str(demo_dir))  # from the kept answers
+    assert consensus.returncode == 0 and "nearest answer" in consensus.stdout, consensus.stderr
+    refused = answer_ways("compare", str(run), str(run), str(demo_dir), "--split", "test")
+    assert refused.returncode == 2 and "--split test" in refused.stderr
+
+
 def test_the_exported_runtime_retrieves_as_the_torch_model_does(demo_dir, tmp_path, tiny_configs):
     from picovlm.export.onnx import export_model
     from picovlm.generation import GenerationConfig
