@@ -233,7 +233,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _lead(baseline: dict, metrics: dict) -> str:
-    """ " · the model ahead by ...": the model's lead over one lookup, ± its error over the test objects."""
+    """The end of a lookup's printed line: the model's lead over it, ± its error over the test objects."""
     margin = baseline.get("margin")
     if not margin:
         return ""
@@ -243,7 +243,7 @@ def _lead(baseline: dict, metrics: dict) -> str:
     if "baseline_margin_field_accuracy" in margin:
         lead += (f", facts {margin['baseline_margin_field_accuracy']:+.3f} ± "
                  f"{margin['baseline_margin_field_accuracy_error']:.3f}")  # fmt: skip
-    return f" · the model ahead by {lead} (over {metrics['objects']} objects)"
+    return f" · the model's lead: {lead} (over {metrics['objects']} objects)"
 
 
 def run_choose_generation(args: argparse.Namespace) -> int:

@@ -407,10 +407,12 @@ def clustered_standard_error(
     (a Wesnoth unit has ~11 pictures, which a model reads right or wrong together), so they are one
     piece of evidence, not eleven. The cluster-robust (linearised ratio) estimate with the small-sample
     factor k / (k - 1) for k clusters; every row its own cluster and no weights give the usual sample
-    standard deviation / sqrt(n). 0 with fewer than two clusters."""
+    standard deviation / sqrt(n). 0 with fewer than two clusters or no weight."""
     n = len(values)
     weights = [1.0] * n if weights is None else weights
     total_weight = sum(weights)
+    if not total_weight:  # nothing scored
+        return 0.0
     ratio = sum(values) / total_weight
     sums: dict[Any, float] = {}
     for row, (value, weight) in enumerate(zip(values, weights)):

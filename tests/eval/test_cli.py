@@ -70,7 +70,7 @@ def test_eval_cli_writes_reports_and_prints_verdicts(tiny_models, squares_dir, t
     assert "collapsed: collapsed: 100% of test images got the same answer" in done.stdout
     assert "baseline nearest-pixels: token F1" in done.stdout
     # each lookup line says how far ahead the model is, and how surely over the test objects
-    assert "· the model ahead by token F1 " in done.stdout and "(over 24 objects)" in done.stdout
+    assert "· the model's lead: token F1 " in done.stdout and "(over 24 objects)" in done.stdout
     # six colours: every test answer is a training answer, about new pictures (named, not blamed)
     assert (
         "overlap with 'train': 0 of 24 rows share a picture (0.0%), 24 an identical answer (100.0%)"

@@ -213,6 +213,7 @@ def test_the_clustered_error_of_a_ratio_is_the_spread_of_that_ratio_over_repeate
     # every object with the same gap: nothing to be unsure of
     assert M.clustered_standard_error([2.0, 4.0, 6.0], ["a", "b", "c"], [1.0, 2.0, 3.0]) == pytest.approx(0.0)
     assert M.clustered_standard_error([1.0, 3.0], ["a", "a"]) == 0.0  # one object: no spread to measure
+    assert M.clustered_standard_error([], []) == 0.0  # nothing scored
 
 
 def test_the_simplest_candidate_within_one_standard_error_of_the_best_is_chosen():
