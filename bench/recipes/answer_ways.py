@@ -64,7 +64,7 @@ class Scores:
 
     def __init__(self, items, extract_fields):
         self.items, self.extract_fields = items, extract_fields
-        self.objects = [item.group or item.image_key for item in items]
+        self.objects = [item.object_key for item in items]
 
     def of(self, answers: list[str]) -> np.ndarray:
         _, scored = score_answers(self.items, answers, None, self.extract_fields)

@@ -71,7 +71,7 @@ def table(rows: list[dict]) -> str:
 
 
 def _error(figures: dict, key: str) -> str:
-    """ " ± 0.03" where the row's eval measured the figure's standard error (finding 42), else ""."""
+    """The figure's standard error as " ± 0.03" where the row's eval measured it (finding 42), else ""."""
     error = figures.get(f"{key}_error")
     return "" if error is None else f" ± {error:.2f}"
 

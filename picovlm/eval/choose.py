@@ -34,7 +34,7 @@ from typing import Any
 
 from picovlm.errors import ConfigError, DataError
 from picovlm.eval import metrics as M
-from picovlm.eval.evaluate import generate_answers, load_items, load_train_split, score_answers
+from picovlm.eval.evaluate import generate_answers, load_items, load_train_split, row_figures, score_answers
 from picovlm.generation import GenerationConfig, copy_options_check, save_generation
 from picovlm.utils import ProgressFn, no_progress
 
@@ -136,21 +136,17 @@ def choose_generation(
             "seconds": round(time.perf_counter() - started, 2),
         })  # fmt: skip
     progress(len(candidates), len(candidates), "chosen")
-    chosen, errors = one_standard_error_choice(per_row, [item.group or item.image_key for item in items])
+    chosen, errors = one_standard_error_choice(per_row, [item.object_key for item in items])
     for figure, error in zip(figures, errors):
         figure["standard_error"] = error
     return GenerationChoice(candidates[chosen][0], candidates[chosen][1], figures, len(items))
 
 
 def row_scores(scored: list[dict[str, Any]], extract_fields: M.ExtractFields | None) -> list[float]:
-    """Each row's part of the score, from `score_answers`' rows (their token F1 is reused): its token
-    F1 plus its share of the facts (`fact_shares_per_row`), so that the mean over the rows is the
-    candidate's score (token F1 + field accuracy)."""
-    scores = [row["token_f1"] for row in scored]
-    if extract_fields is None:
-        return scores
-    answers, references = [row["answer"] for row in scored], [row["reference"] for row in scored]
-    return [s + share for s, share in zip(scores, M.fact_shares_per_row(answers, references, extract_fields))]
+    """Each row's part of the score, from `score_answers`' rows: its token F1 plus its share of the
+    facts (`row_figures`), so that the mean over the rows is the candidate's score (token F1 + field
+    accuracy)."""
+    return [sum(parts) for parts in zip(*row_figures(scored, extract_fields).values())]
 
 
 def one_standard_error_choice(

@@ -52,6 +52,12 @@ class EvalItem:
     image_key: str  # content hash of the row's images: rows sharing an image share a key
     group: str = ""  # the row's `group` (its object: rows of one object move together), "" without one
 
+    @property
+    def object_key(self) -> str:
+        """What the row shows: its `group`, else its picture. Rows with one key are one piece of
+        evidence to every standard error (a way of answering gets an object right or wrong at once)."""
+        return self.group or self.image_key
+
 
 def image_key(images: Sequence[Image.Image]) -> str:
     digest = hashlib.blake2b(digest_size=12)
@@ -197,7 +203,11 @@ def answer_losses(
 ) -> np.ndarray:
     """Mean cross-entropy per answer token (nats) over all the rows' answer tokens, at each temperature
     (`answer_nll_per_row`)."""
-    nll, tokens = answer_nll_per_row(model, items, temperatures, batch_size, image_source, blank)
+    return mean_per_token(*answer_nll_per_row(model, items, temperatures, batch_size, image_source, blank))
+
+
+def mean_per_token(nll: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """`answer_nll_per_row`'s summed losses -> the mean per answer token at each temperature."""
     return nll.sum(axis=0) / max(tokens.sum(), 1)
 
 
@@ -407,6 +417,19 @@ def score_answers(
     return metrics, rows
 
 
+def row_figures(
+    scored: Sequence[dict[str, Any]], extract_fields: M.ExtractFields | None
+) -> dict[str, list[float]]:
+    """Each row's part of the answers' metrics, from `score_answers`' rows: {"token_f1"} and, with a
+    fact parser, {"field_accuracy"} (`M.fact_shares_per_row`); each list's mean is the metric, so a
+    row-by-row difference of two such lists is a paired difference of the metric."""
+    figures = {"token_f1": [row["token_f1"] for row in scored]}
+    if extract_fields is not None:
+        answers, references = [row["answer"] for row in scored], [row["reference"] for row in scored]
+        figures["field_accuracy"] = M.fact_shares_per_row(answers, references, extract_fields)
+    return figures
+
+
 def image_reliance(
     model,
     items: Sequence[EvalItem],
@@ -431,15 +454,12 @@ def image_reliance(
     grid = CALIBRATION_TEMPERATURES
     nll, tokens = answer_nll_per_row(model, items, grid, batch_size)
     nll_shuffled, _ = answer_nll_per_row(model, items, grid, batch_size, image_source=source)
-    losses, losses_shuffled = (
-        nll.sum(axis=0) / max(tokens.sum(), 1),
-        nll_shuffled.sum(axis=0) / max(tokens.sum(), 1),
-    )
+    losses, losses_shuffled = mean_per_token(nll, tokens), mean_per_token(nll_shuffled, tokens)
     one = grid.index(1.0)  # the model as it answers
     loss, loss_shuffled = float(losses[one]), float(losses_shuffled[one])
     loss_blank = answer_loss(model, items, batch_size, blank=True)
     gap, gap_calibrated, temperature = shuffled_gaps(losses, losses_shuffled)
-    objects = [item.group or item.image_key for item in items]
+    objects = [item.object_key for item in items]
 
     def gap_error(k: int) -> float:  # over the rows' objects, each row weighed by its answer tokens
         return M.clustered_standard_error(list(nll_shuffled[:, k] - nll[:, k]), objects, list(tokens))
@@ -648,8 +668,9 @@ def evaluate(
     if baseline == "nearest" and train is not None:
         progress(len(items), len(items), "nearest-neighbour baseline")
         baselines = nearest_baselines(model, items, train, train_answers, extract_fields)
+        ours = row_figures(rows, extract_fields)
         for lookup in baselines.values():  # how far ahead of each lookup the model is, and how surely
-            lookup["margin"] = margin_over_lookup(items, rows, lookup["items"], extract_fields)
+            lookup["margin"] = margin_over_lookup(items, ours, row_figures(lookup["items"], extract_fields))
         metrics.update(best_baseline(baselines))
         metrics.update(baselines[metrics["baseline_name"]]["margin"])
     elif baseline == "nearest":
@@ -724,29 +745,19 @@ def best_baseline(baselines: dict[str, Any]) -> dict[str, Any]:
 
 
 def margin_over_lookup(
-    items: Sequence[EvalItem],
-    model_rows: Sequence[dict[str, Any]],
-    lookup_rows: Sequence[dict[str, Any]],
-    extract_fields: M.ExtractFields | None,
+    items: Sequence[EvalItem], ours: dict[str, list[float]], theirs: dict[str, list[float]]
 ) -> dict[str, float]:
-    """The model's lead over a lookup answering the same rows (`score_answers`' rows of each), with
-    the standard error of that paired difference over the rows' objects: {"baseline_margin_token_f1",
+    """The model's lead over a lookup answering the same rows (each side's `row_figures`), with the
+    standard error of that paired difference over the rows' objects: {"baseline_margin_token_f1",
     "baseline_margin_token_f1_error"} and, where the rows have facts, {"baseline_margin_field_accuracy",
     "baseline_margin_field_accuracy_error"}. On a test split of a few dozen objects a lead below its
     error is one the split cannot tell from a run's luck (docs/eval.md)."""
-    objects = [item.group or item.image_key for item in items]
-    f1 = [ours["token_f1"] - theirs["token_f1"] for ours, theirs in zip(model_rows, lookup_rows)]
-    margins = {
-        "baseline_margin_token_f1": sum(f1) / len(f1),
-        "baseline_margin_token_f1_error": M.paired_standard_error(f1, objects),
-    }
-    if extract_fields is not None:
-        references = [row["reference"] for row in model_rows]
-        ours = M.fact_shares_per_row([row["answer"] for row in model_rows], references, extract_fields)
-        theirs = M.fact_shares_per_row([row["answer"] for row in lookup_rows], references, extract_fields)
-        facts = [a - b for a, b in zip(ours, theirs)]
-        margins["baseline_margin_field_accuracy"] = sum(facts) / len(facts)
-        margins["baseline_margin_field_accuracy_error"] = M.paired_standard_error(facts, objects)
+    objects = [item.object_key for item in items]
+    margins = {}
+    for metric, per_row in ours.items():
+        difference = [a - b for a, b in zip(per_row, theirs[metric])]
+        margins[f"baseline_margin_{metric}"] = sum(difference) / len(difference)
+        margins[f"baseline_margin_{metric}_error"] = M.paired_standard_error(difference, objects)
     return margins
 
 

@@ -22,6 +22,7 @@ from picovlm.eval.evaluate import (
     pixel_baseline,
     pixel_features,
     quick_eval,
+    row_figures,
     shuffled_sources,
 )
 from picovlm.eval.report import write_report
@@ -111,18 +112,20 @@ def test_margin_over_lookup_counts_objects_and_facts():
     theirs = [f"{c} thing" if g in "ac" else f"pink thing number {i}" for i, (c, g) in enumerate(groups)]
     model_m, model_rows = score_answers(items, ours, None, extract)
     lookup_m, lookup_rows = score_answers(items, theirs, None, extract)
-    margins = margin_over_lookup(items, model_rows, lookup_rows, extract)
+    ours, theirs = row_figures(model_rows, extract), row_figures(lookup_rows, extract)
+    margins = margin_over_lookup(items, ours, theirs)
     assert margins["baseline_margin_token_f1"] == pytest.approx(model_m["token_f1"] - lookup_m["token_f1"])
     assert margins["baseline_margin_field_accuracy"] == pytest.approx(
         model_m["field_accuracy"] - lookup_m["field_accuracy"]
     )
     one_per_row = [EvalItem([], "q", item.reference, item.image_key) for item in items]
-    by_rows = margin_over_lookup(one_per_row, model_rows, lookup_rows, extract)
+    by_rows = margin_over_lookup(one_per_row, ours, theirs)
     assert (
         margins["baseline_margin_field_accuracy_error"]
         > 1.5 * by_rows["baseline_margin_field_accuracy_error"]
     )
-    assert "baseline_margin_field_accuracy" not in margin_over_lookup(items, model_rows, lookup_rows, None)
+    without_facts = margin_over_lookup(items, row_figures(model_rows, None), row_figures(lookup_rows, None))
+    assert "baseline_margin_field_accuracy" not in without_facts
 
 
 def test_report_for_several_models(results, tmp_path):
