@@ -518,12 +518,26 @@ def _check_types(obj: Any) -> None:
         kinds = [k.strip() for k in str(f.type).split("|")]
         if value is None and "None" in kinds:
             continue
+        if "float" in kinds and isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads 1e-3 as a string, not a number: `train.lr_mp=6e-3` on the
+            # command line and `lr_mp: 1e-3` in a file mean the number everywhere else.
+            value = _float_or_same(value)
+            object.__setattr__(obj, f.name, value)
         allowed = tuple(t for k in kinds for t in _TYPE_NAMES.get(k, ()))
         if not allowed:
             continue  # tuples and other shapes are checked where they are used
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             hint = " (use null, not None, for no value)" if value == "None" else ""
             raise ConfigError(f"{f.name}={value!r} should be of type {f.type}{hint}.")
+
+
+def _float_or_same(text: str) -> float | str:
+    """`text` as a number where it is one in exponent notation ("6e-3", "1E+2"), else unchanged."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if any(c.isdigit() for c in text) else text  # "nan" and "inf" stay words
 
 
 def _check_positive(obj: Any, names: list[str]) -> None:

@@ -115,6 +115,21 @@ def test_values_of_the_wrong_type_are_config_errors():
     assert TrainConfig(lr_mp=1).lr_mp == 1  # an int is a fine float
 
 
+def test_exponent_notation_is_a_number_on_the_command_line_and_in_files(tmp_path):
+    """PyYAML reads `6e-3` (no dot) as a string; a rate written so must still train at 0.006."""
+    model, train = load_config(
+        "tiny", overrides=["train.lr_mp=6e-3", "train.weight_decay=1E-1", "model.retrieval_colour_weight=2e0"]
+    )
+    assert train.lr_mp == 0.006 and isinstance(train.lr_mp, float) and train.weight_decay == 0.1
+    assert model.retrieval_colour_weight == 2.0 and train.fact_loss_weight == "auto"
+    (tmp_path / "run.yaml").write_text("train:\n  lr_vision_backbone: 2e-3\n  fact_loss_weight: 5e-1\n")
+    _, from_file = load_config("tiny", path=tmp_path / "run.yaml")
+    assert from_file.lr_vision_backbone == 0.002 and from_file.fact_loss_weight == 0.5
+    for word in ("fast", "nan"):  # words stay words, and a float field refuses them by name
+        with pytest.raises(ConfigError, match="lr_mp="):
+            load_config("tiny", overrides=[f"train.lr_mp={word}"])
+
+
 def test_no_preset_means_the_recipe_default_and_threads_are_checked(tmp_path):
     from picovlm.config import DEFAULT_PRESET
 
