@@ -519,8 +519,8 @@ def _check_types(obj: Any) -> None:
         if value is None and "None" in kinds:
             continue
         if "float" in kinds and isinstance(value, str):
-            # YAML 1.1 (PyYAML) reads 1e-3 as a string, not a number: `train.lr_mp=6e-3` on the
-            # command line and `lr_mp: 1e-3` in a file mean the number everywhere else.
+            # PyYAML (YAML 1.1) reads 6e-3, with no dot, as a string; Python, JSON and YAML 1.2 read a
+            # number, and so should `train.lr_mp=6e-3` on the command line and `lr_mp: 6e-3` in a file.
             value = _float_or_same(value)
             object.__setattr__(obj, f.name, value)
         allowed = tuple(t for k in kinds for t in _TYPE_NAMES.get(k, ()))
