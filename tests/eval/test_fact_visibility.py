@@ -114,3 +114,34 @@ def test_data_without_facts_or_without_a_held_out_split_is_told_what_to_do(
     without_pictures = held.map(lambda row: {"images": []})
     with pytest.raises(DataError, match="the validation split has no pictures to score"):
         fact_visibility(load_cauldron(squares_with_facts, split="train"), without_pictures)
+
+
+def test_the_reader_sweep_scores_the_default_probe_and_the_nearest_picture_as_data_facts_does(
+    squares_with_facts,
+):
+    """bench/recipes/reader_sweep.py (finding 44) rebuilds the index a run builds and scores readers
+    against its default probe: that probe and its one-neighbour vote score as `picovlm data facts`
+    scores the probe and the nearest picture (every row here has both fields, so a row's share of
+    fields right averages to the fields' mean), and the default differs from itself by 0 ± 0."""
+    import importlib.util
+    from pathlib import Path
+
+    from picovlm.data.cauldron import load_cauldron
+
+    script = Path(__file__).parents[2] / "bench" / "recipes" / "reader_sweep.py"
+    spec = importlib.util.spec_from_file_location("reader_sweep", script)
+    reader_sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reader_sweep)
+    readers = reader_sweep.sweep(str(squares_with_facts))
+
+    train = load_cauldron(squares_with_facts, split="train")
+    held = load_cauldron(squares_with_facts, split="validation")
+    by_field = {f.field: f for f in fact_visibility(train, held).fields}
+    assert readers["probe l2=0.001 scale=10"] == pytest.approx(
+        (sum(f.probe for f in by_field.values()) / 2, 0.0, 0.0), abs=1e-9
+    )
+    nearest = sum(f.nearest for f in by_field.values()) / 2
+    for t in (0.01, 0.03, 0.1):
+        assert readers[f"knn k=1 t={t:g}"][0] == pytest.approx(nearest, abs=1e-9)
+    mixed = readers["mix k=20 t=0.1 a=0.5"]
+    assert 0.0 < mixed[0] <= 1.0 and mixed[2] >= 0.0
