@@ -1,8 +1,7 @@
 """Can the fact reader that weighs a retrieving model's vote read unseen objects' facts better?
 
-docs/recipes.md finding 44. On the real sets a run's answers state about as many facts right as its
-fact probes read off the validation pictures (finding 42), so a better reader would be more facts in
-the answers. This fits, on the training split of each set, the index a run builds, then scores on the
+docs/recipes.md finding 44. A run that answers with the weighed vote states the facts its fact
+probes read off the picture, so a better reader would be more facts in its answers. This fits, on the training split of each set, the index a run builds, then scores on the
 validation split (objects unseen in training) every reader of a small grid against the default probe:
 
     probe l2=L scale=S    `fit_fact_probes` with PROBE_L2 = L and PROBE_SCALE = S (the default: 1e-3, 10)
