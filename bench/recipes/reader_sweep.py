@@ -9,10 +9,16 @@ validation split (objects unseen in training) every reader of a small grid again
                           weighted exp((similarity - the nearest's) / T)
     mix k=K t=T a=A       (1 - A) x the default probe's probabilities + A x that vote's shares
 
+With --features it scores picture features instead of readers: random convolutional features
+(training-free: 256 random 5x5 RGB kernels over the picture at 64 px, ReLU, max-pooled over a 4x4
+grid, each dimension standardised on the training pictures), alone and beside the index's vectors
+at weight 0.5, 1 and 2, each by its nearest training picture's answer (token F1) and facts and by a
+default probe fitted over it, against the index's own vectors.
+
 Each row's score is its share of fields named right; "±" is the paired standard error of the
 difference over the rows' objects (`picovlm.eval.metrics.paired_standard_error`, as a run's choice counts it). Only validation is read.
 
-    python bench/recipes/reader_sweep.py /work/data/emoji /work/data/cjk ...
+    python bench/recipes/reader_sweep.py /work/data/emoji /work/data/cjk ... [--features]
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from datasets import load_from_disk
+from PIL import Image
 
 import picovlm.train.facts as facts
 from picovlm.eval.facts import row_facts
-from picovlm.eval.metrics import flatten_fields, paired_standard_error
-from picovlm.retrieval import READS_PICTURES, _row_groups, build_training_index, first_images
+from picovlm.eval.metrics import flatten_fields, paired_standard_error, token_f1
+from picovlm.retrieval import READS_PICTURES, _rgb, _row_groups, build_training_index, first_images
 
 PROBE_GRID = [(l2, scale) for l2 in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2) for scale in (10.0, 30.0)]
 VOTE_GRID = [(k, t) for k in (1, 5, 10, 20) for t in (0.01, 0.03, 0.1)]
@@ -70,7 +79,9 @@ def row_scores(probabilities: list[np.ndarray], truth: np.ndarray) -> np.ndarray
     return (right & known).sum(axis=1) / np.maximum(known.sum(axis=1), 1)
 
 
-def sweep(data_dir: str) -> dict[str, tuple[float, float, float]]:
+def held_out(data_dir: str) -> dict:
+    """The index a run builds on the training split (with its fact probes), and the validation rows
+    that state a fact: their pictures, vectors, answers, class per field (-1 = not stated) and objects."""
     data = load_from_disk(data_dir)
     train, held = data["train"], data["validation"]
     vocabulary = facts.FactVocabulary.from_rows(train["fields"])
@@ -87,9 +98,19 @@ def sweep(data_dir: str) -> dict[str, tuple[float, float, float]]:
     )  # fmt: skip
     keep = (truth >= 0).any(axis=1)
     rows, truth = [r for r, k in zip(rows, keep) if k], truth[keep]
-    vectors = index.vectors_of([im for im, k in zip(images, keep) if k])
+    images = [im for im, k in zip(images, keep) if k]
     all_groups = _row_groups(held)
-    groups = [all_groups[r] for r in rows]
+    return {
+        "train": train, "vocabulary": vocabulary, "index": index, "images": images, "truth": truth,
+        "vectors": index.vectors_of(images), "groups": [all_groups[r] for r in rows],
+        "answers": [held[r]["texts"][0]["assistant"] for r in rows],
+    }  # fmt: skip
+
+
+def sweep(data_dir: str) -> dict[str, tuple[float, float, float]]:
+    """Every reader's mean score, and its difference from the default probe ± the paired error."""
+    rows = held_out(data_dir)
+    index, vocabulary, vectors, truth = rows["index"], rows["vocabulary"], rows["vectors"], rows["truth"]
     similarities = vectors @ index.table.T
 
     default_probs = [
@@ -115,9 +136,80 @@ def sweep(data_dir: str) -> dict[str, tuple[float, float, float]]:
         out[name] = (
             float(scores.mean()),
             float(difference.mean()),
-            paired_standard_error(difference, groups),
+            paired_standard_error(difference, rows["groups"]),
         )
     return out
+
+
+def random_conv_features(images, seed: int = 0, chunk: int = 256) -> np.ndarray:
+    """(n, 256 x 4 x 4) training-free features: 256 random zero-mean 5x5 RGB kernels over the picture
+    at 64 px (white = 0), ReLU, the maximum over each cell of a 4x4 grid."""
+    generator = torch.Generator().manual_seed(seed)
+    kernels = torch.randn(256, 3, 5, 5, generator=generator)
+    kernels -= kernels.mean(dim=(1, 2, 3), keepdim=True)
+    kernels /= kernels.flatten(1).norm(dim=1)[:, None, None, None]
+    bias = torch.rand(256, generator=generator) * 0.5 - 0.25
+    out = []
+    for start in range(0, len(images), chunk):
+        pixels = np.stack(
+            [np.asarray(_rgb(im).resize((64, 64), Image.Resampling.BILINEAR), np.float32) / 255.0
+             for im in images[start : start + chunk]]
+        )  # fmt: skip
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2) - 1.0
+        out.append(F.adaptive_max_pool2d(F.relu(F.conv2d(x, kernels, bias, padding=2)), 4).flatten(1).numpy())
+    return np.concatenate(out)
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
+
+
+def compare_features(data_dir: str) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """{features: {"answer F1" | "nearest facts" | "probe facts": (mean, difference from the index's
+    vectors, paired error)}} on the validation rows."""
+    rows = held_out(data_dir)
+    index, truth, groups = rows["index"], rows["truth"], rows["groups"]
+    texts = rows["train"]["texts"]
+    indexed = [im for r, im in zip(*first_images(rows["train"])) if texts[r] and texts[r][0].get("assistant")]
+    assert len(indexed) == len(index), "the index keeps the training rows with a picture and an answer"
+    train_random, held_random = random_conv_features(indexed), random_conv_features(rows["images"])
+    mean, spread = train_random.mean(axis=0), train_random.std(axis=0) + 1e-6
+    train_random, held_random = unit((train_random - mean) / spread), unit((held_random - mean) / spread)
+    counts = [len(values) for values in rows["vocabulary"].values.values()]
+    known = truth >= 0
+
+    def scores(held: np.ndarray, table: np.ndarray) -> dict[str, np.ndarray]:
+        nearest = (held @ table.T).argmax(axis=1)
+        probes = facts.fit_fact_probes(table, index.facts.classes, counts)
+        named = np.stack([(held @ w.T + b).argmax(axis=1) for w, b in probes], axis=1)
+        return {
+            "answer F1": np.array([token_f1(index.answers[j], a) for j, a in zip(nearest, rows["answers"])]),
+            "nearest facts": ((index.facts.classes[nearest] == truth) & known).sum(1) / known.sum(1),
+            "probe facts": ((named == truth) & known).sum(1) / known.sum(1),
+        }
+
+    tables = {
+        "the index's vectors": (rows["vectors"], index.table),
+        "random conv": (held_random, train_random),
+    }
+    for weight in (0.5, 1.0, 2.0):
+        tables[f"index + {weight:g} x random conv"] = tuple(
+            unit(np.concatenate([ours, np.sqrt(weight) * theirs], axis=1))
+            for ours, theirs in ((rows["vectors"], held_random), (index.table, train_random))
+        )
+    scored = {name: scores(*pair) for name, pair in tables.items()}
+    base = scored["the index's vectors"]
+    return {
+        name: {
+            what: (
+                float(v.mean()),
+                float((v - base[what]).mean()),
+                paired_standard_error(v - base[what], groups),
+            )
+            for what, v in by_what.items()
+        }
+        for name, by_what in scored.items()
+    }
 
 
 def main() -> None:
@@ -126,7 +218,19 @@ def main() -> None:
     )
     parser.add_argument("data_dirs", nargs="+")
     parser.add_argument("--json", type=Path, help="also write every reader's figures here")
+    parser.add_argument("--features", action="store_true", help="score picture features, not readers")
     args = parser.parse_args()
+    if args.features:
+        by_set = {Path(d).name: compare_features(d) for d in args.data_dirs}
+        print("| set | features | nearest answer's token F1 | nearest's facts | probe's facts |")
+        print("|---|---|---|---|---|")
+        for name, by_features in by_set.items():
+            for features, by_what in by_features.items():
+                cells = [f"{m:.3f} ({d:+.3f} ± {e:.3f})" for m, d, e in by_what.values()]
+                print(f"| {name} | {features} | " + " | ".join(cells) + " |")
+        if args.json:
+            args.json.write_text(json.dumps(by_set, indent=1))
+        return
     results = {Path(d).name: sweep(d) for d in args.data_dirs}
     names = list(next(iter(results.values())))
     worst = {n: min(r[n][1] for r in results.values()) for n in names}

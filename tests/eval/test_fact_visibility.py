@@ -122,7 +122,8 @@ def test_the_reader_sweep_scores_the_default_probe_and_the_nearest_picture_as_da
     """bench/recipes/reader_sweep.py (finding 44) rebuilds the index a run builds and scores readers
     against its default probe: that probe and its one-neighbour vote score as `picovlm data facts`
     scores the probe and the nearest picture (every row here has both fields, so a row's share of
-    fields right averages to the fields' mean), and the default differs from itself by 0 ± 0."""
+    fields right averages to the fields' mean), and the default differs from itself by 0 ± 0. Its
+    --features table scores the index's own vectors the same way, beside random features."""
     import importlib.util
     from pathlib import Path
 
@@ -145,3 +146,15 @@ def test_the_reader_sweep_scores_the_default_probe_and_the_nearest_picture_as_da
         assert readers[f"knn k=1 t={t:g}"][0] == pytest.approx(nearest, abs=1e-9)
     mixed = readers["mix k=20 t=0.1 a=0.5"]
     assert 0.0 < mixed[0] <= 1.0 and mixed[2] >= 0.0
+
+    # --features: the index's own vectors score as data facts does; random features are another reader
+    by_features = reader_sweep.compare_features(str(squares_with_facts))
+    ours = by_features["the index's vectors"]
+    assert ours["nearest facts"] == pytest.approx((nearest, 0.0, 0.0), abs=1e-9)
+    assert ours["probe facts"] == pytest.approx(readers["probe l2=0.001 scale=10"], abs=1e-9)
+    assert set(by_features) == {"the index's vectors", "random conv"} | {
+        f"index + {w} x random conv" for w in ("0.5", "1", "2")
+    }
+    assert (
+        by_features["random conv"]["nearest facts"][0] > 0.5
+    )  # the colour is drawn: any picture features find it
