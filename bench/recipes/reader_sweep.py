@@ -1,8 +1,9 @@
 """Can the fact reader that weighs a retrieving model's vote read unseen objects' facts better?
 
 docs/recipes.md finding 44. A run that answers with the weighed vote states the facts its fact
-probes read off the picture, so a better reader would be more facts in its answers. This fits, on the training split of each set, the index a run builds, then scores on the
-validation split (objects unseen in training) every reader of a small grid against the default probe:
+probes read off the picture, so a better reader would be more facts in its answers. This builds on
+each set's training split the index a run builds, then scores on the validation split (objects
+unseen in training) every reader of a small grid against the default probe:
 
     probe l2=L scale=S    `fit_fact_probes` with PROBE_L2 = L and PROBE_SCALE = S (the default: 1e-3, 10)
     knn k=K t=T           the neighbours' vote: the K most similar training pictures' values, each
@@ -16,7 +17,8 @@ at weight 0.5, 1 and 2, each by its nearest training picture's answer (token F1)
 default probe fitted over it, against the index's own vectors.
 
 Each row's score is its share of fields named right; "±" is the paired standard error of the
-difference over the rows' objects (`picovlm.eval.metrics.paired_standard_error`, as a run's choice counts it). Only validation is read.
+difference over the rows' objects (`picovlm.eval.metrics.paired_standard_error`, as a run's choice
+counts it). Only validation is read.
 
     python bench/recipes/reader_sweep.py /work/data/emoji /work/data/cjk ... [--features]
 """

@@ -155,6 +155,5 @@ def test_the_reader_sweep_scores_the_default_probe_and_the_nearest_picture_as_da
     assert set(by_features) == {"the index's vectors", "random conv"} | {
         f"index + {w} x random conv" for w in ("0.5", "1", "2")
     }
-    assert (
-        by_features["random conv"]["nearest facts"][0] > 0.5
-    )  # the colour is drawn: any picture features find it
+    random_nearest_facts = by_features["random conv"]["nearest facts"][0]
+    assert random_nearest_facts > 0.5  # the colour is drawn: any picture features find it
