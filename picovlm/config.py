@@ -522,7 +522,8 @@ def _check_types(obj: Any) -> None:
             # PyYAML (YAML 1.1) reads 6e-3, with no dot, as a string; Python, JSON and YAML 1.2 read a
             # number, and so should `train.lr_mp=6e-3` on the command line and `lr_mp: 6e-3` in a file.
             value = _float_or_same(value)
-            object.__setattr__(obj, f.name, value)
+            if not isinstance(value, str):
+                object.__setattr__(obj, f.name, value)
         allowed = tuple(t for k in kinds for t in _TYPE_NAMES.get(k, ()))
         if not allowed:
             continue  # tuples and other shapes are checked where they are used

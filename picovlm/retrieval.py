@@ -615,6 +615,15 @@ def with_neighbours(dataset, index: RetrievalIndex, exclude_own_group: bool):
     return dataset.map(rewrite, input_columns="texts", with_indices=True, keep_in_memory=True)
 
 
+def indexed_pictures(train_dataset, texts=None) -> tuple[list[int], list[Image.Image]]:
+    """(row numbers, first image) of the training rows an index keeps: those with a picture and an
+    answer. texts: the split's `texts` column, where the caller has read it already."""
+    texts = train_dataset["texts"] if texts is None else texts
+    rows, images = first_images(train_dataset)
+    keep = [(r, im) for r, im in zip(rows, images) if texts[r] and texts[r][0].get("assistant")]
+    return [r for r, _ in keep], [im for _, im in keep]
+
+
 def build_training_index(
     train_dataset,
     k: int,
@@ -629,17 +638,15 @@ def build_training_index(
     colour_weight, gradient_weight: how much colours and strokes count beside the thumbnails
     (`PictureFeatures.vectors`); "auto" = as `choose_weights` finds on this split, said to report (a
     callable taking one line, e.g. the run's notes)."""
-    rows, images = first_images(train_dataset)
     texts = train_dataset["texts"]
     groups = _row_groups(train_dataset)
-    keep = [(r, im) for r, im in zip(rows, images) if texts[r] and texts[r][0].get("assistant")]
+    kept_rows, kept_images = indexed_pictures(train_dataset, texts)
     fact_classes = None
     if encode_facts is not None:
         fields = train_dataset["fields"]
-        fact_classes = [[max(c, -1) for c in encode_facts(fields[r])] for r, _ in keep]
-    kept_images = [im for _, im in keep]
-    answers = [texts[r][0]["assistant"] for r, _ in keep]
-    kept_groups = [groups[r] for r, _ in keep]
+        fact_classes = [[max(c, -1) for c in encode_facts(fields[r])] for r in kept_rows]
+    answers = [texts[r][0]["assistant"] for r in kept_rows]
+    kept_groups = [groups[r] for r in kept_rows]
     features = PictureFeatures.of(kept_images, colours=colour_weight != 0, gradients=gradient_weight != 0)
     if "auto" in (colour_weight, gradient_weight):
         choice = choose_weights(

@@ -5,7 +5,7 @@ probes read off the picture, so a better reader would be more facts in its answe
 each set's training split the index a run builds, then scores on the validation split (objects
 unseen in training) every reader of a small grid against the default probe:
 
-    probe l2=L scale=S    `fit_fact_probes` with PROBE_L2 = L and PROBE_SCALE = S (the default: 1e-3, 10)
+    probe l2=L scale=S    `fit_fact_probes(..., l2=L, scale=S)` (the default: PROBE_L2 1e-3, PROBE_SCALE 10)
     knn k=K t=T           the neighbours' vote: the K most similar training pictures' values, each
                           weighted exp((similarity - the nearest's) / T)
     mix k=K t=T a=A       (1 - A) x the default probe's probabilities + A x that vote's shares
@@ -36,9 +36,15 @@ from datasets import load_from_disk
 from PIL import Image
 
 import picovlm.train.facts as facts
-from picovlm.eval.facts import row_facts
-from picovlm.eval.metrics import flatten_fields, paired_standard_error, token_f1
-from picovlm.retrieval import READS_PICTURES, _rgb, _row_groups, build_training_index, first_images
+from picovlm.eval.metrics import paired_standard_error, token_f1
+from picovlm.retrieval import (
+    READS_PICTURES,
+    _rgb,
+    _row_groups,
+    build_training_index,
+    first_images,
+    indexed_pictures,
+)
 
 PROBE_GRID = [(l2, scale) for l2 in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2) for scale in (10.0, 30.0)]
 VOTE_GRID = [(k, t) for k in (1, 5, 10, 20) for t in (0.01, 0.03, 0.1)]
@@ -47,20 +53,18 @@ MIX_SHARES = (0.3, 0.5, 0.7)
 
 def probe_probabilities(index, vocabulary, vectors, l2: float, scale: float) -> list[np.ndarray]:
     """Each field's (n, classes) probabilities by probes fitted as a run fits them, at this L2 and scale."""
-    saved = facts.PROBE_L2, facts.PROBE_SCALE
-    facts.PROBE_L2, facts.PROBE_SCALE = l2, scale
-    try:
-        counts = [len(values) for values in vocabulary.values.values()]
-        heads = facts.fit_fact_probes(index.table, index.facts.classes, counts)
-    finally:
-        facts.PROBE_L2, facts.PROBE_SCALE = saved
+    counts = [len(values) for values in vocabulary.values.values()]
+    heads = facts.fit_fact_probes(index.table, index.facts.classes, counts, l2=l2, scale=scale)
     reader = index.facts.with_heads(heads, READS_PICTURES)
     return [np.exp(log_probs) for log_probs in reader.log_probabilities(vectors)]
 
 
-def vote_shares(index, similarities: np.ndarray, k: int, temperature: float) -> list[np.ndarray]:
-    """Each field's (n, classes) shares of the k nearest training pictures' values, weighted by similarity."""
-    top = np.argsort(-similarities, axis=1)[:, :k]
+def vote_shares(
+    index, similarities: np.ndarray, order: np.ndarray, k: int, temperature: float
+) -> list[np.ndarray]:
+    """Each field's (n, classes) shares of the k nearest training pictures' values, weighted by similarity
+    (order: each row's training pictures, most similar first, at least k of them)."""
+    top = order[:, :k]
     near = np.take_along_axis(similarities, top, axis=1)
     weights = np.exp((near - near[:, :1]) / temperature)  # (n, k)
     shares = []
@@ -75,7 +79,7 @@ def vote_shares(index, similarities: np.ndarray, k: int, temperature: float) -> 
 
 
 def row_scores(probabilities: list[np.ndarray], truth: np.ndarray) -> np.ndarray:
-    """Each row's share of its known fields named right (truth -1 = the row lacks the field)."""
+    """Each row's share of its known fields named right (truth negative = the row does not state it)."""
     right = np.stack([p.argmax(axis=1) == truth[:, j] for j, p in enumerate(probabilities)], axis=1)
     known = truth >= 0
     return (right & known).sum(axis=1) / np.maximum(known.sum(axis=1), 1)
@@ -83,21 +87,15 @@ def row_scores(probabilities: list[np.ndarray], truth: np.ndarray) -> np.ndarray
 
 def held_out(data_dir: str) -> dict:
     """The index a run builds on the training split (with its fact probes), and the validation rows
-    that state a fact: their pictures, vectors, answers, class per field (-1 = not stated) and objects."""
+    that state a fact: their pictures, vectors, answers, class per field (negative = not stated) and objects."""
     data = load_from_disk(data_dir)
     train, held = data["train"], data["validation"]
     vocabulary = facts.FactVocabulary.from_rows(train["fields"])
     index = build_training_index(train, 1, vocabulary.encode, "auto", "auto", report=lambda _: None)
     facts.attach_fact_probes(index, vocabulary)
     rows, images = first_images(held)
-    class_of = [{v: c for c, v in enumerate(values)} for values in vocabulary.values.values()]
-    truth = np.array(
-        [
-            [cls.get(flatten_fields(row_facts({"fields": held["fields"][r]}) or {}).get(path), -1)
-             for path, cls in zip(vocabulary.values, class_of)]
-            for r in rows
-        ]
-    )  # fmt: skip
+    fields, texts = held["fields"], held["texts"]
+    truth = np.array([vocabulary.encode(fields[r]) for r in rows])  # negative: the row does not state it
     keep = (truth >= 0).any(axis=1)
     rows, truth = [r for r, k in zip(rows, keep) if k], truth[keep]
     images = [im for im, k in zip(images, keep) if k]
@@ -105,7 +103,7 @@ def held_out(data_dir: str) -> dict:
     return {
         "train": train, "vocabulary": vocabulary, "index": index, "images": images, "truth": truth,
         "vectors": index.vectors_of(images), "groups": [all_groups[r] for r in rows],
-        "answers": [held[r]["texts"][0]["assistant"] for r in rows],
+        "answers": [texts[r][0]["assistant"] for r in rows],
     }  # fmt: skip
 
 
@@ -114,6 +112,7 @@ def sweep(data_dir: str) -> dict[str, tuple[float, float, float]]:
     rows = held_out(data_dir)
     index, vocabulary, vectors, truth = rows["index"], rows["vocabulary"], rows["vectors"], rows["truth"]
     similarities = vectors @ index.table.T
+    order = np.argsort(-similarities, axis=1)[:, : max(k for k, _ in VOTE_GRID)]  # sorted once for every k
 
     default_probs = [
         np.exp(log_probs) for log_probs in index.facts.log_probabilities(vectors)
@@ -125,7 +124,7 @@ def sweep(data_dir: str) -> dict[str, tuple[float, float, float]]:
             index, vocabulary, vectors, l2, scale
         )
     for k, t in VOTE_GRID:
-        shares = vote_shares(index, similarities, k, t)
+        shares = vote_shares(index, similarities, order, k, t)
         readers[f"knn k={k} t={t:g}"] = shares
         for a in MIX_SHARES:
             readers[f"mix k={k} t={t:g} a={a:g}"] = [
@@ -171,9 +170,7 @@ def compare_features(data_dir: str) -> dict[str, dict[str, tuple[float, float, f
     vectors, paired error)}} on the validation rows."""
     rows = held_out(data_dir)
     index, truth, groups = rows["index"], rows["truth"], rows["groups"]
-    texts = rows["train"]["texts"]
-    indexed = [im for r, im in zip(*first_images(rows["train"])) if texts[r] and texts[r][0].get("assistant")]
-    assert len(indexed) == len(index), "the index keeps the training rows with a picture and an answer"
+    _, indexed = indexed_pictures(rows["train"])  # the index's pictures, in its order
     train_random, held_random = random_conv_features(indexed), random_conv_features(rows["images"])
     mean, spread = train_random.mean(axis=0), train_random.std(axis=0) + 1e-6
     train_random, held_random = unit((train_random - mean) / spread), unit((held_random - mean) / spread)

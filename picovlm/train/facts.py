@@ -114,7 +114,14 @@ PROBE_SCALE = 10.0
 PROBE_L2 = 1e-3
 
 
-def fit_fact_probes(vectors, classes, class_counts: list[int], steps: int = PROBE_STEPS):
+def fit_fact_probes(
+    vectors,
+    classes,
+    class_counts: list[int],
+    steps: int = PROBE_STEPS,
+    l2: float = PROBE_L2,
+    scale: float = PROBE_SCALE,
+):
     """One softmax classifier per fact field over the retrieval index's picture vectors, fitted on the
     training rows: (vectors (n, d), classes (n, fields) with -1 = unknown, each field's class count) ->
     each field's (weight (C, d), bias (C,)) as float32 numpy, what FactReader keeps.
@@ -134,16 +141,16 @@ def fit_fact_probes(vectors, classes, class_counts: list[int], steps: int = PROB
     optimizer = torch.optim.Adam([weight, bias], lr=PROBE_LR)
     for _ in range(steps):
         optimizer.zero_grad()
-        logits = (x @ weight.T + bias) * PROBE_SCALE
-        loss = PROBE_L2 * weight.pow(2).sum()
+        logits = (x @ weight.T + bias) * scale
+        loss = l2 * weight.pow(2).sum()
         for field, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
             known = y[:, field] >= 0
             if known.any():
                 loss = loss + F.cross_entropy(logits[known, start:end], y[known, field])
         loss.backward()
         optimizer.step()
-    weight = weight.detach().numpy() * PROBE_SCALE
-    bias = bias.detach().numpy() * PROBE_SCALE
+    weight = weight.detach().numpy() * scale
+    bias = bias.detach().numpy() * scale
     return [
         (weight[a:b].astype(np.float32), bias[a:b].astype(np.float32))
         for a, b in zip(bounds[:-1], bounds[1:])
