@@ -16,11 +16,16 @@ grid, each dimension standardised on the training pictures), alone and beside th
 at weight 0.5, 1 and 2, each by its nearest training picture's answer (token F1) and facts and by a
 default probe fitted over it, against the index's own vectors.
 
+With --per-field it chooses each field's reader on validation (finding 45): the default probe, unless
+one of FIELD_VOTES (the vote of the 5 or 20 nearest pictures, as half of the reader or all of it) names
+that field right more often by more than one paired error over objects, as a run chooses how it answers;
+with --test it scores that choice on the test split against the probe.
+
 Each row's score is its share of fields named right; "±" is the paired standard error of the
 difference over the rows' objects (`picovlm.eval.metrics.paired_standard_error`, as a run's choice
-counts it). Only validation is read.
+counts it). Only validation is read, but by --per-field --test.
 
-    python bench/recipes/reader_sweep.py /work/data/emoji /work/data/cjk ... [--features]
+    python bench/recipes/reader_sweep.py /work/data/emoji /work/data/cjk ... [--features | --per-field [--test]]
 """
 
 from __future__ import annotations
@@ -49,6 +54,12 @@ from picovlm.retrieval import (
 PROBE_GRID = [(l2, scale) for l2 in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2) for scale in (10.0, 30.0)]
 VOTE_GRID = [(k, t) for k in (1, 5, 10, 20) for t in (0.01, 0.03, 0.1)]
 MIX_SHARES = (0.3, 0.5, 0.7)
+FIELD_VOTES = [
+    (5, 0.03, 0.5),
+    (5, 0.03, 1.0),
+    (20, 0.1, 0.5),
+    (20, 0.1, 1.0),
+]  # (k, T, share) for --per-field
 
 
 def probe_probabilities(index, vocabulary, vectors, l2: float, scale: float) -> list[np.ndarray]:
@@ -86,13 +97,23 @@ def row_scores(probabilities: list[np.ndarray], truth: np.ndarray) -> np.ndarray
 
 
 def held_out(data_dir: str) -> dict:
-    """The index a run builds on the training split (with its fact probes), and the validation rows
-    that state a fact: their pictures, vectors, answers, class per field (negative = not stated) and objects."""
+    """The index a run builds on the training split (with its fact probes), and the validation rows that
+    state a fact: their pictures, vectors, answers, class per field (negative = not stated) and objects."""
     data = load_from_disk(data_dir)
-    train, held = data["train"], data["validation"]
+    train = data["train"]
     vocabulary = facts.FactVocabulary.from_rows(train["fields"])
     index = build_training_index(train, 1, vocabulary.encode, "auto", "auto", report=lambda _: None)
     facts.attach_fact_probes(index, vocabulary)
+    return {
+        "train": train,
+        "vocabulary": vocabulary,
+        "index": index,
+        **stating_rows(data["validation"], vocabulary, index),
+    }
+
+
+def stating_rows(held, vocabulary, index) -> dict:
+    """`held`'s rows that state a fact, as `held_out` gives them."""
     rows, images = first_images(held)
     fields, texts = held["fields"], held["texts"]
     truth = np.array([vocabulary.encode(fields[r]) for r in rows])  # negative: the row does not state it
@@ -101,9 +122,8 @@ def held_out(data_dir: str) -> dict:
     images = [im for im, k in zip(images, keep) if k]
     all_groups = _row_groups(held)
     return {
-        "train": train, "vocabulary": vocabulary, "index": index, "images": images, "truth": truth,
-        "vectors": index.vectors_of(images), "groups": [all_groups[r] for r in rows],
-        "answers": [texts[r][0]["assistant"] for r in rows],
+        "images": images, "truth": truth, "vectors": index.vectors_of(images),
+        "groups": [all_groups[r] for r in rows], "answers": [texts[r][0]["assistant"] for r in rows],
     }  # fmt: skip
 
 
@@ -139,6 +159,62 @@ def sweep(data_dir: str) -> dict[str, tuple[float, float, float]]:
             float(difference.mean()),
             paired_standard_error(difference, rows["groups"]),
         )
+    return out
+
+
+def per_field(data_dir: str, test_split: str | None = None) -> dict[str, dict]:
+    """Each field's reader chosen on the validation rows: the default probe, unless one of FIELD_VOTES
+    (the vote of the k nearest pictures at temperature T, as its share A beside the probe) names the
+    field right more often by more than one paired error over objects, as a run chooses how it answers.
+    {field: {"probe", "nearest", "vote", "lead", "error", "kept"}}; with `test_split`, also "test probe" and
+    "test kept" per field, and under "test rows" the test rows' share of fields right: {"kept": (mean,
+    its difference from the probe's, the paired error)}."""
+    rows = held_out(data_dir)
+    index, truth, groups = rows["index"], rows["truth"], rows["groups"]
+    depth = max(k for k, _, _ in FIELD_VOTES)
+
+    def readers(vectors: np.ndarray) -> dict:
+        similarities = vectors @ index.table.T
+        order = np.argsort(-similarities, axis=1)[:, :depth]
+        probe = [np.exp(lp) for lp in index.facts.log_probabilities(vectors)]
+        out = {"probe": probe, "nearest": vote_shares(index, similarities, order, 1, 1.0)}
+        for k, t, a in FIELD_VOTES:
+            shares = vote_shares(index, similarities, order, k, t)
+            out[(k, t, a)] = [(1 - a) * p + a * v for p, v in zip(probe, shares)]
+        return out
+
+    def right(probabilities: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        return (probabilities.argmax(axis=1) == classes).astype(float)
+
+    by_validation = readers(rows["vectors"])
+    out: dict[str, dict] = {}
+    for j, field in enumerate(rows["vocabulary"].values):
+        stated = truth[:, j] >= 0
+        field_groups = [g for g, s in zip(groups, stated) if s]
+        probe = right(by_validation["probe"][j], truth[:, j])[stated]
+        leads = {v: right(by_validation[v][j], truth[:, j])[stated] - probe for v in FIELD_VOTES}
+        vote = max(FIELD_VOTES, key=lambda v: leads[v].mean())
+        error = paired_standard_error(leads[vote], field_groups)
+        out[field] = {
+            "probe": float(probe.mean()),
+            "nearest": float(right(by_validation["nearest"][j], truth[:, j])[stated].mean()),
+            "vote": vote, "lead": float(leads[vote].mean()), "error": error,
+            "kept": vote if leads[vote].mean() > error else "probe",
+        }  # fmt: skip
+    if test_split:
+        tested = stating_rows(load_from_disk(data_dir)[test_split], rows["vocabulary"], index)
+        by_test = readers(tested["vectors"])
+        kept = [by_test[out[field]["kept"]][j] for j, field in enumerate(out)]
+        for j, field in enumerate(out):
+            stated = tested["truth"][:, j] >= 0
+            for name, probs in (("test probe", by_test["probe"][j]), ("test kept", kept[j])):
+                out[field][name] = float(right(probs, tested["truth"][:, j])[stated].mean())
+        chosen = row_scores(kept, tested["truth"])
+        difference = chosen - row_scores(by_test["probe"], tested["truth"])
+        out["test rows"] = {
+            "kept": (float(chosen.mean()), float(difference.mean()),
+                     paired_standard_error(difference, tested["groups"])),
+        }  # fmt: skip
     return out
 
 
@@ -218,7 +294,29 @@ def main() -> None:
     parser.add_argument("data_dirs", nargs="+")
     parser.add_argument("--json", type=Path, help="also write every reader's figures here")
     parser.add_argument("--features", action="store_true", help="score picture features, not readers")
+    parser.add_argument("--per-field", action="store_true", help="choose each field's reader on validation")
+    parser.add_argument("--test", action="store_true", help="with --per-field: score the choice on test too")
     args = parser.parse_args()
+    if args.per_field:
+        by_set = {Path(d).name: per_field(d, "test" if args.test else None) for d in args.data_dirs}
+        print(
+            "| set | field | probe | nearest | best vote (k, T, share) | lead ± error | kept | test: probe, kept |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for name, fields in by_set.items():
+            for field, f in fields.items():
+                if field == "test rows":
+                    mean, difference, error = f["kept"]
+                    print(
+                        f"| {name} | test rows' share of fields right | | | | | | {mean:.3f} ({difference:+.3f} ± {error:.3f}) |"
+                    )
+                    continue
+                tested = f"{f['test probe']:.3f}, {f['test kept']:.3f}" if "test kept" in f else ""
+                print(f"| {name} | {field} | {f['probe']:.3f} | {f['nearest']:.3f} | {f['vote']} | "
+                      f"{f['lead']:+.3f} ± {f['error']:.3f} | {f['kept']} | {tested} |")  # fmt: skip
+        if args.json:
+            args.json.write_text(json.dumps(by_set, indent=1, default=str))
+        return
     if args.features:
         by_set = {Path(d).name: compare_features(d) for d in args.data_dirs}
         print("| set | features | nearest answer's token F1 | nearest's facts | probe's facts |")
