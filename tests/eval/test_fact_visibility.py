@@ -162,11 +162,12 @@ def test_the_reader_sweep_scores_the_default_probe_and_the_nearest_picture_as_da
     # is kept only when it leads by more than its error, and the choice scored on a split reproduces
     # the figures it was chosen by there
     chosen = reader_sweep.per_field(str(squares_with_facts), test_split="validation")
+    assert set(chosen["fields"]) == {"colour", "mood"}
     for field in ("colour", "mood"):
-        f = chosen[field]
+        f = chosen["fields"][field]
         assert (f["probe"], f["nearest"]) == pytest.approx((by_field[field].probe, by_field[field].nearest))
         assert (f["kept"] == f["vote"]) == (f["lead"] > f["error"]) and (f["kept"] in (f["vote"], "probe"))
         assert f["test probe"] == pytest.approx(f["probe"])
         assert f["test kept"] == pytest.approx(f["probe"] + (f["lead"] if f["kept"] != "probe" else 0.0))
-    leads = [chosen[field]["test kept"] - chosen[field]["test probe"] for field in ("colour", "mood")]
-    assert chosen["test rows"]["kept"][1] == pytest.approx(sum(leads) / 2)
+    leads = [f["test kept"] - f["test probe"] for f in chosen["fields"].values()]
+    assert chosen["test"][1] == pytest.approx(sum(leads) / 2)
