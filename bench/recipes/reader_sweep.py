@@ -70,6 +70,13 @@ def probe_probabilities(index, vocabulary, vectors, l2: float, scale: float) -> 
     return [np.exp(log_probs) for log_probs in reader.log_probabilities(vectors)]
 
 
+def ranked(index, vectors: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's similarity to every indexed picture, and its `depth` most similar ones, most similar
+    first: sorted once for every k a vote reads."""
+    similarities = vectors @ index.table.T
+    return similarities, np.argsort(-similarities, axis=1)[:, :depth]
+
+
 def vote_shares(
     index, similarities: np.ndarray, order: np.ndarray, k: int, temperature: float
 ) -> list[np.ndarray]:
@@ -97,14 +104,16 @@ def row_scores(probabilities: list[np.ndarray], truth: np.ndarray) -> np.ndarray
 
 
 def held_out(data_dir: str) -> dict:
-    """The index a run builds on the training split (with its fact probes), and the validation rows that
-    state a fact: their pictures, vectors, answers, class per field (negative = not stated) and objects."""
+    """The set (`data`), the index a run builds on its training split (with its fact probes), and the
+    validation rows that state a fact: their pictures, vectors, answers, class per field (negative =
+    not stated) and objects."""
     data = load_from_disk(data_dir)
     train = data["train"]
     vocabulary = facts.FactVocabulary.from_rows(train["fields"])
     index = build_training_index(train, 1, vocabulary.encode, "auto", "auto", report=lambda _: None)
     facts.attach_fact_probes(index, vocabulary)
     return {
+        "data": data,
         "train": train,
         "vocabulary": vocabulary,
         "index": index,
@@ -131,8 +140,7 @@ def sweep(data_dir: str) -> dict[str, tuple[float, float, float]]:
     """Every reader's mean score, and its difference from the default probe ± the paired error."""
     rows = held_out(data_dir)
     index, vocabulary, vectors, truth = rows["index"], rows["vocabulary"], rows["vectors"], rows["truth"]
-    similarities = vectors @ index.table.T
-    order = np.argsort(-similarities, axis=1)[:, : max(k for k, _ in VOTE_GRID)]  # sorted once for every k
+    similarities, order = ranked(index, vectors, max(k for k, _ in VOTE_GRID))
 
     default_probs = [
         np.exp(log_probs) for log_probs in index.facts.log_probabilities(vectors)
@@ -174,13 +182,12 @@ def per_field(data_dir: str, test_split: str | None = None) -> dict:
     depth = max(k for k, _, _ in FIELD_VOTES)
 
     def readers(vectors: np.ndarray) -> dict:
-        similarities = vectors @ index.table.T
-        order = np.argsort(-similarities, axis=1)[:, :depth]
+        similarities, order = ranked(index, vectors, depth)
         probe = [np.exp(lp) for lp in index.facts.log_probabilities(vectors)]
         out = {"probe": probe, "nearest": vote_shares(index, similarities, order, 1, 1.0)}
-        for k, t, a in FIELD_VOTES:
-            shares = vote_shares(index, similarities, order, k, t)
-            out[(k, t, a)] = [(1 - a) * p + a * v for p, v in zip(probe, shares)]
+        shares = {(k, t): vote_shares(index, similarities, order, k, t) for k, t, _ in FIELD_VOTES}
+        for k, t, a in FIELD_VOTES:  # each (k, T) vote counted once, whatever shares it is mixed at
+            out[(k, t, a)] = [(1 - a) * p + a * v for p, v in zip(probe, shares[(k, t)])]
         return out
 
     def right(probabilities: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -202,7 +209,7 @@ def per_field(data_dir: str, test_split: str | None = None) -> dict:
             "kept": vote if leads[vote].mean() > error else "probe",
         }  # fmt: skip
     if test_split:
-        tested = stating_rows(load_from_disk(data_dir)[test_split], rows["vocabulary"], index)
+        tested = stating_rows(rows["data"][test_split], rows["vocabulary"], index)
         by_test = readers(tested["vectors"])
         kept = [by_test[out[field]["kept"]][j] for j, field in enumerate(out)]
         for j, field in enumerate(out):
