@@ -96,11 +96,17 @@ def vote_shares(
     return shares
 
 
+def right(probabilities: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """1 where a field's likeliest class is the row's class, else 0 (a row that does not state the field,
+    class negative, is never right)."""
+    return (probabilities.argmax(axis=1) == classes).astype(float)
+
+
 def row_scores(probabilities: list[np.ndarray], truth: np.ndarray) -> np.ndarray:
     """Each row's share of its known fields named right (truth negative = the row does not state it)."""
-    right = np.stack([p.argmax(axis=1) == truth[:, j] for j, p in enumerate(probabilities)], axis=1)
+    named = np.stack([right(p, truth[:, j]) for j, p in enumerate(probabilities)], axis=1)
     known = truth >= 0
-    return (right & known).sum(axis=1) / np.maximum(known.sum(axis=1), 1)
+    return named.sum(axis=1) / np.maximum(known.sum(axis=1), 1)
 
 
 def held_out(data_dir: str) -> dict:
@@ -190,9 +196,6 @@ def per_field(data_dir: str, test_split: str | None = None) -> dict:
             out[(k, t, a)] = [(1 - a) * p + a * v for p, v in zip(probe, shares[(k, t)])]
         return out
 
-    def right(probabilities: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        return (probabilities.argmax(axis=1) == classes).astype(float)
-
     by_validation = readers(rows["vectors"])
     out: dict[str, dict] = {}  # field -> its figures
     for j, field in enumerate(rows["vocabulary"].values):
@@ -208,6 +211,7 @@ def per_field(data_dir: str, test_split: str | None = None) -> dict:
             "vote": vote, "lead": float(leads[vote].mean()), "error": error,
             "kept": vote if leads[vote].mean() > error else "probe",
         }  # fmt: skip
+    test = None
     if test_split:
         tested = stating_rows(rows["data"][test_split], rows["vocabulary"], index)
         by_test = readers(tested["vectors"])
@@ -223,8 +227,7 @@ def per_field(data_dir: str, test_split: str | None = None) -> dict:
             float(difference.mean()),
             paired_standard_error(difference, tested["groups"]),
         )
-        return {"fields": out, "test": test}
-    return {"fields": out, "test": None}
+    return {"fields": out, "test": test}
 
 
 def random_conv_features(images, seed: int = 0, chunk: int = 256) -> np.ndarray:
