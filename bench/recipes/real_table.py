@@ -51,8 +51,10 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         f, b = r["final"], r["best"] or {}
-        look_f1 = max(v["token_f1"] for v in r["lookups"].values())
-        look_facts = max((v["field_accuracy"] or 0) for v in r["lookups"].values())
+        lookups = r["lookups"].values()  # none where a decoding probe was evaluated without them
+        look_f1 = max((v["token_f1"] for v in lookups), default=None)
+        look_facts = max(((v["field_accuracy"] or 0) for v in lookups), default=None)
+        look_cell = "—" if look_f1 is None else f"{look_f1:.3f} / {look_facts:.3f}"
         best_cell = f"{b['token_f1']:.3f} / {b['field_accuracy']:.3f}" if b else "—"  # best/ not evaluated
         gap = f"{f['image_gap_shuffled']:+.2f}" + _error(f, "image_gap_shuffled")
         if f.get("image_gap_shuffled_calibrated") is not None:  # evaluated since finding 30
@@ -62,7 +64,7 @@ def table(rows: list[dict]) -> str:
             gap += f" ({calibrated} at T={f['calibrated_temperature']:g})"
         lines.append(
             f"| {r['data']} | {r['run']} | {r['steps']:,} | {f['token_f1']:.3f} | {f['field_accuracy']:.3f} | "
-            f"{look_f1:.3f} / {look_facts:.3f} | {f['distinct_answer_share']:.0%} "
+            f"{look_cell} | {f['distinct_answer_share']:.0%} "
             f"({f['reference_distinct_answer_share']:.0%}) | {f['copied_from_train_share']:.0%} | "
             f"{gap} | {best_cell} | "
             f"{f['verdict_status']} |"
