@@ -5,8 +5,8 @@ finding 47).
 
 Each folder is what `picovlm eval --out` writes; the model rows of their predictions.jsonl must answer the
 same rows of DATA's split. Prints, for A then B: token F1 and the share of facts stated right, each with
-the paired difference B - A and its standard error over the rows' objects (as `picovlm eval` counts its
-leads over the lookups), and the made-up words: the share of the answers' words (runs of letters and
+the paired difference B - A and its standard error over the rows' objects (`margin_over_lookup`, as
+`picovlm eval` counts its leads over the lookups), and the made-up words: the share of the answers' words (runs of letters and
 digits) that no training answer holds, and the share of answers with at least one.
 """
 
@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from picovlm.eval import metrics as M
-from picovlm.eval.evaluate import load_items, load_train_split
+from picovlm.eval.evaluate import load_items, load_train_split, margin_over_lookup, row_figures
 from picovlm.eval.facts import fact_parser_for
 
 WORD = re.compile(r"[^\W_]+")
@@ -52,25 +51,24 @@ def main() -> None:
     train = load_train_split(args.data, "train")
     extract_fields = fact_parser_for(rows, train)
     known = {word for texts in train["texts"] for turn in texts for word in WORD.findall(turn["assistant"])}
-    references = [item.reference for item in items]
-    objects = [item.object_key for item in items]
     a, b = (model_answers(folder) for folder in (args.a, args.b))
     for name, answers in (("A", a), ("B", b)):
-        if [row["reference"] for row in answers] != references:
+        if [row["reference"] for row in answers] != [item.reference for item in items]:
             raise SystemExit(
                 f"{name}'s predictions do not answer the rows of {args.data}'s {args.split} split in order"
             )
-    a, b = [row["answer"] for row in a], [row["answer"] for row in b]
 
-    scores = {"token F1": lambda answers: [M.token_f1(p, r) for p, r in zip(answers, references)]}
-    if extract_fields is not None:
-        scores["facts"] = lambda answers: M.fact_shares_per_row(answers, references, extract_fields)
-    for name, score in scores.items():
-        first, second = np.array(score(a)), np.array(score(b))
-        error = M.paired_standard_error(list(second - first), objects)
-        print(
-            f"{name:10} {first.mean():.3f} -> {second.mean():.3f} ({(second - first).mean():+.3f} ± {error:.3f})"
-        )
+    # The rows are eval's scored rows, so B's lead over A is counted as eval counts a lead over a lookup.
+    figures_a, figures_b = row_figures(a, extract_fields), row_figures(b, extract_fields)
+    margins = margin_over_lookup(items, figures_b, figures_a)
+    for metric, name in (("token_f1", "token F1"), ("field_accuracy", "facts")):
+        if metric in figures_a:
+            lead, error = margins[f"baseline_margin_{metric}"], margins[f"baseline_margin_{metric}_error"]
+            print(
+                f"{name:10} {np.mean(figures_a[metric]):.3f} -> {np.mean(figures_b[metric]):.3f} "
+                f"({lead:+.3f} ± {error:.3f})"
+            )
+    a, b = [row["answer"] for row in a], [row["answer"] for row in b]
     (words_a, rows_a), (words_b, rows_b) = made_up(a, known), made_up(b, known)
     print(f"made-up    {words_a:.1%} of words ({rows_a:.0%} of answers) -> {words_b:.1%} ({rows_b:.0%})")
     print(f"changed    {sum(x != y for x, y in zip(a, b))} of {len(a)} answers")

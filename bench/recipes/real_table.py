@@ -52,9 +52,11 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         f, b = r["final"], r["best"] or {}
         lookups = r["lookups"].values()  # none where a decoding probe was evaluated without them
-        look_f1 = max((v["token_f1"] for v in lookups), default=None)
-        look_facts = max(((v["field_accuracy"] or 0) for v in lookups), default=None)
-        look_cell = "—" if look_f1 is None else f"{look_f1:.3f} / {look_facts:.3f}"
+        look_cell = (
+            f"{max(v['token_f1'] for v in lookups):.3f} / {max(v['field_accuracy'] or 0 for v in lookups):.3f}"
+            if lookups
+            else "—"
+        )
         best_cell = f"{b['token_f1']:.3f} / {b['field_accuracy']:.3f}" if b else "—"  # best/ not evaluated
         gap = f"{f['image_gap_shuffled']:+.2f}" + _error(f, "image_gap_shuffled")
         if f.get("image_gap_shuffled_calibrated") is not None:  # evaluated since finding 30

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from picovlm.data.cauldron import load_cauldron
+from picovlm.eval.metrics import token_f1
 
 SCRIPT = Path(__file__).parents[2] / "bench" / "recipes" / "decoding_compare.py"
 
@@ -22,7 +23,10 @@ def compare():
 def write_predictions(folder: Path, answers: list[str], references: list[str]) -> Path:
     """predictions.jsonl as `picovlm eval --out` writes it: the model's rows, then a lookup's (ignored)."""
     folder.mkdir()
-    rows = [{"model": "model", "answer": a, "reference": r} for a, r in zip(answers, references)]
+    rows = [
+        {"model": "model", "answer": a, "reference": r, "token_f1": token_f1(a, r)}
+        for a, r in zip(answers, references)
+    ]
     rows += [{"model": "model/nearest-pixels", "answer": r, "reference": r} for r in references]
     (folder / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
